@@ -1,0 +1,128 @@
+"""KEGG variant->disease data: loading with `datasets`, validation, and the 1024 bp window rule.
+
+Every KEGG file row holds a reference and a variant sequence of the form
+    2000 bp upstream flank + allele + 2000 bp downstream flank
+(reference: the REF allele, variant: the ALT allele; ALT may be empty for a deletion),
+so a 1-bp substitution gives two 4001 bp strings and indels give 4000-4260 bp strings.
+
+Window rule (the same for KEGG rows and for coordinates + FASTA):
+    window = (upstream[-512:] + allele + downstream)[:1024]
+i.e. both windows start 512 bp upstream of the allele's first base. For a SNV the changed base sits at
+index 512 (512 bp left, 511 right: the centre of an even-length window). For indels and multi-base
+substitutions the two windows share the same 512 bp upstream flank, the allele starts at index 512 in
+both, and the downstream sequence fills each window to exactly 1024 bp, so the ref and variant windows
+differ only from index 512 on (an allele longer than 512 bp is cut at the window end).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from dnallm.labels import LABEL_TO_ID, normalize_label
+
+WINDOW_SIZE = 1024
+KEGG_FLANK = 2000
+DNA_ALPHABET = frozenset("ACGTN")
+HARD_QUESTION = "What disease does this contribute to?"
+SPLITS = ("train", "val", "test")
+VIEWS = ("kegg", "kegg_hard")
+
+
+class KeggRecordError(ValueError):
+    """A data record that cannot be used; the message names the record and the problem."""
+
+
+def data_dir() -> Path:
+    """The shipped data folder (override with DNALLM_DATA_DIR)."""
+    return Path(os.environ.get("DNALLM_DATA_DIR", Path(__file__).resolve().parents[1] / "data"))
+
+
+def check_bases(seq: str, what: str, alphabet: frozenset = DNA_ALPHABET) -> None:
+    bad = set(seq) - alphabet
+    if bad:
+        pos = next(i for i, b in enumerate(seq) if b in bad)
+        raise ValueError(f"{what}: invalid base {seq[pos]!r} at position {pos} (allowed: {''.join(sorted(alphabet))})")
+
+
+def centred_windows(upstream: str, ref_allele: str, alt_allele: str, downstream: str,
+                    window: int = WINDOW_SIZE) -> tuple[str, str]:
+    """Cut the reference and variant windows by the module's window rule."""
+    half = window // 2
+    if len(upstream) < half:
+        raise ValueError(f"upstream flank has {len(upstream)} bp, the window needs {half}")
+    ref_window = (upstream[-half:] + ref_allele + downstream)[:window]
+    variant_window = (upstream[-half:] + alt_allele + downstream)[:window]
+    for name, w in (("reference", ref_window), ("variant", variant_window)):
+        if len(w) != window:
+            raise ValueError(f"{name} window has {len(w)} bp, expected {window}: downstream flank too short")
+    return ref_window, variant_window
+
+
+@dataclass(frozen=True)
+class SplitVariant:
+    upstream: str
+    ref_allele: str
+    alt_allele: str
+    downstream: str
+
+
+def split_kegg_sequences(reference: str, variant: str, flank: int = KEGG_FLANK) -> SplitVariant:
+    """Recover flanks and alleles from a KEGG row's two sequences (see module docstring)."""
+    if len(reference) < 2 * flank or len(variant) < 2 * flank:
+        raise ValueError(f"sequence lengths {len(reference)}/{len(variant)} bp are shorter than the "
+                         f"2 x {flank} bp flanks the KEGG layout needs")
+    if reference[:flank] != variant[:flank]:
+        raise ValueError(f"reference and variant differ inside the {flank} bp upstream flank")
+    if reference[-flank:] != variant[-flank:]:
+        raise ValueError(f"reference and variant differ inside the {flank} bp downstream flank")
+    return SplitVariant(reference[:flank], reference[flank:-flank], variant[flank:-flank], reference[-flank:])
+
+
+def validate_record(record: dict, where: str) -> dict:
+    """Check one raw KEGG row and derive its windows; errors name `where` (split and row)."""
+    try:
+        for key in ("question", "answer", "reasoning", "reference_sequence", "variant_sequence"):
+            if not isinstance(record.get(key), str) or not record[key].strip():
+                raise ValueError(f"field {key!r} is missing or empty")
+        label = normalize_label(record["answer"])
+        if label not in LABEL_TO_ID:
+            raise ValueError(f"unknown label {record['answer']!r} (not one of the 37 KEGG labels)")
+        check_bases(record["reference_sequence"], "reference_sequence")
+        check_bases(record["variant_sequence"], "variant_sequence")
+        parts = split_kegg_sequences(record["reference_sequence"], record["variant_sequence"])
+        ref_window, variant_window = centred_windows(parts.upstream, parts.ref_allele, parts.alt_allele,
+                                                     parts.downstream)
+    except ValueError as e:
+        raise KeggRecordError(f"{where}: {e}") from None
+    return {"label": label, "label_id": LABEL_TO_ID[label], "ref_window": ref_window,
+            "variant_window": variant_window, "ref_allele": parts.ref_allele, "alt_allele": parts.alt_allele}
+
+
+def _raw_split(split: str, view: str, root: Path) -> datasets.Dataset:
+    if view == "kegg_hard" and split != "train":
+        # val/test of the hard view ship as JSON Lines (Genos release); train is derived below.
+        rows = [json.loads(line) for line in open(root / "kegg_hard" / f"{split}.json")]
+        return datasets.Dataset.from_list(rows)
+    ds = datasets.load_dataset("parquet", data_files=str(root / "kegg" / f"{split}-00000-of-00001.parquet"),
+                               split="train")
+    if view == "kegg_hard":
+        ds = ds.map(lambda r: {"question": HARD_QUESTION})
+    return ds
+
+
+def load_kegg(split: str, view: str = "kegg", root: str | Path | None = None) -> datasets.Dataset:
+    """Load one split of the KEGG set as a validated `datasets.Dataset`.
+
+    Added columns: row, label, label_id, ref_window, variant_window (1024 bp each), ref_allele, alt_allele.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
+    ds = _raw_split(split, view, Path(root) if root else data_dir())
+    return ds.map(lambda r, i: {"row": i, **validate_record(r, f"{view}/{split} row {i}")}, with_indices=True)

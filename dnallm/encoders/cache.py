@@ -1,0 +1,35 @@
+"""Embedding cache for the frozen encoder, keyed by window content (duplicate windows are encoded once)."""
+
+from __future__ import annotations
+
+import torch
+
+from dnallm.encoders.base import DNAEncoder
+
+
+class EmbeddingCache:
+    def __init__(self, encoder: DNAEncoder, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+        self.encoder, self.dtype, self.device = encoder, dtype, torch.device(device)
+        self._states: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def add(self, windows: list[str], batch_size: int = 16) -> None:
+        todo = sorted({w for w in windows if w not in self._states})
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i:i + batch_size]
+            hidden, mask = self.encoder.encode(chunk)
+            for w, h, m in zip(chunk, hidden, mask):
+                self._states[w] = (h.to(self.device, self.dtype), m.to(self.device))
+
+    def lookup(self, windows: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stacked (hidden [n, positions, dim], positions_mask [n, positions]); windows missing are encoded."""
+        self.add([w for w in windows if w not in self._states])
+        states = [self._states[w] for w in windows]
+        width = max(h.shape[0] for h, _ in states)
+        hidden = torch.zeros(len(states), width, states[0][0].shape[-1], dtype=self.dtype, device=self.device)
+        mask = torch.zeros(len(states), width, dtype=torch.bool, device=self.device)
+        for i, (h, m) in enumerate(states):
+            hidden[i, : h.shape[0]], mask[i, : m.shape[0]] = h, m
+        return hidden, mask

@@ -1,0 +1,163 @@
+"""DNALLMForCausalLM: frozen DNA encoder -> projector -> (LoRA) causal LM, spliced in `embed_inputs`.
+
+A checkpoint stores the config, the projector, the LoRA adapter and the processor (tokenizers), never
+the frozen encoder or base LM weights: those are loaded from `encoder_name_or_path` and
+`text_model_name_or_path` (hub id or local path; relative paths resolve against the checkpoint folder).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from dnallm.configuration import DNALLMConfig
+from dnallm.encoders import DNAEncoder, LoadingError, build_encoder
+from dnallm.encoders.base import check_loading_info
+from dnallm.processing import DNALLMProcessor
+from projectors import build_projector
+
+PROJECTOR_FILE = "projector.safetensors"
+ADAPTER_DIR = "adapter"
+
+
+def _resolve(name_or_path: str, base: Path | None) -> str:
+    if base is not None and not Path(name_or_path).is_absolute() and (base / name_or_path).exists():
+        return str((base / name_or_path).resolve())
+    return name_or_path
+
+
+def load_text_model(name_or_path: str, dtype: torch.dtype | None = None, attn_implementation: str | None = None):
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model, info = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, output_loading_info=True, **kwargs)
+    check_loading_info(info, name_or_path)
+    return model
+
+
+class DNALLMForCausalLM(nn.Module):
+    def __init__(self, config: DNALLMConfig, encoder: DNAEncoder, text_model: nn.Module, projector: nn.Module,
+                 processor: DNALLMProcessor):
+        super().__init__()
+        self.config, self.encoder, self.text_model, self.projector = config, encoder, text_model, projector
+        self.processor = processor
+        self.dna_pad_id = processor.dna_pad_id
+
+    # ---- building and loading ----
+    @classmethod
+    def build(cls, config: DNALLMConfig, dtype: torch.dtype | None = None, base_dir: Path | None = None,
+              attn_implementation: str | None = None) -> "DNALLMForCausalLM":
+        """A new model: pretrained encoder and LM from the config's paths, fresh projector and LoRA."""
+        encoder = build_encoder(config.encoder_type, _resolve(config.encoder_name_or_path, base_dir),
+                                layer=config.encoder_layer, dtype=dtype)
+        if config.encoder_fingerprint is None:
+            config.encoder_fingerprint = encoder.fingerprint
+        elif config.encoder_fingerprint != encoder.fingerprint:
+            raise LoadingError(f"checkpoint was trained on encoder {config.encoder_fingerprint}, but "
+                               f"{config.encoder_name_or_path!r} is {encoder.fingerprint}")
+        from dnallm.tokenization import load_text_tokenizer
+
+        tokenizer = load_text_tokenizer(_resolve(config.text_tokenizer_name_or_path, base_dir))
+        processor = DNALLMProcessor(tokenizer, encoder.tokenizer, dna_stride=config.projector_stride,
+                                    dna_add_special_tokens=encoder.add_special_tokens,
+                                    dna_start_token=config.dna_start_token, dna_pad_token=config.dna_pad_token,
+                                    dna_end_token=config.dna_end_token)
+        text_model = load_text_model(_resolve(config.text_model_name_or_path, base_dir), dtype, attn_implementation)
+        if len(tokenizer) > text_model.get_input_embeddings().num_embeddings:
+            # New DNA tokens start at the mean embedding; they are markers, their rows stay frozen.
+            text_model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        text_model.requires_grad_(False)
+        projector = build_projector(config.projector_type, encoder.hidden_size, text_model.config.hidden_size,
+                                    stride=config.projector_stride)
+        if dtype is not None:
+            projector.to(dtype)
+        return cls(config, encoder, text_model, projector, processor)
+
+    def add_lora(self) -> None:
+        c = self.config
+        lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                          target_modules=c.lora_target_modules, task_type="CAUSAL_LM")
+        self.text_model = get_peft_model(self.text_model, lora)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.config.save_pretrained(path)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.projector.state_dict().items()},
+                  path / PROJECTOR_FILE)
+        if isinstance(self.text_model, PeftModel):
+            self.text_model.save_pretrained(path / ADAPTER_DIR)
+        self.processor.save_pretrained(path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None, is_trainable: bool = False,
+                        attn_implementation: str | None = None, **config_overrides) -> "DNALLMForCausalLM":
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} is not a dnallm checkpoint (no config.json)")
+        config = DNALLMConfig.from_pretrained(path, **config_overrides)
+        model = cls.build(config, dtype=dtype, base_dir=path, attn_implementation=attn_implementation)
+        model.processor = DNALLMProcessor.from_pretrained(path)  # the exact tokenizers it was trained with
+        state = load_file(path / PROJECTOR_FILE)
+        result = model.projector.load_state_dict(state, strict=False)
+        check_loading_info({"missing_keys": result.missing_keys, "unexpected_keys": result.unexpected_keys},
+                           str(path / PROJECTOR_FILE))
+        if (path / ADAPTER_DIR).exists():
+            model.text_model = PeftModel.from_pretrained(model.text_model, path / ADAPTER_DIR, is_trainable=is_trainable)
+        return model
+
+    # ---- the forward pass ----
+    def project_dna(self, dna_input_ids=None, dna_attention_mask=None, dna_hidden_states=None,
+                    dna_positions_mask=None) -> torch.Tensor:
+        """Projected DNA tokens of all windows in the batch, flattened in order: [n_tokens, text_hidden]."""
+        if dna_hidden_states is None:  # no cached encoder outputs: run the frozen encoder
+            dna_hidden_states, dna_positions_mask = self.encoder(dna_input_ids, dna_attention_mask)
+        variant_embeddings, tokens_mask = self.projector(dna_hidden_states, dna_positions_mask)
+        return variant_embeddings[tokens_mask]
+
+    def embed_inputs(self, input_ids: torch.Tensor, **dna) -> torch.Tensor:
+        """The one place where DNA embeddings replace the `<|dna_pad|>` placeholder embeddings."""
+        inputs_embeds = self.text_model.get_input_embeddings()(input_ids)
+        placeholders = input_ids == self.dna_pad_id
+        if not any(v is not None for v in dna.values()):
+            if placeholders.any():
+                raise ValueError(f"{int(placeholders.sum())} DNA placeholder tokens but no DNA inputs")
+            return inputs_embeds
+        dna_embeddings = self.project_dna(**dna).to(inputs_embeds.dtype)
+        if dna_embeddings.shape[0] != int(placeholders.sum()):
+            raise ValueError(f"{int(placeholders.sum())} DNA placeholder tokens in the text but the DNA windows "
+                             f"yield {dna_embeddings.shape[0]} embeddings; build inputs with DNALLMProcessor")
+        return inputs_embeds.masked_scatter(placeholders.unsqueeze(-1), dna_embeddings)
+
+    def forward(self, input_ids, attention_mask=None, labels=None, dna_input_ids=None, dna_attention_mask=None,
+                dna_hidden_states=None, dna_positions_mask=None):
+        inputs_embeds = self.embed_inputs(input_ids, dna_input_ids=dna_input_ids,
+                                          dna_attention_mask=dna_attention_mask,
+                                          dna_hidden_states=dna_hidden_states, dna_positions_mask=dna_positions_mask)
+        if labels is None:
+            return self.text_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+        # Loss on answer tokens only, and logits only where there is a label: the 151k-wide output
+        # layer is never applied to the prompt and DNA positions.
+        base = self.text_model.get_base_model() if isinstance(self.text_model, PeftModel) else self.text_model
+        hidden = base.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != -100
+        logits = base.lm_head(hidden[:, :-1][keep])
+        return {"loss": F.cross_entropy(logits.float(), targets[keep]), "n_tokens": int(keep.sum())}
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask, max_new_tokens: int = 768, **dna) -> torch.Tensor:
+        """Greedy decoding; returns only the new tokens. Batches must be left-padded."""
+        inputs_embeds = self.embed_inputs(input_ids, **dna)
+        tok = self.processor.tokenizer
+        return self.text_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                        max_new_tokens=max_new_tokens, do_sample=False,
+                                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.projector.parameters()).device

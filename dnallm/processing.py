@@ -1,0 +1,121 @@
+"""DNALLMProcessor: text + DNA windows -> model inputs (one object, like transformers' LlavaProcessor).
+
+A prompt holds one `<|dna_pad|>` per DNA window (reference first, then variant). The processor expands
+each into `<|dna_start|>` + n x `<|dna_pad|>` + `<|dna_end|>`, where n is the number of projected
+tokens that window yields, and tokenizes the windows for the encoder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from dnallm.labels import KEGG_LABELS
+
+PROCESSOR_FILE = "processor_config.json"
+ANSWER_PREFIX = "Answer:"
+
+
+def format_user_message(question: str, dna_pad: str) -> str:
+    return f"Reference sequence: {dna_pad}\nVariant sequence: {dna_pad}\n\n{question}"
+
+
+def format_answer(reasoning: str, label: str) -> str:
+    """The assistant turn the model is trained to write: a think block, then one strict answer line."""
+    return f"<think>\n{reasoning.strip()}\n</think>\n\n{ANSWER_PREFIX} {label}"
+
+
+class DNALLMProcessor:
+    def __init__(self, tokenizer, dna_tokenizer, dna_stride: int = 1, dna_add_special_tokens: bool = False,
+                 dna_start_token: str = "<|dna_start|>", dna_pad_token: str = "<|dna_pad|>",
+                 dna_end_token: str = "<|dna_end|>"):
+        self.tokenizer = tokenizer
+        self.dna_tokenizer = dna_tokenizer
+        self.dna_stride = dna_stride
+        self.dna_add_special_tokens = dna_add_special_tokens
+        self.dna_start_token, self.dna_pad_token, self.dna_end_token = dna_start_token, dna_pad_token, dna_end_token
+        missing = [t for t in (dna_start_token, dna_pad_token, dna_end_token) if t not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        self.dna_pad_id = tokenizer.convert_tokens_to_ids(dna_pad_token)
+
+    # ---- text ----
+    def prompt(self, question: str) -> str:
+        """Chat-formatted prompt (Qwen3 thinking mode) ending where the assistant starts writing."""
+        messages = [{"role": "user", "content": format_user_message(question, self.dna_pad_token)}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                  enable_thinking=True)
+
+    def target(self, reasoning: str, label: str) -> str:
+        return format_answer(reasoning, label) + self.tokenizer.eos_token
+
+    # ---- DNA ----
+    def tokenize_dna(self, windows: list[str]) -> dict[str, torch.Tensor]:
+        enc = self.dna_tokenizer(list(windows), return_tensors="pt", padding=True,
+                                 add_special_tokens=self.dna_add_special_tokens, return_special_tokens_mask=True)
+        return {"dna_input_ids": enc["input_ids"], "dna_attention_mask": enc["attention_mask"]}
+
+    def num_dna_tokens(self, window: str) -> int:
+        enc = self.dna_tokenizer(window, add_special_tokens=self.dna_add_special_tokens,
+                                 return_special_tokens_mask=True)
+        positions = len(enc["input_ids"]) - sum(enc["special_tokens_mask"])
+        return -(-positions // self.dna_stride)
+
+    def expand_dna(self, text: str, windows: list[str], where: str = "") -> str:
+        parts = text.split(self.dna_pad_token)
+        if len(parts) - 1 != len(windows):
+            raise ValueError(f"{where}prompt has {len(parts) - 1} DNA placeholders but {len(windows)} windows were given")
+        out = parts[0]
+        for window, rest in zip(windows, parts[1:]):
+            out += self.dna_start_token + self.dna_pad_token * self.num_dna_tokens(window) + self.dna_end_token + rest
+        return out
+
+    # ---- batch ----
+    def __call__(self, prompts: list[str], dna: list[list[str]], targets: list[str] | None = None,
+                 padding_side: str = "right", dna_ids: bool = True) -> dict[str, torch.Tensor]:
+        """Tokenize a batch. With `targets`, labels cover only the target tokens (the answer), -100 elsewhere."""
+        rows, label_rows = [], []
+        for i, (prompt, windows) in enumerate(zip(prompts, dna)):
+            prompt_ids = self.tokenizer(self.expand_dna(prompt, windows, f"example {i}: "),
+                                        add_special_tokens=False)["input_ids"]
+            target_ids = self.tokenizer(targets[i], add_special_tokens=False)["input_ids"] if targets else []
+            rows.append(prompt_ids + target_ids)
+            label_rows.append([-100] * len(prompt_ids) + target_ids)
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        for i, (r, lab) in enumerate(zip(rows, label_rows)):
+            span = slice(width - len(r), width) if padding_side == "left" else slice(0, len(r))
+            input_ids[i, span], attention_mask[i, span], labels[i, span] = (torch.tensor(r), 1, torch.tensor(lab))
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if targets:
+            batch["labels"] = labels
+        if dna_ids:
+            batch.update(self.tokenize_dna([w for windows in dna for w in windows]))
+        return batch
+
+    # ---- persistence ----
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        self.tokenizer.save_pretrained(path / "tokenizer")
+        self.dna_tokenizer.save_pretrained(path / "dna_tokenizer")
+        cfg = {k: getattr(self, k) for k in ("dna_stride", "dna_add_special_tokens", "dna_start_token",
+                                             "dna_pad_token", "dna_end_token")}
+        (path / PROCESSOR_FILE).write_text(json.dumps(cfg, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "DNALLMProcessor":
+        path = Path(path)
+        cfg = json.loads((path / PROCESSOR_FILE).read_text())
+        return cls(AutoTokenizer.from_pretrained(path / "tokenizer"),
+                   AutoTokenizer.from_pretrained(path / "dna_tokenizer"), **cfg)
+
+
+def label_texts() -> list[str]:
+    """The 37 answer strings as the model writes them after `Answer:` (for label scoring)."""
+    return [f" {label}" for label in KEGG_LABELS]

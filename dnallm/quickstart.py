@@ -1,0 +1,91 @@
+"""`dnallm quickstart`: the embedded default, end to end on CPU.
+
+1. pretrain a tiny Genos-layout DNA LM (next-base) on the training windows       -> DIR/encoder
+2. prune the Qwen3 tokenizer to the training text, pretrain a tiny Qwen3 LM       -> DIR/text-model
+3. SFT: frozen encoder, projector + LoRA; checkpoint chosen on val answer loss    -> DIR/model
+4. evaluate on the official test split (greedy, strict Answer: parse)             -> DIR/eval/test
+5. one explain_variant call on the saved checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib import resources
+from pathlib import Path
+
+import torch
+import yaml
+
+from dnallm.configuration import DNALLMConfig
+from dnallm.data import load_kegg
+from dnallm.modeling import DNALLMForCausalLM
+from dnallm.processing import DNALLMProcessor
+from dnallm.training import SFTConfig, train_sft
+
+
+def load_preset(name: str = "tiny") -> dict:
+    return yaml.safe_load(resources.files("dnallm.presets").joinpath(f"{name}.yaml").read_text())
+
+
+def build_tiny_models(out: Path, train, preset: dict) -> None:
+    """Steps 1-2: the two small pretrained models the tiny preset stands on."""
+    from dnallm.encoders import build_encoder
+    from dnallm.pretrain import pretrain_dna_encoder, pretrain_text_model
+    from dnallm.tokenization import BUNDLED_QWEN3_TOKENIZER, load_text_tokenizer, prune_tokenizer
+
+    p = preset["dna_pretrain"]
+    pretrain_dna_encoder(list(train["ref_window"]) + list(train["variant_window"]), out / "encoder",
+                         steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"], **p["layout"])
+    # The processor adds the DNA span tokens; the pruned vocabulary keeps them and every piece of the
+    # rendered training conversations (chat markup, questions, reasoning, answer lines).
+    encoder = build_encoder("genos", str(out / "encoder"))
+    proc = DNALLMProcessor(load_text_tokenizer(str(BUNDLED_QWEN3_TOKENIZER)), encoder.tokenizer)
+    texts = [proc.prompt(r["question"]) + proc.target(r["reasoning"], r["label"]) for r in train]
+    tokenizer = prune_tokenizer(proc.tokenizer, texts)
+    p = preset["text_pretrain"]
+    pretrain_text_model(tokenizer, [f"{q}\n\n{r}" for q, r in zip(train["question"], train["reasoning"])],
+                        out / "text-model", epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], **p["layout"])
+
+
+def run_quickstart(out: str | Path = "runs/quickstart", preset_name: str = "tiny", skip_pretrain: bool = False) -> dict:
+    from dnallm.evaluation import evaluate_split
+    from dnallm.inference import explain_variant
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    preset = load_preset(preset_name)
+    torch.manual_seed(0)
+    timings = {}
+    t = time.time()
+    train, val = load_kegg("train"), load_kegg("val")
+    if not (skip_pretrain and (out / "encoder").exists() and (out / "text-model").exists()):
+        build_tiny_models(out, train, preset)
+    timings["pretrain_s"] = round(time.time() - t, 1)
+
+    t = time.time()
+    # Paths are relative to the checkpoint folder DIR/model, so the whole DIR can be moved.
+    config = DNALLMConfig(encoder_type="genos", encoder_name_or_path="../encoder",
+                          text_model_name_or_path="../text-model", **preset["model"])
+    (out / "model").mkdir(exist_ok=True)
+    model = DNALLMForCausalLM.build(config, base_dir=out / "model")
+    model.add_lora()
+    summary = train_sft(model, train, val, SFTConfig.from_dict(preset["sft"]), out / "model")
+    timings["sft_s"] = round(time.time() - t, 1)
+
+    t = time.time()
+    best = DNALLMForCausalLM.from_pretrained(out / "model").eval()  # the val-selected checkpoint, as users load it
+    test = load_kegg("test")
+    metrics = evaluate_split(best, test, "test", out / "eval" / "test", batch_size=preset["eval"]["batch_size"],
+                             max_new_tokens=preset["eval"]["max_new_tokens"])
+    timings["eval_s"] = round(time.time() - t, 1)
+
+    example = test[0]
+    t = time.time()
+    explanation = explain_variant(example["question"], example["reference_sequence"], example["variant_sequence"],
+                                  model=best)
+    timings["explain_s"] = round(time.time() - t, 1)
+    result = {"metrics": metrics, "best_val_loss": summary["best_val_loss"], "timings": timings,
+              "example": {"row": example["row"], "gold": example["label"], **explanation.to_dict()}}
+    (out / "quickstart.json").write_text(json.dumps(result, indent=2))
+    return result

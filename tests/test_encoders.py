@@ -1,0 +1,107 @@
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import MixtralForCausalLM
+
+from dnallm.encoders import ENCODERS, LoadingError, build_encoder, genos_config
+from dnallm.encoders.cache import EmbeddingCache
+from dnallm.encoders.genos import build_base_tokenizer
+
+WINDOWS = ["ACGT" * 8, "TTGCA" * 6 + "NN"]
+
+
+@pytest.fixture
+def tiny_genos(tmp_path):
+    torch.manual_seed(0)
+    cfg = genos_config("1.2b", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2)
+    model = MixtralForCausalLM(cfg)
+    model.save_pretrained(tmp_path)
+    build_base_tokenizer().save_pretrained(tmp_path)
+    return tmp_path, model
+
+
+def test_published_genos_layouts():
+    small, big = genos_config("1.2b"), genos_config("10b")
+    assert (small.hidden_size, small.vocab_size, small.intermediate_size) == (1024, 128, 4096)
+    assert (big.hidden_size, big.vocab_size, big.intermediate_size) == (4096, 256, 8192)
+    for c in (small, big):
+        assert (c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads) == (12, 16, 8)
+        assert (c.num_local_experts, c.num_experts_per_tok, c.rms_norm_eps) == (8, 2, 1e-5)
+        assert c.rope_parameters["rope_theta"] == 5e7
+
+
+def test_genos_save_load_gives_identical_hidden_states(tiny_genos):
+    path, model = tiny_genos
+    enc = build_encoder("genos", str(path), layer=-1)
+    hidden, mask = enc.encode(WINDOWS)
+    assert hidden.shape == (2, 32, 32) and mask.sum(1).tolist() == [32, 32]
+    ids = enc.tokenize(WINDOWS)
+    expected = model.model(**ids, output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(hidden, expected, rtol=0, atol=0)
+    again, _ = build_encoder("genos", str(path)).encode(WINDOWS)
+    assert torch.equal(hidden, again)
+
+
+def test_one_token_per_base_and_layer_choice(tiny_genos):
+    path, _ = tiny_genos
+    enc = build_encoder("genos", str(path), layer=1)
+    ids = enc.tokenize(["ACGTN"])["input_ids"][0].tolist()
+    assert len(ids) == 5 and len(set(ids)) == 5
+    h1, _ = enc.encode(WINDOWS)
+    h_last, _ = build_encoder("genos", str(path), layer=-1).encode(WINDOWS)
+    assert not torch.equal(h1, h_last)
+
+
+def test_encoder_is_frozen(tiny_genos):
+    enc = build_encoder("genos", str(tiny_genos[0]))
+    enc.train()
+    assert not enc.training and not enc.model.training
+    assert not any(p.requires_grad for p in enc.parameters())
+
+
+def test_missing_weight_is_an_error(tiny_genos):
+    path, _ = tiny_genos
+    weights = load_file(path / "model.safetensors")
+    del weights["model.layers.1.self_attn.q_proj.weight"]
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(LoadingError, match="missing weights.*q_proj"):
+        build_encoder("genos", str(path))
+
+
+def test_unexpected_weight_is_an_error(tiny_genos):
+    path, _ = tiny_genos
+    weights = load_file(path / "model.safetensors")
+    weights["model.layers.0.extra.weight"] = torch.zeros(2)
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(LoadingError, match="unexpected weights"):
+        build_encoder("genos", str(path))
+
+
+def test_generic_hf_encoder_loads_a_causal_lm_checkpoint_as_base_model(tiny_genos):
+    path, model = tiny_genos
+    enc = build_encoder("hf", str(path), layer=-1)
+    hidden, mask = enc.encode(WINDOWS[:1])
+    expected = model.model(**enc.tokenize(WINDOWS[:1]), output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(hidden, expected)
+    assert mask.all()
+
+
+def test_unknown_encoder_type():
+    assert set(ENCODERS) >= {"genos", "hf"}
+    with pytest.raises(ValueError, match="unknown encoder type 'evo9'"):
+        build_encoder("evo9", "x")
+
+
+def test_embedding_cache_encodes_each_distinct_window_once(tiny_genos):
+    enc = build_encoder("genos", str(tiny_genos[0]))
+    calls = []
+    original = enc.encode
+    enc.encode = lambda ws: calls.append(list(ws)) or original(ws)
+    cache = EmbeddingCache(enc)
+    cache.add(WINDOWS + WINDOWS)
+    hidden, mask = cache.lookup([WINDOWS[1], WINDOWS[0], WINDOWS[1]])
+    assert sum(len(c) for c in calls) == 2
+    direct, _ = original([WINDOWS[1]])
+    torch.testing.assert_close(hidden[0], direct[0])
+    assert torch.equal(hidden[0], hidden[2])
