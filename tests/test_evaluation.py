@@ -1,0 +1,54 @@
+import json
+
+import pytest
+
+from dnallm.evaluation import classification_metrics, wilson_interval
+from dnallm.inference import parse_answer, prepare_windows, split_reasoning
+from dnallm.labels import KEGG_LABELS
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("<think>\nsteps\n</think>\n\nAnswer: melanoma", "melanoma"),
+    ("<think>x</think>\nAnswer:  Parkinson's Disease.\n\n", "parkinson's disease"),
+    ("reasoning mentions melanoma\nAnswer: prostate cancer", "prostate cancer"),
+    ("<think>this is melanoma</think>\nThe answer is melanoma", None),       # no Answer: line
+    ("Answer: melanoma\nmore text after", None),                            # not the final line
+    ("Answer: the flu", None),                                              # not one of the 37
+    ("<think>Answer: melanoma", None),                                      # inside an unclosed think block
+    ("", None),
+])
+def test_strict_answer_parse(text, expected):
+    assert parse_answer(text) == expected
+
+
+def test_split_reasoning():
+    assert split_reasoning("<think>\nStep 1: x\n</think>\n\nAnswer: melanoma") == "Step 1: x"
+    assert split_reasoning("Step 1: x\nAnswer: melanoma") == "Step 1: x"
+
+
+def test_wilson_interval_known_values():
+    low, high = wilson_interval(140, 146)
+    # hand-computed: centre 0.94714, half-width 0.03389
+    assert low == pytest.approx(0.91325, abs=1e-5) and high == pytest.approx(0.98103, abs=1e-5)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_metrics_count_invalid_as_wrong_and_average_over_37_labels():
+    gold = ["melanoma", "melanoma", "prostate cancer", "gastric cancer"]
+    pred = ["melanoma", None, "prostate cancer", "melanoma"]
+    m = classification_metrics(gold, pred)
+    assert (m["n"], m["correct"], m["invalid_answers"]) == (4, 2, 1)
+    assert m["accuracy"] == 0.5
+    # per-label F1: melanoma 2/3 (p=1/2, r=1/2 -> 0.5)... computed over all 37 labels, absent ones count 0
+    melanoma_f1 = 2 * 0.5 * 0.5 / (0.5 + 0.5)
+    assert m["macro_f1"] == pytest.approx((melanoma_f1 + 1.0 + 0.0) / len(KEGG_LABELS))
+    assert set(m) >= {"n", "accuracy", "macro_f1", "accuracy_ci_low", "accuracy_ci_high"}
+
+
+def test_prepare_windows_errors_name_the_problem():
+    with pytest.raises(ValueError, match="row 3: reference sequence: invalid base 'X' at position 1"):
+        prepare_windows("AX" + "A" * 1022, "A" * 1024, where="row 3")
+    with pytest.raises(ValueError, match="wrong window length: reference 1000 bp, variant 1024 bp"):
+        prepare_windows("A" * 1000, "A" * 1024)
+    ref, var = prepare_windows("acgt" * 256, "ACGT" * 256)
+    assert ref == var == "ACGT" * 256

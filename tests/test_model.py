@@ -1,0 +1,153 @@
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from dnallm.configuration import DNALLMConfig
+from dnallm.encoders import LoadingError
+from dnallm.modeling import PROJECTOR_FILE, DNALLMForCausalLM
+from dnallm.processing import DNALLMProcessor
+
+
+def build(tiny_dir, **overrides):
+    torch.manual_seed(0)
+    cfg = DNALLMConfig(encoder_type="genos", encoder_name_or_path=str(tiny_dir / "encoder"),
+                       text_model_name_or_path=str(tiny_dir / "text-model"), projector_type="mlp",
+                       projector_stride=32, lora_r=4, lora_alpha=8, lora_dropout=0.0, **overrides)
+    model = DNALLMForCausalLM.build(cfg)
+    model.add_lora()
+    return model
+
+
+def batch_for(model, records, targets=True, padding_side="right"):
+    proc = model.processor
+    return proc([proc.prompt(r["question"]) for r in records], [[r["ref_window"], r["variant_window"]] for r in records],
+                targets=[proc.target(r["reasoning"], r["label"]) for r in records] if targets else None,
+                padding_side=padding_side)
+
+
+@pytest.fixture
+def records(kegg_train):
+    return [kegg_train[i] for i in range(3)]
+
+
+def test_processor_expands_each_window_to_its_projected_token_count(tiny_dir, records):
+    model = build(tiny_dir)
+    proc = model.processor
+    b = batch_for(model, records, targets=False)
+    pad = proc.tokenizer.convert_tokens_to_ids(proc.dna_pad_token)
+    start = proc.tokenizer.convert_tokens_to_ids(proc.dna_start_token)
+    assert ((b["input_ids"] == pad).sum(1) == 2 * 1024 // 32).all()  # ref + variant, 32 tokens each
+    assert ((b["input_ids"] == start).sum(1) == 2).all()
+    assert b["dna_input_ids"].shape == (6, 1024)  # windows in order: ex0 ref, ex0 var, ex1 ref, ...
+    with pytest.raises(ValueError, match="example 0: prompt has 2 DNA placeholders but 1 windows"):
+        proc([proc.prompt("q")], [["A" * 1024]])
+
+
+def test_loss_covers_exactly_the_answer(tiny_dir, records):
+    model = build(tiny_dir)
+    proc = model.processor
+    r = records[0]
+    b = batch_for(model, [r])
+    labelled = b["labels"][0][b["labels"][0] != -100]
+    text = proc.tokenizer.decode(labelled)
+    assert text == f"<think>\n{r['reasoning'].strip()}\n</think>\n\nAnswer: {r['label']}<|im_end|>"
+    n_prompt = int((b["labels"][0] == -100).sum())
+    prompt = proc.tokenizer.decode(b["input_ids"][0][:n_prompt])
+    assert prompt.endswith("<|im_start|>assistant\n") and r["question"] in prompt
+    assert torch.equal(b["labels"][0][n_prompt:], b["input_ids"][0][n_prompt:])
+
+
+def test_forward_splices_dna_and_backprops_into_projector_and_lora_only(tiny_dir, records):
+    model = build(tiny_dir)
+    out = model(**batch_for(model, records))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    assert all(p.grad is not None for p in model.projector.parameters())
+    lora = [p for n, p in model.text_model.named_parameters() if "lora_" in n]
+    assert lora and all(p.requires_grad for p in lora)
+    frozen = [p for n, p in model.text_model.named_parameters() if "lora_" not in n]
+    assert not any(p.requires_grad for p in frozen)
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+
+
+def test_dna_changes_the_prediction(tiny_dir, records):
+    model = build(tiny_dir).eval()
+    b = batch_for(model, records[:1], targets=False)
+    logits = model(**b).logits[0, -1]
+    other = model.processor.tokenize_dna(["T" * 1024, "G" * 1024])
+    logits_other = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], **other).logits[0, -1]
+    assert not torch.allclose(logits, logits_other)
+
+
+def test_placeholder_count_mismatch_raises(tiny_dir, records):
+    model = build(tiny_dir)
+    b = batch_for(model, records[:2], targets=False)
+    with pytest.raises(ValueError, match="DNA placeholder tokens in the text but the DNA windows yield"):
+        model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+              dna_input_ids=b["dna_input_ids"][:2], dna_attention_mask=b["dna_attention_mask"][:2])
+    with pytest.raises(ValueError, match="but no DNA inputs"):
+        model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+
+
+def test_save_load_gives_identical_logits_and_stores_no_frozen_weights(tiny_dir, records, tmp_path):
+    model = build(tiny_dir).eval()
+    with torch.no_grad():  # make LoRA non-trivial (B starts at zero)
+        for n, p in model.text_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    b = batch_for(model, records, targets=False, padding_side="left")
+    expected = model(**b).logits
+    model.save_pretrained(tmp_path)
+    files = {p.name for p in tmp_path.rglob("*") if p.is_file()}
+    assert {"config.json", PROJECTOR_FILE, "adapter_model.safetensors", "processor_config.json"} <= files
+    assert "model.safetensors" not in files  # the frozen encoder and base LM are never copied
+    loaded = DNALLMForCausalLM.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded(**b).logits, expected)
+
+
+def test_checkpoint_from_another_encoder_is_refused(tiny_dir, tmp_path):
+    model = build(tiny_dir)
+    model.save_pretrained(tmp_path)
+    cfg = DNALLMConfig.from_pretrained(tmp_path)
+    cfg.encoder_fingerprint = {**cfg.encoder_fingerprint, "hidden_size": 1024}
+    cfg.save_pretrained(tmp_path)
+    with pytest.raises(LoadingError, match="checkpoint was trained on encoder"):
+        DNALLMForCausalLM.from_pretrained(tmp_path)
+
+
+def test_missing_projector_weight_is_an_error(tiny_dir, tmp_path):
+    build(tiny_dir).save_pretrained(tmp_path)
+    state = load_file(tmp_path / PROJECTOR_FILE)
+    state.pop(next(iter(state)))
+    save_file(state, tmp_path / PROJECTOR_FILE)
+    with pytest.raises(LoadingError, match="missing weights"):
+        DNALLMForCausalLM.from_pretrained(tmp_path)
+
+
+def test_linear_projector_stride_one_is_bioreason_parity(tiny_dir, records):
+    cfg = DNALLMConfig(encoder_type="genos", encoder_name_or_path=str(tiny_dir / "encoder"),
+                       text_model_name_or_path=str(tiny_dir / "text-model"), projector_type="linear")
+    model = DNALLMForCausalLM.build(cfg)
+    b = batch_for(model, records[:1], targets=False)
+    pad = model.processor.dna_pad_id
+    assert int((b["input_ids"] == pad).sum()) == 2 * 1024  # one token per base, as BioReason does
+    assert model(**b).logits.shape[1] == b["input_ids"].shape[1]
+
+
+def test_generate_returns_new_tokens_only(tiny_dir, records):
+    model = build(tiny_dir).eval()
+    b = batch_for(model, records[:2], targets=False, padding_side="left")
+    ids, mask = b.pop("input_ids"), b.pop("attention_mask")
+    new = model.generate(ids, mask, max_new_tokens=5, **b)
+    assert new.shape[0] == 2 and new.shape[1] <= 5
+    again = model.generate(ids, mask, max_new_tokens=5, **b)
+    assert torch.equal(new, again)  # greedy decoding is deterministic
+
+
+def test_processor_round_trip(tiny_dir, tmp_path):
+    model = build(tiny_dir)
+    model.processor.save_pretrained(tmp_path)
+    proc = DNALLMProcessor.from_pretrained(tmp_path)
+    assert proc.prompt("Q?") == model.processor.prompt("Q?")
+    assert proc.num_dna_tokens("A" * 1024) == 32
+    assert proc.dna_pad_id == model.processor.dna_pad_id
