@@ -48,17 +48,20 @@ def build_tiny_models(out: Path, train, preset: dict) -> None:
                         out / "text-model", epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], **p["layout"])
 
 
-def run_quickstart(out: str | Path = "runs/quickstart", preset_name: str = "tiny", skip_pretrain: bool = False) -> dict:
+def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "tiny", skip_pretrain: bool = False,
+                   limit: int | None = None) -> dict:
+    """Run the embedded default end to end; `limit` keeps only the first rows of each split (smoke runs)."""
     from dnallm.evaluation import evaluate_split
     from dnallm.inference import explain_variant
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    preset = load_preset(preset_name)
+    preset = load_preset(preset) if isinstance(preset, str) else preset
+    take = (lambda ds: ds.select(range(min(limit, len(ds))))) if limit else (lambda ds: ds)
     torch.manual_seed(0)
     timings = {}
     t = time.time()
-    train, val = load_kegg("train"), load_kegg("val")
+    train, val = take(load_kegg("train")), take(load_kegg("val"))
     if not (skip_pretrain and (out / "encoder").exists() and (out / "text-model").exists()):
         build_tiny_models(out, train, preset)
     timings["pretrain_s"] = round(time.time() - t, 1)
@@ -75,7 +78,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset_name: str = "tiny
 
     t = time.time()
     best = DNALLMForCausalLM.from_pretrained(out / "model").eval()  # the val-selected checkpoint, as users load it
-    test = load_kegg("test")
+    test = take(load_kegg("test"))
     metrics = evaluate_split(best, test, "test", out / "eval" / "test", batch_size=preset["eval"]["batch_size"],
                              max_new_tokens=preset["eval"]["max_new_tokens"])
     timings["eval_s"] = round(time.time() - t, 1)

@@ -1,0 +1,60 @@
+"""End to end on a cut-down preset: pretrain, SFT, select on val, evaluate, explain; then the CLI on it."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import mini_preset
+from dnallm.cli import app
+from dnallm.data import load_kegg
+from dnallm.inference import explain_variant
+from dnallm.quickstart import run_quickstart
+
+
+@pytest.fixture(scope="module")
+def quickstart_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qs")
+    result = run_quickstart(out, preset=mini_preset(), limit=24)
+    return out, result
+
+
+def test_quickstart_writes_checkpoint_metrics_and_explanation(quickstart_dir):
+    out, result = quickstart_dir
+    metrics = json.loads((out / "eval" / "test" / "metrics.json").read_text())
+    assert metrics == result["metrics"]
+    assert metrics["split"] == "test" and metrics["n"] == 24
+    assert 0.0 <= metrics["accuracy_ci_low"] <= metrics["accuracy"] <= metrics["accuracy_ci_high"] <= 1.0
+    predictions = [json.loads(line) for line in open(out / "eval" / "test" / "predictions.jsonl")]
+    assert len(predictions) == 24 and sum(p["correct"] for p in predictions) == metrics["correct"]
+    summary = json.loads((out / "model" / "train_summary.json").read_text())
+    assert summary["best_val_loss"] == min(h["val_loss"] for h in summary["history"])
+    assert set(result["example"]) >= {"label", "reasoning", "raw_text", "gold"}
+    # the checkpoint refers to its models by paths relative to itself
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["encoder_name_or_path"] == "../encoder" and config["text_model_name_or_path"] == "../text-model"
+
+
+def test_explain_variant_from_saved_checkpoint(quickstart_dir):
+    out, result = quickstart_dir
+    row = load_kegg("test")[0]
+    first = explain_variant(row["question"], row["reference_sequence"], row["variant_sequence"], model=out / "model",
+                            max_new_tokens=24)
+    again = explain_variant(row["question"], row["ref_window"], row["variant_window"], model=out / "model",
+                            max_new_tokens=24)
+    assert first.raw_text == again.raw_text  # KEGG-layout input and pre-cut windows are the same question
+    assert first.raw_text == result["example"]["raw_text"][: len(first.raw_text)]
+
+
+def test_cli_eval_and_explain(quickstart_dir, tmp_path):
+    out, _ = quickstart_dir
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", "--model", str(out / "model"), "--split", "hard-val", "--out", str(tmp_path),
+                              "--max-new-tokens", "8", "--batch-size", "48"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["split"] == "hard-val" and metrics["n"] == 144
+    row = load_kegg("test")[1]
+    res = runner.invoke(app, ["explain", "--model", str(out / "model"), "--question", row["question"],
+                              "--reference", row["ref_window"], "--variant", row["variant_window"][:-1] + "Z"])
+    assert res.exit_code == 2 and "invalid base 'Z' at position 1023" in res.output
