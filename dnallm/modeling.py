@@ -52,21 +52,27 @@ class DNALLMForCausalLM(nn.Module):
     def build(cls, config: DNALLMConfig, dtype: torch.dtype | None = None, base_dir: Path | None = None,
               attn_implementation: str | None = None) -> "DNALLMForCausalLM":
         """A new model: pretrained encoder and LM from the config's paths, fresh projector and LoRA."""
+        from dnallm.tokenization import load_text_tokenizer
+
         encoder = build_encoder(config.encoder_type, _resolve(config.encoder_name_or_path, base_dir),
                                 layer=config.encoder_layer, dtype=dtype)
+        tokenizer = load_text_tokenizer(_resolve(config.text_tokenizer_name_or_path, base_dir))
+        text_model = load_text_model(_resolve(config.text_model_name_or_path, base_dir), dtype, attn_implementation)
+        return cls.from_parts(config, encoder, text_model, tokenizer, dtype)
+
+    @classmethod
+    def from_parts(cls, config: DNALLMConfig, encoder: DNAEncoder, text_model: nn.Module, tokenizer,
+                   dtype: torch.dtype | None = None) -> "DNALLMForCausalLM":
+        """Wire already-loaded parts (also used with random-init models of the real layouts in benchmarks)."""
         if config.encoder_fingerprint is None:
             config.encoder_fingerprint = encoder.fingerprint
         elif config.encoder_fingerprint != encoder.fingerprint:
             raise LoadingError(f"checkpoint was trained on encoder {config.encoder_fingerprint}, but "
                                f"{config.encoder_name_or_path!r} is {encoder.fingerprint}")
-        from dnallm.tokenization import load_text_tokenizer
-
-        tokenizer = load_text_tokenizer(_resolve(config.text_tokenizer_name_or_path, base_dir))
         processor = DNALLMProcessor(tokenizer, encoder.tokenizer, dna_stride=config.projector_stride,
                                     dna_add_special_tokens=encoder.add_special_tokens,
                                     dna_start_token=config.dna_start_token, dna_pad_token=config.dna_pad_token,
                                     dna_end_token=config.dna_end_token)
-        text_model = load_text_model(_resolve(config.text_model_name_or_path, base_dir), dtype, attn_implementation)
         if len(tokenizer) > text_model.get_input_embeddings().num_embeddings:
             # New DNA tokens start at the mean embedding; they are markers, their rows stay frozen.
             text_model.resize_token_embeddings(len(tokenizer), mean_resizing=True)

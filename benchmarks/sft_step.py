@@ -1,0 +1,119 @@
+"""SFT step throughput at the seed sizes, random init (no weights are reachable offline).
+
+    python benchmarks/sft_step.py --encoder genos-1.2b --text qwen3-4b --batch 1 --stride 1 --steps 6
+
+Builds the real layouts from config (Genos via Mixtral classes, Qwen3), wires them with
+`DNALLMForCausalLM.from_parts`, wraps the model in DeepSpeed (ZeRO-2 JSON, bf16) and times optimizer steps on
+real KEGG training examples. --no-cache re-runs the frozen encoder every step (the BioReason way).
+Prints one JSON line: samples/s, tokens/s, peak GPU memory, the card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from dnallm.configuration import DNALLMConfig
+from dnallm.data import load_kegg
+from dnallm.encoders.cache import EmbeddingCache
+from dnallm.encoders.genos import GenosEncoder, build_base_tokenizer, genos_config
+from dnallm.modeling import DNALLMForCausalLM
+from dnallm.text_models import qwen3_config
+from dnallm.tokenization import BUNDLED_QWEN3_TOKENIZER, load_text_tokenizer
+from dnallm.training import collate, encode_examples
+
+
+def build(args, device, dtype) -> DNALLMForCausalLM:
+    from transformers import MixtralModel, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        encoder_model = MixtralModel(genos_config(args.encoder.removeprefix("genos-"))).to(dtype)
+        text_model = Qwen3ForCausalLM(qwen3_config(args.text.removeprefix("qwen3-"))).to(dtype)
+    if args.attn:
+        text_model.config._attn_implementation = args.attn
+    encoder = GenosEncoder(encoder_model, build_base_tokenizer(), -1, f"random-init {args.encoder}")
+    config = DNALLMConfig(projector_type=args.projector, projector_stride=args.stride, lora_r=args.lora_r,
+                          lora_alpha=2 * args.lora_r, lora_dropout=0.0)
+    model = DNALLMForCausalLM.from_parts(config, encoder, text_model, load_text_tokenizer(str(BUNDLED_QWEN3_TOKENIZER)),
+                                         dtype=dtype)
+    model.add_lora()
+    if args.grad_ckpt:
+        model.text_model.gradient_checkpointing_enable()
+        model.text_model.enable_input_require_grads()
+    return model.to(device)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--encoder", default="genos-1.2b")
+    p.add_argument("--text", default="qwen3-4b")
+    p.add_argument("--projector", default="mlp")
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--lora-r", type=int, default=32)
+    p.add_argument("--no-cache", action="store_true", help="re-run the encoder every step")
+    p.add_argument("--grad-ckpt", action="store_true")
+    p.add_argument("--attn", default="sdpa")
+    p.add_argument("--zero", default="train/configs/zero2.json")
+    p.add_argument("--label", default="")
+    args = p.parse_args()
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": "29511"}.items():
+        os.environ.setdefault(k, v)
+    import deepspeed
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+    model = build(args, device, dtype)
+    records = load_kegg("train").select(range(args.batch * (args.steps + args.warmup)))
+    examples = encode_examples(model, records, max_length=8192)
+    cache = EmbeddingCache(model.encoder, dtype=dtype, device=device)
+    if not args.no_cache:
+        cache.add([w for e in examples for w in e["windows"]])
+    trainable = [q for q in model.parameters() if q.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    ds_config = {**json.load(open(args.zero)), "train_micro_batch_size_per_gpu": args.batch,
+                 "gradient_accumulation_steps": 1}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    pad = model.processor.tokenizer.pad_token_id
+    times, tokens = [], 0
+    for step in range(args.warmup + args.steps):
+        chunk = examples[step * args.batch:(step + 1) * args.batch]
+        batch = collate(chunk, cache, pad)
+        if args.no_cache:  # BioReason-style: the frozen encoder runs inside every step
+            batch.pop("dna_hidden_states"), batch.pop("dna_positions_mask")
+            batch.update(model.processor.tokenize_dna([w for e in chunk for w in e["windows"]]))
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        loss = engine(**batch)["loss"]
+        engine.backward(loss)
+        engine.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= args.warmup:
+            times.append(time.perf_counter() - t)
+            tokens += int(batch["attention_mask"].sum())
+    seconds = sum(times)
+    result = {"label": args.label, "encoder": args.encoder, "text": args.text, "projector": args.projector,
+              "stride": args.stride, "batch": args.batch, "encoder_cached": not args.no_cache,
+              "grad_ckpt": args.grad_ckpt, "lora_r": args.lora_r, "zero": os.path.basename(args.zero),
+              "steps": args.steps, "samples_per_s": round(args.batch * args.steps / seconds, 3),
+              "tokens_per_s": round(tokens / seconds, 1), "mean_tokens_per_sample": tokens // (args.batch * args.steps),
+              "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+              "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "loss": round(loss.item(), 4)}
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

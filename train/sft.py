@@ -1,0 +1,49 @@
+"""SFT entry point: `python train/sft.py --config PRESET.yaml --out DIR` or `deepspeed train/sft.py ...`.
+
+A thin wrapper over `dnallm.training.train_sft`: the encoder is frozen and cached, the projector and LoRA are
+trained, the checkpoint is chosen on the validation split, and the test split is never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+import yaml
+
+from dnallm.configuration import DNALLMConfig
+from dnallm.data import load_kegg
+from dnallm.modeling import DNALLMForCausalLM
+from dnallm.training import SFTConfig, train_sft
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, help="YAML preset with model: and sft: sections")
+    parser.add_argument("--out", required=True, help="checkpoint folder")
+    parser.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
+    args = parser.parse_args()
+
+    preset = yaml.safe_load(Path(args.config).read_text())
+    sft = SFTConfig.from_dict(preset.get("sft", {}))
+    device = torch.device("cpu")
+    if sft.deepspeed:
+        import deepspeed
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend)
+        if torch.cuda.is_available():
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+    dtype = torch.bfloat16 if sft.bf16 and device.type == "cuda" else None
+    model = DNALLMForCausalLM.build(DNALLMConfig(**preset["model"]), dtype=dtype)
+    model.add_lora()
+    model.to(device)
+    view = preset.get("data", {}).get("view", "kegg")
+    train_sft(model, load_kegg("train", view=view), load_kegg("val", view=view), sft, args.out)
+
+
+if __name__ == "__main__":
+    main()
