@@ -68,19 +68,44 @@ def load_model(path: str, device: str | None = None, dtype: str | None = None) -
     return model
 
 
+FORCED_ANSWER = "\n</think>\n\nAnswer:"
+
+
 @torch.no_grad()
 def generate_answers(model: DNALLMForCausalLM, questions: list[str], windows: list[tuple[str, str]],
-                     batch_size: int = 16, max_new_tokens: int = 1024, progress=None) -> list[str]:
-    """Greedy, deterministic answers (reasoning + answer line) for many questions, batched."""
+                     batch_size: int = 16, max_new_tokens: int = 1024, max_answer_tokens: int = 24,
+                     progress=None) -> list[str]:
+    """Greedy, deterministic answers (reasoning + answer line) for many questions, batched.
+
+    Thinking budget (Qwen3-style budget forcing): `max_new_tokens` bounds the reasoning. An answer that
+    has not ended by then gets `</think>` and `Answer:` appended, and the model writes the label in at most
+    `max_answer_tokens` more greedy tokens. The returned text then contains the forced suffix, so a
+    reader (and `parse_answer`) sees exactly what the model was given and wrote.
+    """
     proc = model.processor
+    tok = proc.tokenizer
+    forced_ids = tok(FORCED_ANSWER, add_special_tokens=False)["input_ids"]
     texts: list[str] = []
     for i in range(0, len(questions), batch_size):
         batch = proc([proc.prompt(q) for q in questions[i:i + batch_size]],
                      [list(w) for w in windows[i:i + batch_size]], padding_side="left")
         batch = {k: v.to(model.device) for k, v in batch.items()}
-        new_tokens = model.generate(batch.pop("input_ids"), batch.pop("attention_mask"),
-                                    max_new_tokens=max_new_tokens, **batch)
-        texts += proc.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        input_ids, attention_mask = batch.pop("input_ids"), batch.pop("attention_mask")
+        new_tokens = model.generate(input_ids, attention_mask, max_new_tokens=max_new_tokens, **batch).tolist()
+        rows = [row[: row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row for row in new_tokens]
+        unfinished = [j for j, row in enumerate(rows) if tok.eos_token_id not in row]
+        if unfinished and max_answer_tokens > 0:
+            # Continue only the unfinished rows: prompt + reasoning so far + forced answer prefix.
+            prompts = [input_ids[j][attention_mask[j].bool()].tolist() for j in unfinished]
+            seqs = [p + [t for t in rows[j] if t != tok.pad_token_id] + forced_ids for p, j in zip(prompts, unfinished)]
+            width = max(len(s) for s in seqs)
+            ids = torch.tensor([[tok.pad_token_id] * (width - len(s)) + s for s in seqs], device=model.device)
+            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=model.device)
+            dna = {k: v.view(len(rows), 2, *v.shape[1:])[unfinished].flatten(0, 1) for k, v in batch.items()}
+            tails = model.generate(ids, mask, max_new_tokens=max_answer_tokens, **dna).tolist()
+            for j, tail in zip(unfinished, tails):
+                rows[j] = rows[j] + forced_ids + tail
+        texts += tok.batch_decode(rows, skip_special_tokens=True)
         if progress:
             progress(len(texts))
     return texts

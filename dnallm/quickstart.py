@@ -20,7 +20,7 @@ import yaml
 from dnallm.configuration import DNALLMConfig
 from dnallm.data import load_kegg
 from dnallm.modeling import DNALLMForCausalLM
-from dnallm.processing import DNALLMProcessor
+from dnallm.processing import DNALLMProcessor, format_answer
 from dnallm.training import SFTConfig, train_sft
 
 
@@ -44,7 +44,9 @@ def build_tiny_models(out: Path, train, preset: dict) -> None:
     texts = [proc.prompt(r["question"]) + proc.target(r["reasoning"], r["label"]) for r in train]
     tokenizer = prune_tokenizer(proc.tokenizer, texts)
     p = preset["text_pretrain"]
-    pretrain_text_model(tokenizer, [f"{q}\n\n{r}" for q, r in zip(train["question"], train["reasoning"])],
+    # Pretraining text: each training question followed by its written answer (reasoning + answer line),
+    # no DNA: the LM learns the language and the answer format before it ever sees a DNA token.
+    pretrain_text_model(tokenizer, [f"{r['question']}\n\n{format_answer(r['reasoning'], r['label'])}" for r in train],
                         out / "text-model", epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], **p["layout"])
 
 

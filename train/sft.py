@@ -23,6 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="YAML preset with model: and sft: sections")
     parser.add_argument("--out", required=True, help="checkpoint folder")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N rows of train and val (smoke runs)")
     parser.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
     args = parser.parse_args()
 
@@ -42,7 +43,10 @@ def main() -> None:
     model.add_lora()
     model.to(device)
     view = preset.get("data", {}).get("view", "kegg")
-    train_sft(model, load_kegg("train", view=view), load_kegg("val", view=view), sft, args.out)
+    train, val = load_kegg("train", view=view), load_kegg("val", view=view)
+    if args.limit:
+        train, val = train.select(range(args.limit)), val.select(range(min(args.limit, len(val))))
+    train_sft(model, train, val, sft, args.out)
 
 
 if __name__ == "__main__":
