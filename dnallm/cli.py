@@ -67,12 +67,13 @@ def evaluate(model: Path = typer.Option(Path("runs/quickstart/model"), help="Che
 def explain(question: str = typer.Option(..., help="Question about the variant"),
             reference: str = typer.Option(..., help="Reference sequence (1024 bp window or KEGG layout)"),
             variant: str = typer.Option(..., help="Variant sequence (1024 bp window or KEGG layout)"),
-            model: Path = typer.Option(Path("runs/quickstart/model"), help="Checkpoint folder")):
-    """Explain one variant; prints JSON with label, reasoning and raw text."""
+            model: Path = typer.Option(Path("runs/quickstart/model"), help="Checkpoint folder"),
+            mode: str = typer.Option("generate", help="generate (reasoning + answer) | score (label probabilities only)")):
+    """Explain one variant; prints JSON with label, reasoning, raw text and label probabilities."""
     from dnallm.inference import explain_variant
 
     try:
-        result = explain_variant(question, reference, variant, model=model)
+        result = explain_variant(question, reference, variant, model=model, mode=mode)
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)

@@ -113,20 +113,38 @@ def generate_answers(model: DNALLMForCausalLM, questions: list[str], windows: li
 
 @dataclass
 class Explanation:
-    label: str | None      # one of the 37 KEGG labels, or None when the answer line is missing/invalid
-    reasoning: str
-    raw_text: str
+    label: str | None      # generate mode: the final Answer: line's label (None if missing/invalid);
+                           # score mode: the most probable label
+    reasoning: str         # the think-block text ("" in score mode)
+    raw_text: str          # everything the model generated ("" in score mode)
+    label_probabilities: dict[str, float]  # all 37 labels, from label scoring, summing to 1
+    top_k: list[tuple[str, float]]
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def explain_variant(question: str, reference_sequence: str, variant_sequence: str,
-                    model: str | Path | DNALLMForCausalLM = "runs/quickstart",
-                    max_new_tokens: int = 1024) -> Explanation:
-    """Ask the model about one variant; returns its label, its reasoning and the raw generated text."""
+                    model: str | Path | DNALLMForCausalLM = "runs/quickstart/model", mode: str = "generate",
+                    max_new_tokens: int = 1024, k: int = 3) -> Explanation:
+    """Ask the model about one variant.
+
+    mode="generate": greedy reasoning, then the label from the strict final `Answer:` line.
+    mode="score": no reasoning; the label is the most likely of the 37 under label scoring (fast).
+    Both return the 37 label probabilities and the top k.
+    """
+    from dnallm.scoring import label_probabilities, top_k
+
+    if mode not in ("generate", "score"):
+        raise ValueError(f"unknown mode {mode!r}; expected 'generate' or 'score'")
     if not isinstance(model, DNALLMForCausalLM):
         model = load_model(str(Path(model).resolve()))
     windows = prepare_windows(reference_sequence, variant_sequence, model.config.window_size)
+    probs = label_probabilities(model, [question], [windows])
+    best = top_k(probs, k)[0]
+    scores = {label: float(p) for label, p in zip(KEGG_LABELS, probs[0].tolist())}
+    if mode == "score":
+        return Explanation(label=best[0][0], reasoning="", raw_text="", label_probabilities=scores, top_k=best)
     raw = generate_answers(model, [question], [windows], max_new_tokens=max_new_tokens)[0]
-    return Explanation(label=parse_answer(raw), reasoning=split_reasoning(raw), raw_text=raw)
+    return Explanation(label=parse_answer(raw), reasoning=split_reasoning(raw), raw_text=raw,
+                       label_probabilities=scores, top_k=best)

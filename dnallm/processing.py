@@ -43,14 +43,21 @@ class DNALLMProcessor:
         self.dna_pad_id = tokenizer.convert_tokens_to_ids(dna_pad_token)
 
     # ---- text ----
-    def prompt(self, question: str) -> str:
-        """Chat-formatted prompt (Qwen3 thinking mode) ending where the assistant starts writing."""
+    def prompt(self, question: str, thinking: bool = True) -> str:
+        """Chat-formatted prompt ending where the assistant starts writing.
+
+        thinking=True: Qwen3 thinking mode (the model writes `<think>...</think>` then the answer line).
+        thinking=False: Qwen3 non-thinking mode; the template closes an empty think block and the model
+        answers directly (used for direct-answer training examples and label scoring).
+        """
         messages = [{"role": "user", "content": format_user_message(question, self.dna_pad_token)}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                                  enable_thinking=True)
+                                                  enable_thinking=thinking)
 
-    def target(self, reasoning: str, label: str) -> str:
-        return format_answer(reasoning, label) + self.tokenizer.eos_token
+    def target(self, reasoning: str | None, label: str) -> str:
+        """The trained answer: reasoning + answer line, or the answer line alone when reasoning is None."""
+        body = format_answer(reasoning, label) if reasoning is not None else f"{ANSWER_PREFIX} {label}"
+        return body + self.tokenizer.eos_token
 
     # ---- DNA ----
     def tokenize_dna(self, windows: list[str]) -> dict[str, torch.Tensor]:

@@ -6,12 +6,13 @@ Checkpoint selection uses the validation split only; the test split is never rea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ class SFTConfig:
     warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0
     max_length: int = 4096           # prompt + DNA + answer tokens; longer examples are an error, not cut
+    direct_answers: bool = False     # also train each example in Qwen3 non-thinking mode (answer line only)
     eval_batch_size: int = 16
     evals_per_epoch: int = 1
     seed: int = 0
@@ -39,7 +41,13 @@ class SFTConfig:
     gradient_checkpointing: bool = False
     deepspeed: str | dict | None = None  # path to (or dict of) a DeepSpeed JSON config
     log_every: int = 10
-    extra: dict = field(default_factory=dict)
+    save_every: int | None = None    # steps between resumable states in out/last (default: every evaluation)
+    resume: bool = False             # continue from out/last if it exists
+    stop_after_steps: int | None = None  # end early (the schedule still spans all epochs); for staged runs/tests
+    train_lora: bool = True          # False: stage 1, projector only
+    init_projector_from: str | None = None  # stage 2: start from a stage-1 checkpoint's projector
+    tensorboard: bool = True
+    progress: bool = False           # a tqdm bar instead of log lines
 
     @classmethod
     def from_dict(cls, d: dict) -> "SFTConfig":
@@ -54,18 +62,24 @@ class SFTConfig:
         return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
 
 
-def encode_examples(model: DNALLMForCausalLM, records, max_length: int) -> list[dict]:
-    """Tokenize every record once: prompt + answer ids, labels on the answer only, and its two windows."""
+def encode_examples(model: DNALLMForCausalLM, records, max_length: int, direct_answers: bool = False) -> list[dict]:
+    """Tokenize every record once: prompt + answer ids, labels on the answer only, and its two windows.
+
+    With direct_answers, each record also yields a non-thinking-mode example whose answer is the label line
+    alone (Qwen3's hybrid thinking/non-thinking training): a short, dense signal for the label.
+    """
     proc = model.processor
+    modes = [True, False] if direct_answers else [True]
     out = []
     for r in records:
         windows = [r["ref_window"], r["variant_window"]]
-        b = proc([proc.prompt(r["question"])], [windows], targets=[proc.target(r["reasoning"], r["label"])],
-                 dna_ids=False)
-        n = b["input_ids"].shape[1]
-        if n > max_length:
-            raise ValueError(f"row {r.get('row')}: {n} tokens exceed max_length {max_length}")
-        out.append({"input_ids": b["input_ids"][0], "labels": b["labels"][0], "windows": windows})
+        for thinking in modes:
+            target = proc.target(r["reasoning"] if thinking else None, r["label"])
+            b = proc([proc.prompt(r["question"], thinking=thinking)], [windows], targets=[target], dna_ids=False)
+            n = b["input_ids"].shape[1]
+            if n > max_length:
+                raise ValueError(f"row {r.get('row')}: {n} tokens exceed max_length {max_length}")
+            out.append({"input_ids": b["input_ids"][0], "labels": b["labels"][0], "windows": windows})
     return out
 
 
@@ -110,37 +124,95 @@ def answer_loss(model: DNALLMForCausalLM, examples: list[dict], cache: Embedding
     return total / max(1, count)
 
 
+def _optimizer(model: DNALLMForCausalLM, cfg: SFTConfig, total_updates: int):
+    if not cfg.train_lora:  # stage 1: projector only
+        for n, p in model.text_model.named_parameters():
+            if "lora_" in n:
+                p.requires_grad_(False)
+    lora_params = [p for p in model.text_model.parameters() if p.requires_grad]
+    groups = [g for g in ({"params": list(model.projector.parameters()), "lr": cfg.lr_projector},
+                          {"params": lora_params, "lr": cfg.lr_lora}) if g["params"]]
+    warmup = max(1, int(total_updates * cfg.warmup_ratio))
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(s, total_updates) / total_updates)))
+    return groups, optimizer, schedule
+
+
+def _load_trainable(model: DNALLMForCausalLM, path: Path, projector_only: bool = False) -> None:
+    """Load projector (and LoRA) weights saved by `save_pretrained` into a model being trained."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from dnallm.modeling import ADAPTER_DIR, PROJECTOR_FILE
+
+    model.projector.load_state_dict(load_file(path / PROJECTOR_FILE))
+    adapter = path / ADAPTER_DIR / "adapter_model.safetensors"
+    if not projector_only and adapter.exists():
+        result = set_peft_model_state_dict(model.text_model, load_file(adapter))
+        if getattr(result, "unexpected_keys", None):
+            raise RuntimeError(f"{adapter}: unexpected LoRA weights {result.unexpected_keys[:5]}")
+
+
+def _save_model(model, path: Path, engine, rank: int) -> None:
+    """save_pretrained on rank 0; under ZeRO-3 every rank first gathers the (small) trainable weights."""
+    gather = contextlib.nullcontext()
+    if engine is not None and engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters([p for p in model.parameters() if p.requires_grad],
+                                                   modifier_rank=None)
+    with gather:
+        if rank == 0:
+            model.save_pretrained(path)
+
+
+def _save_state(out: Path, model, engine, optimizer, schedule, state: dict, rank: int) -> None:
+    """Everything a resume needs, in out/last: weights, optimizer, scheduler, counters, RNG states."""
+    last = out / "last"
+    _save_model(model, last, engine, rank)
+    if engine is not None:
+        engine.save_checkpoint(str(last / "deepspeed"), tag="last")  # collective: every rank writes its shard
+    if rank != 0:
+        return
+    if engine is None:
+        torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, last / "optimizer.pt")
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    torch.save(rng, last / "rng.pt")
+    (last / "trainer_state.json").write_text(json.dumps(state, indent=2))
+
+
 def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConfig, out_dir: str | Path) -> dict:
-    """Train projector + LoRA; keep the checkpoint with the lowest validation answer loss in out_dir."""
+    """Train projector + LoRA; keep the checkpoint with the lowest validation answer loss in out_dir.
+
+    out_dir/last holds the latest full training state; `cfg.resume` continues from it and gives the same
+    result as an uninterrupted run (same batch order, optimizer, scheduler and RNG state).
+    """
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    rank = int(os.environ.get("RANK", 0))
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = model.device
     model.encoder.to(device)
+    if cfg.init_projector_from:  # stage 2 starts from the stage-1 projector
+        _load_trainable(model, Path(cfg.init_projector_from), projector_only=True)
 
-    train = encode_examples(model, train_records, cfg.max_length)
-    val = encode_examples(model, val_records, cfg.max_length)
+    train = encode_examples(model, train_records, cfg.max_length, cfg.direct_answers)
+    val = encode_examples(model, val_records, cfg.max_length)  # selection on the reasoning-mode answer loss
     # The frozen encoder runs once per distinct window (many KEGG windows repeat), never per step.
-    cache = EmbeddingCache(model.encoder, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
+    cache = EmbeddingCache(model.encoder, dtype=torch.bfloat16 if cfg.bf16 else torch.float32, device=device)
     t0 = time.time()
     cache.add([w for e in train + val for w in e["windows"]], batch_size=cfg.eval_batch_size)
-    print(f"[sft] encoder cache: {len(cache)} distinct windows in {time.time() - t0:.0f}s", flush=True)
+    if rank == 0:
+        print(f"[sft] encoder cache: {len(cache)} distinct windows in {time.time() - t0:.0f}s", flush=True)
 
     if cfg.gradient_checkpointing:
         model.text_model.gradient_checkpointing_enable()
         model.text_model.enable_input_require_grads()
-    lora_params = [p for n, p in model.text_model.named_parameters() if p.requires_grad]
-    groups = [{"params": list(model.projector.parameters()), "lr": cfg.lr_projector},
-              {"params": lora_params, "lr": cfg.lr_lora}]
-    groups = [g for g in groups if g["params"]]
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total_updates = max(1, math.ceil(steps_per_epoch * cfg.epochs / cfg.grad_accum))
-    warmup = max(1, int(total_updates * cfg.warmup_ratio))
-    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total_updates) / total_updates)))
-
+    # Each rank takes every world-th batch of the epoch's shared order.
+    steps_per_epoch = math.ceil(math.ceil(len(train) / cfg.batch_size) / world)
+    total_steps = math.ceil(steps_per_epoch * cfg.epochs)
+    groups, optimizer, schedule = _optimizer(model, cfg, max(1, math.ceil(total_steps / cfg.grad_accum)))
     engine = None
     if cfg.deepspeed:
         import deepspeed
@@ -152,14 +224,43 @@ def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConf
         engine, optimizer, _, schedule = deepspeed.initialize(model=model, optimizer=optimizer,
                                                               lr_scheduler=schedule, config=ds_config)
 
+    state = {"step": 0, "best_val_loss": math.inf, "history": []}
+    last = out_dir / "last"
+    if cfg.resume and (last / "trainer_state.json").exists():
+        state = json.loads((last / "trainer_state.json").read_text())
+        if engine is not None:  # restores module (any ZeRO stage), optimizer and scheduler
+            engine.load_checkpoint(str(last / "deepspeed"), tag="last", load_module_strict=False)
+        else:
+            _load_trainable(model, last)
+            opt_state = torch.load(last / "optimizer.pt", weights_only=False)
+            optimizer.load_state_dict(opt_state["optimizer"]), schedule.load_state_dict(opt_state["schedule"])
+        rng = torch.load(last / "rng.pt", weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        if rank == 0:
+            print(f"[sft] resumed from {last} at step {state['step']}", flush=True)
+
+    writer = None
+    if rank == 0 and cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tensorboard"))
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_steps, initial=state["step"], desc="sft", unit="step", disable=rank != 0 or not cfg.progress)
     eval_every = max(1, steps_per_epoch // max(1, cfg.evals_per_epoch))
-    total_steps = math.ceil(steps_per_epoch * cfg.epochs)
-    history, best, step = [], math.inf, 0
-    start = time.time()
+    stop_at = min(total_steps, cfg.stop_after_steps or total_steps)
     pad_id = model.processor.tokenizer.pad_token_id
-    while step < total_steps:
-        for batch_examples in _batches(train, cfg.batch_size, rng):
-            if step >= total_steps:
+    start = time.time()
+    step = state["step"]
+    while step < stop_at:
+        epoch, offset = divmod(step, steps_per_epoch)
+        # The epoch's batch order depends only on (seed, epoch), so a resume rebuilds it exactly.
+        order = _batches(train, cfg.batch_size, random.Random(cfg.seed * 100_003 + epoch))
+        order = (order + order[: -len(order) % world])[rank::world]  # equal step counts on every rank
+        for batch_examples in order[offset:steps_per_epoch]:
+            if step >= stop_at:
                 break
             model.train()
             batch = {k: v.to(device) for k, v in collate(batch_examples, cache, pad_id).items()}
@@ -174,22 +275,34 @@ def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConf
                     torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.max_grad_norm)
                     optimizer.step(), schedule.step(), optimizer.zero_grad(set_to_none=True)
             step += 1
-            if step % cfg.log_every == 0 and rank == 0:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if writer:
+                writer.add_scalar("train/loss", loss.item(), step)
+                writer.add_scalar("train/lr_projector", schedule.get_last_lr()[0], step)
+            if step % cfg.log_every == 0 and rank == 0 and not cfg.progress:
                 print(f"[sft] step {step}/{total_steps} loss {loss.item():.4f} ({time.time() - start:.0f}s)", flush=True)
             if step % eval_every == 0 or step == total_steps:
                 val_loss = answer_loss(model, val, cache, cfg.eval_batch_size, cfg.bf16)
-                history.append({"step": step, "epoch": round(step / steps_per_epoch, 3), "train_loss": loss.item(),
-                                "val_loss": val_loss})
-                improved = val_loss < best
+                state["history"].append({"step": step, "epoch": round(step / steps_per_epoch, 3),
+                                         "train_loss": loss.item(), "val_loss": val_loss})
+                improved = val_loss < state["best_val_loss"]
                 if improved:
-                    best = val_loss
-                    if rank == 0:
-                        model.save_pretrained(out_dir)
+                    state["best_val_loss"] = val_loss
+                    _save_model(model, out_dir, engine, rank)
+                if writer:
+                    writer.add_scalar("val/answer_loss", val_loss, step)
                 if rank == 0:
-                    print(f"[sft] step {step}: val answer loss {val_loss:.4f}{' (best, saved)' if improved else ''}",
-                          flush=True)
-    summary = {"best_val_loss": best, "steps": step, "train_seconds": round(time.time() - start, 1),
-               "history": history, "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}}
+                    tqdm.write(f"[sft] step {step}: val answer loss {val_loss:.4f}{' (best, saved)' if improved else ''}")
+            if step % (cfg.save_every or eval_every) == 0 or step == stop_at:
+                state["step"] = step
+                _save_state(out_dir, model, engine, optimizer, schedule, state, rank)
+    bar.close()
+    if writer:
+        writer.close()
+    summary = {"best_val_loss": state["best_val_loss"], "steps": step, "finished": step >= total_steps,
+               "train_seconds": round(time.time() - start, 1), "history": state["history"],
+               "config": asdict(cfg)}
     if rank == 0:
         (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

@@ -29,7 +29,7 @@ def test_quickstart_writes_checkpoint_metrics_and_explanation(quickstart_dir):
     assert len(predictions) == 24 and sum(p["correct"] for p in predictions) == metrics["correct"]
     summary = json.loads((out / "model" / "train_summary.json").read_text())
     assert summary["best_val_loss"] == min(h["val_loss"] for h in summary["history"])
-    assert set(result["example"]) >= {"label", "reasoning", "raw_text", "gold"}
+    assert set(result["example"]) >= {"label", "reasoning", "raw_text", "gold", "top_k"}
     # the checkpoint refers to its models by paths relative to itself
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["encoder_name_or_path"] == "../encoder" and config["text_model_name_or_path"] == "../text-model"
@@ -43,7 +43,27 @@ def test_explain_variant_from_saved_checkpoint(quickstart_dir):
     again = explain_variant(row["question"], row["ref_window"], row["variant_window"], model=out / "model",
                             max_new_tokens=24)
     assert first.raw_text == again.raw_text  # KEGG-layout input and pre-cut windows are the same question
-    assert first.raw_text == result["example"]["raw_text"][: len(first.raw_text)]
+    assert first.to_dict().keys() == {"label", "reasoning", "raw_text", "label_probabilities", "top_k"}
+    assert sum(first.label_probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    scored = explain_variant(row["question"], row["ref_window"], row["variant_window"], model=out / "model",
+                             mode="score")
+    assert scored.label == scored.top_k[0][0] == max(scored.label_probabilities, key=scored.label_probabilities.get)
+    assert scored.label_probabilities == first.label_probabilities and scored.raw_text == ""
+
+
+def test_thinking_budget_forces_the_answer_line(quickstart_dir):
+    from dnallm.inference import FORCED_ANSWER, generate_answers, load_model
+
+    out, _ = quickstart_dir
+    model = load_model(str((out / "model").resolve()))
+    rows = load_kegg("test").select(range(3))
+    windows = list(zip(rows["ref_window"], rows["variant_window"]))
+    budgeted = generate_answers(model, list(rows["question"]), windows, max_new_tokens=4, max_answer_tokens=6)
+    free = generate_answers(model, list(rows["question"]), windows, max_new_tokens=4, max_answer_tokens=0)
+    forced = [(b, f) for b, f in zip(budgeted, free) if b != f]
+    assert forced  # a 4-token budget cuts the reasoning of (at least) one of the three
+    for b, f in forced:
+        assert b.startswith(f) and b[len(f):].startswith(FORCED_ANSWER)
 
 
 def test_cli_eval_and_explain(quickstart_dir, tmp_path):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from dnallm.modeling import DNALLMForCausalLM
@@ -20,8 +21,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_sft_entry_point_under_deepspeed_zero2(tiny_dir, tmp_path):
-    zero = json.loads((ROOT / "train/configs/zero2.json").read_text())
+@pytest.mark.parametrize("zero_config", ["zero2.json", "zero3.json"])
+def test_sft_entry_point_under_deepspeed(zero_config, tiny_dir, tmp_path):
+    zero = json.loads((ROOT / "train/configs" / zero_config).read_text())
     zero["bf16"] = {"enabled": False}  # CPU: fp32 (the GPU presets keep bf16)
     (tmp_path / "zero.json").write_text(json.dumps(zero))
     preset = {"model": {"encoder_type": "genos", "encoder_name_or_path": str(tiny_dir / "encoder"),
@@ -39,3 +41,5 @@ def test_sft_entry_point_under_deepspeed_zero2(tiny_dir, tmp_path):
     assert summary["steps"] == 2 and summary["config"]["deepspeed"].endswith("zero.json")
     model = DNALLMForCausalLM.from_pretrained(out)  # the DeepSpeed-trained checkpoint loads like any other
     assert model.config.projector_stride == 32
+    assert all(p.numel() > 0 for p in model.projector.parameters())  # ZeRO-3 weights were gathered for saving
+    assert (out / "last" / "deepspeed" / "last").is_dir()

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from dnallm.labels import KEGG_LABELS
+from dnallm.processing import ANSWER_PREFIX
+from dnallm.scoring import label_logprobs, label_probabilities, top_k
+from test_model import build
+
+
+@pytest.fixture(scope="module")
+def scored_model(tiny_dir):
+    model = build(tiny_dir).eval()
+    with torch.no_grad():  # a non-trivial adapter, so the test also covers LoRA in the cached path
+        for n, p in model.text_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    return model
+
+
+@torch.no_grad()
+def naive_logprob(model, question, windows, label):
+    """One full forward over prompt + label: the reference the cached computation must match."""
+    proc, tok = model.processor, model.processor.tokenizer
+    b = proc([proc.prompt(question, thinking=False) + ANSWER_PREFIX], [list(windows)])
+    label_ids = tok(f" {label}{tok.eos_token}", add_special_tokens=False)["input_ids"]
+    ids = torch.cat([b["input_ids"], torch.tensor([label_ids])], 1)
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), dna_input_ids=b["dna_input_ids"],
+                   dna_attention_mask=b["dna_attention_mask"]).logits[0]
+    n = len(label_ids)
+    logp = torch.log_softmax(logits[-n - 1:-1].float(), -1)
+    return float(logp[torch.arange(n), torch.tensor(label_ids)].sum())
+
+
+def test_cached_label_scores_equal_full_forwards(scored_model, kegg_train):
+    rows = [kegg_train[i] for i in (0, 5, 9)]  # different prompt lengths: exercises left padding
+    questions = [r["question"] for r in rows]
+    windows = [(r["ref_window"], r["variant_window"]) for r in rows]
+    scores = label_logprobs(scored_model, questions, windows, batch_size=3)
+    assert scores.shape == (3, len(KEGG_LABELS))
+    for i in range(3):
+        for j in (0, 9, 36):
+            expected = naive_logprob(scored_model, questions[i], windows[i], KEGG_LABELS[j])
+            assert scores[i, j].item() == pytest.approx(expected, abs=2e-4)
+
+
+def test_probabilities_and_top_k(scored_model, kegg_train):
+    r = kegg_train[0]
+    probs = label_probabilities(scored_model, [r["question"]], [(r["ref_window"], r["variant_window"])])
+    assert probs.shape == (1, 37) and torch.allclose(probs.sum(-1), torch.ones(1))
+    best = top_k(probs, 3)[0]
+    assert len(best) == 3 and best[0][1] >= best[1][1] >= best[2][1]
+    assert best[0][0] == KEGG_LABELS[int(probs.argmax())]

@@ -1,0 +1,57 @@
+"""SFT loop: resume gives identical results, stage 1 trains the projector only, stage 2 starts from it."""
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from dnallm.data import load_kegg
+from dnallm.training import SFTConfig, train_sft
+from test_model import build
+
+
+def trained_weights(path):
+    weights = dict(load_file(path / "projector.safetensors"))
+    weights.update({f"lora.{k}": v for k, v in load_file(path / "adapter" / "adapter_model.safetensors").items()})
+    return weights
+
+
+def run(tiny_dir, out, **kw):
+    train, val = load_kegg("train").select(range(16)), load_kegg("val").select(range(4))
+    cfg = SFTConfig(**{"epochs": 2.0, "batch_size": 4, "evals_per_epoch": 2, "save_every": 1, "log_every": 1000,
+                       "lr_projector": 1e-2, "lr_lora": 1e-2, **kw})
+    return train_sft(build(tiny_dir), train, val, cfg, out)
+
+
+def test_resume_mid_epoch_matches_uninterrupted_run(tiny_dir, tmp_path):
+    full = run(tiny_dir, tmp_path / "full")
+    assert full["steps"] == 8 and full["finished"]
+    part = run(tiny_dir, tmp_path / "resumed", stop_after_steps=3)  # "killed" in the middle of epoch 1
+    assert part["steps"] == 3 and not part["finished"]
+    assert json.loads((tmp_path / "resumed/last/trainer_state.json").read_text())["step"] == 3
+    resumed = run(tiny_dir, tmp_path / "resumed", resume=True)
+    assert resumed["steps"] == 8 and resumed["finished"]
+    a, b = trained_weights(tmp_path / "full/last"), trained_weights(tmp_path / "resumed/last")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [h["val_loss"] for h in full["history"]] == [h["val_loss"] for h in resumed["history"]]
+    assert (tmp_path / "full/tensorboard").is_dir()
+
+
+def test_stage1_projector_only_then_stage2_from_it(tiny_dir, tmp_path):
+    initial = build(tiny_dir)
+    lora_before = {n: p.detach().clone() for n, p in initial.text_model.named_parameters() if "lora_" in n}
+    run(tiny_dir, tmp_path / "stage1", epochs=1.0, train_lora=False)
+    stage1 = trained_weights(tmp_path / "stage1/last")
+    lora_after = {k.removeprefix("lora."): v for k, v in stage1.items() if k.startswith("lora.")}
+    assert len(lora_after) == len(lora_before)
+    for k, v in lora_after.items():  # adapter keys drop peft's adapter name; match by suffix
+        match = [n for n in lora_before if n.replace(".default", "") == k]
+        assert match and torch.equal(lora_before[match[0]], v), k
+    assert not torch.equal(stage1["net.1.weight"], initial.projector.state_dict()["net.1.weight"])
+    # stage 2 with zero learning rates must keep exactly the stage-1 projector
+    run(tiny_dir, tmp_path / "stage2", epochs=0.5, init_projector_from=str(tmp_path / "stage1/last"),
+        lr_projector=0.0, lr_lora=0.0)
+    stage2 = trained_weights(tmp_path / "stage2/last")
+    assert torch.equal(stage2["net.1.weight"], stage1["net.1.weight"])
