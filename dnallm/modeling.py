@@ -140,12 +140,12 @@ class DNALLMForCausalLM(nn.Module):
         return inputs_embeds.masked_scatter(placeholders.unsqueeze(-1), dna_embeddings)
 
     def forward(self, input_ids, attention_mask=None, labels=None, dna_input_ids=None, dna_attention_mask=None,
-                dna_hidden_states=None, dna_positions_mask=None):
+                dna_hidden_states=None, dna_positions_mask=None, position_ids=None):
         inputs_embeds = self.embed_inputs(input_ids, dna_input_ids=dna_input_ids,
                                           dna_attention_mask=dna_attention_mask,
                                           dna_hidden_states=dna_hidden_states, dna_positions_mask=dna_positions_mask)
         if labels is None:
-            return self.text_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+            return self.text_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids)
         # Loss on answer tokens only, and logits only where there is a label: the 151k-wide output
         # layer is never applied to the prompt and DNA positions.
         base = self.text_model.get_base_model() if isinstance(self.text_model, PeftModel) else self.text_model
@@ -156,13 +156,16 @@ class DNALLMForCausalLM(nn.Module):
         return {"loss": F.cross_entropy(logits.float(), targets[keep]), "n_tokens": int(keep.sum())}
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask, max_new_tokens: int = 768, **dna) -> torch.Tensor:
-        """Greedy decoding; returns only the new tokens. Batches must be left-padded."""
+    def generate(self, input_ids, attention_mask, max_new_tokens: int = 768, do_sample: bool = False,
+                 temperature: float = 1.0, **dna) -> torch.Tensor:
+        """Greedy (default) or sampled decoding; returns only the new tokens. Batches must be left-padded."""
         inputs_embeds = self.embed_inputs(input_ids, **dna)
         tok = self.processor.tokenizer
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if do_sample else {
+            "do_sample": False}
         return self.text_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                        max_new_tokens=max_new_tokens, do_sample=False,
-                                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                                        max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
+                                        pad_token_id=tok.pad_token_id, **sampling)
 
     @property
     def device(self) -> torch.device:
