@@ -1,0 +1,37 @@
+"""Every named preset under train/configs parses into the objects the entry points build."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dnallm.configuration import DNALLMConfig
+from dnallm.encoders import ENCODERS
+from dnallm.grpo import GRPOConfig
+from dnallm.training import SFTConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = sorted((ROOT / "train/configs").glob("*.yaml"))
+SEED_COMBOS = {f"{e}_{t}" for e in ("genos-1.2b", "genos-10b", "evo2-1b", "nt-500m", "hyenadna")
+               for t in ("qwen3-1.7b", "qwen3-4b")}
+
+
+def test_one_preset_per_seed_combination_plus_tiny():
+    assert {p.stem for p in PRESETS} == SEED_COMBOS | {"tiny"}
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=[p.stem for p in PRESETS])
+def test_preset_parses(path):
+    preset = yaml.safe_load(path.read_text())
+    config = DNALLMConfig(**preset["model"])
+    assert config.encoder_type in ENCODERS
+    assert config.lora_r > 0 and config.lora_alpha > 0 and config.projector_type in ("linear", "mlp")
+    sft = SFTConfig.from_dict(preset["sft"])
+    assert sft.lr_projector > 0 and sft.lr_lora > 0 and sft.epochs > 0
+    GRPOConfig(**preset.get("grpo", {}))
+    if sft.deepspeed:
+        ds = json.loads((ROOT / sft.deepspeed).read_text())
+        assert ds["bf16"]["enabled"] and ds["zero_optimization"]["stage"] in (2, 3)
+    if path.stem.startswith("genos-10b"):
+        assert sft.deepspeed.endswith("zero3.json")  # 10B encoder + 4B LM: parameters sharded
