@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import time
 
 import torch
@@ -24,7 +25,7 @@ from dnallm.encoders.genos import GenosEncoder, build_base_tokenizer, genos_conf
 from dnallm.modeling import DNALLMForCausalLM
 from dnallm.text_models import qwen3_config
 from dnallm.tokenization import BUNDLED_QWEN3_TOKENIZER, load_text_tokenizer
-from dnallm.training import collate, encode_examples
+from dnallm.training import _batches, collate, encode_examples
 
 
 # Encoders whose code cannot run here are replaced by a 2-layer stand-in with the real encoder's hidden size, and
@@ -63,32 +64,10 @@ def build(args, device, dtype) -> DNALLMForCausalLM:
     return model.to(device)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--encoder", default="genos-1.2b")
-    p.add_argument("--text", default="qwen3-4b")
-    p.add_argument("--projector", default="mlp")
-    p.add_argument("--stride", type=int, default=1)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--lora-r", type=int, default=32)
-    p.add_argument("--no-cache", action="store_true", help="re-run the encoder every step")
-    p.add_argument("--grad-ckpt", action="store_true")
-    p.add_argument("--attn", default="sdpa")
-    p.add_argument("--zero", default="train/configs/zero2.json")
-    p.add_argument("--label", default="")
-    args = p.parse_args()
-    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                 "MASTER_PORT": "29511"}.items():
-        os.environ.setdefault(k, v)
+def time_sft_steps(model, records, args, device, dtype) -> dict:
+    """DeepSpeed-wrapped optimizer steps on real examples; returns throughput and peak memory."""
     import deepspeed
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
-    model = build(args, device, dtype)
-    records = load_kegg("train").select(range(args.batch * (args.steps + args.warmup)))
     examples = encode_examples(model, records, max_length=8192)
     cache = EmbeddingCache(model.encoder, dtype=dtype, device=device)
     if not args.no_cache:
@@ -99,9 +78,12 @@ def main() -> None:
                  "gradient_accumulation_steps": 1}
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     pad = model.processor.tokenizer.pad_token_id
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    batches = _batches(examples, args.batch, random.Random(0))  # length-grouped, as the trainer batches
     times, tokens = [], 0
     for step in range(args.warmup + args.steps):
-        chunk = examples[step * args.batch:(step + 1) * args.batch]
+        chunk = batches[step]
         batch = collate(chunk, cache, pad)
         if args.no_cache:  # BioReason-style: the frozen encoder runs inside every step
             batch.pop("dna_hidden_states"), batch.pop("dna_positions_mask")
@@ -119,15 +101,53 @@ def main() -> None:
             times.append(time.perf_counter() - t)
             tokens += int(batch["attention_mask"].sum())
     seconds = sum(times)
-    result = {"label": args.label, "encoder": args.encoder + (" (stand-in shape)" if args.encoder in STAND_INS else ""), "text": args.text, "projector": args.projector,
-              "stride": args.stride, "batch": args.batch, "encoder_cached": not args.no_cache,
-              "grad_ckpt": args.grad_ckpt, "lora_r": args.lora_r, "zero": os.path.basename(args.zero),
-              "steps": args.steps, "samples_per_s": round(args.batch * args.steps / seconds, 3),
-              "tokens_per_s": round(tokens / seconds, 1), "mean_tokens_per_sample": tokens // (args.batch * args.steps),
-              "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
-              "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "loss": round(loss.item(), 4)}
-    print("RESULT " + json.dumps(result), flush=True)
+    engine.destroy()  # drop DeepSpeed's hooks and buffers so later work on this card gets the memory
+    del engine, optimizer
+    return {"label": args.label, "encoder": args.encoder + (" (stand-in shape)" if args.encoder in STAND_INS else ""),
+            "text": args.text, "projector": args.projector, "stride": args.stride, "batch": args.batch,
+            "encoder_cached": not args.no_cache, "grad_ckpt": args.grad_ckpt, "lora_r": args.lora_r,
+            "zero": os.path.basename(args.zero), "steps": args.steps,
+            "samples_per_s": round(args.batch * args.steps / seconds, 3), "tokens_per_s": round(tokens / seconds, 1),
+            "mean_tokens_per_sample": tokens // (args.batch * args.steps),
+            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "loss": round(loss.item(), 4)}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    p.add_argument("--encoder", default="genos-1.2b")
+    p.add_argument("--text", default="qwen3-4b")
+    p.add_argument("--projector", default="mlp")
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--lora-r", type=int, default=32)
+    p.add_argument("--no-cache", action="store_true", help="re-run the encoder every step")
+    p.add_argument("--grad-ckpt", action="store_true")
+    p.add_argument("--attn", default="sdpa")
+    p.add_argument("--zero", default="train/configs/zero2.json")
+    p.add_argument("--label", default="")
+    return p
+
+
+def init_distributed(device) -> None:
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": "29511"}.items():
+        os.environ.setdefault(k, v)
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def main() -> None:
+    args = parser().parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    init_distributed(device)
+    model = build(args, device, torch.bfloat16)
+    records = load_kegg("train").select(range(args.batch * (args.steps + args.warmup)))
+    print("RESULT " + json.dumps(time_sft_steps(model, records, args, device, torch.bfloat16)), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,18 +8,23 @@ tokens that window yields, and tokenizes the windows for the encoder.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
 
+from dnallm.encoders.base import dna_positions
 from dnallm.labels import KEGG_LABELS
 
 PROCESSOR_FILE = "processor_config.json"
 ANSWER_PREFIX = "Answer:"
 
 
-def format_user_message(question: str, dna_pad: str) -> str:
+def format_user_message(question: str, dna_pad: str | None) -> str:
+    """The user turn; dna_pad=None leaves out the two sequence lines (the text-only control)."""
+    if dna_pad is None:
+        return question
     return f"Reference sequence: {dna_pad}\nVariant sequence: {dna_pad}\n\n{question}"
 
 
@@ -41,6 +46,16 @@ class DNALLMProcessor:
         if missing:
             tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
         self.dna_pad_id = tokenizer.convert_tokens_to_ids(dna_pad_token)
+        self.include_dna = True  # False only inside without_dna()
+
+    @contextmanager
+    def without_dna(self):
+        """Prompts without the sequence lines and batches without DNA inputs (give each example no windows)."""
+        self.include_dna = False
+        try:
+            yield self
+        finally:
+            self.include_dna = True
 
     # ---- text ----
     def prompt(self, question: str, thinking: bool = True) -> str:
@@ -50,7 +65,8 @@ class DNALLMProcessor:
         thinking=False: Qwen3 non-thinking mode; the template closes an empty think block and the model
         answers directly (used for direct-answer training examples and label scoring).
         """
-        messages = [{"role": "user", "content": format_user_message(question, self.dna_pad_token)}]
+        pad = self.dna_pad_token if self.include_dna else None
+        messages = [{"role": "user", "content": format_user_message(question, pad)}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                                   enable_thinking=thinking)
 
@@ -62,13 +78,12 @@ class DNALLMProcessor:
     # ---- DNA ----
     def tokenize_dna(self, windows: list[str]) -> dict[str, torch.Tensor]:
         enc = self.dna_tokenizer(list(windows), return_tensors="pt", padding=True,
-                                 add_special_tokens=self.dna_add_special_tokens, return_special_tokens_mask=True)
+                                 add_special_tokens=self.dna_add_special_tokens)
         return {"dna_input_ids": enc["input_ids"], "dna_attention_mask": enc["attention_mask"]}
 
     def num_dna_tokens(self, window: str) -> int:
-        enc = self.dna_tokenizer(window, add_special_tokens=self.dna_add_special_tokens,
-                                 return_special_tokens_mask=True)
-        positions = len(enc["input_ids"]) - sum(enc["special_tokens_mask"])
+        enc = self.dna_tokenizer(window, add_special_tokens=self.dna_add_special_tokens)
+        positions = int(dna_positions(self.dna_tokenizer, enc["input_ids"], enc["attention_mask"]).sum())
         return -(-positions // self.dna_stride)
 
     def expand_dna(self, text: str, windows: list[str], where: str = "") -> str:
@@ -102,7 +117,7 @@ class DNALLMProcessor:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         if targets:
             batch["labels"] = labels
-        if dna_ids:
+        if dna_ids and any(dna):
             batch.update(self.tokenize_dna([w for windows in dna for w in windows]))
         return batch
 

@@ -20,12 +20,42 @@ def check_loading_info(info: dict, source: str, ignore_unexpected: tuple[str, ..
                            f"{len(mismatched)}); refusing to run with random-initialised weights")
 
 
+def dna_positions(tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Which tokens are DNA positions: attended and not a special token (CLS, EOS, padding, ...).
+
+    The one rule shared by the encoders (which states to keep) and DNALLMProcessor (how many placeholders a
+    window needs). It reads token ids, not the tokenizer's special-tokens mask, which some tokenizers get wrong
+    (EsmTokenizer with no EOS, as Nucleotide Transformer's, marks one token too many). An unknown character
+    (`<unk>`) still occupies a position, so it counts.
+    """
+    special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+    ids = torch.as_tensor(input_ids)
+    is_special = torch.isin(ids, torch.tensor(sorted(special), dtype=ids.dtype, device=ids.device))
+    return torch.as_tensor(attention_mask, device=ids.device).bool() & ~is_special
+
+
+def pack_positions(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's DNA positions to the front, in order, and trim to the longest row.
+
+    Whatever the layout of the encoder's tokens (a leading CLS, left padding), the result has the real
+    positions first and `mask` as a prefix mask, which the projectors' pooling of runs of `stride` positions
+    relies on (so n positions always pool to ceil(n / stride) tokens). Non-positions are zeroed.
+    """
+    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
+    width = int(mask.sum(1).max()) if mask.numel() else 0
+    order = order[:, :width]
+    mask = mask.gather(1, order)
+    hidden = hidden.gather(1, order.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+    return torch.where(mask.unsqueeze(-1), hidden, torch.zeros((), dtype=hidden.dtype, device=hidden.device)), mask
+
+
 class DNAEncoder(nn.Module):
     """A frozen DNA language model.
 
     Subclasses set `self.model`, `self.tokenizer`, `self.layer`, and implement `_hidden_states`.
     `forward(input_ids, attention_mask)` returns (hidden [batch, positions, hidden_size], positions_mask),
-    where positions_mask marks the real sequence positions (no padding, no special tokens).
+    where positions_mask marks the real sequence positions (no padding, no special tokens), packed to the
+    front of each row (`pack_positions`); `dna_positions` is the rule for which tokens those are.
     """
 
     name: str = "base"
@@ -63,9 +93,7 @@ class DNAEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        # Special tokens (e.g. a CLS) are run through the model but are not DNA positions.
-        special = torch.isin(input_ids, torch.tensor(self.tokenizer.all_special_ids, device=input_ids.device))
-        return out.hidden_states[self.layer], attention_mask.bool() & ~special
+        return pack_positions(out.hidden_states[self.layer], dna_positions(self.tokenizer, input_ids, attention_mask))
 
     @torch.no_grad()
     def encode(self, windows: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

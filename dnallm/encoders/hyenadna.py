@@ -1,0 +1,94 @@
+"""HyenaDNA (Hazy Research, hub org LongSafari): a causal long-convolution DNA LM with one token per base.
+
+Model: the hub checkpoints (`*-hf`) ship their architecture as remote code (`modeling_hyena.HyenaDNAModel`,
+model_type "hyenadna"), so loading needs `trust_remote_code=True`; it is not part of transformers. Its forward
+takes no attention mask (`forward(input_ids, inputs_embeds, output_hidden_states, return_dict)`) and returns
+n_layer + 2 hidden states: the embeddings, each block, and the final layer norm (= last_hidden_state).
+
+Padding: the hub tokenizer pads on the LEFT. For per-position states that is wrong for this model: every mixer
+is causal and there is no mask, so left padding feeds pad embeddings into every real position's state, while
+right padding leaves the real positions exactly as they are unpadded (checked with a public copy of the hub's
+modeling_hyena.py on a tiny config: right-padded states matched the unpadded ones to 5e-7, left-padded ones
+differed by 0.19).
+So windows are padded on the right here, and the positions mask (and `pack_positions`) keep only the real bases.
+
+Tokenizer: the hub's CharacterTokenizer is remote code too, and DNALLMProcessor reloads the DNA tokenizer from
+a checkpoint without remote code; so it is rebuilt here as a standard fast tokenizer with the same ids
+([CLS]=0 [SEP]=1 [BOS]=2 [MASK]=3 [PAD]=4 [RESERVED]=5 [UNK]=6, then the characters from 7: A=7 C=8 G=9 T=10
+N=11), reading the character list from the checkpoint's tokenizer_config.json when it has one. No special
+tokens are added: HyenaDNA was pretrained on bare character ids (an end [SEP] would not change earlier
+positions of a causal model anyway).
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from transformers import AutoModel
+from transformers.utils import cached_file
+
+from dnallm.encoders.base import DNAEncoder, check_loading_info, dna_positions, pack_positions
+
+HUB_IDS = {
+    "hyenadna-large-1m": "LongSafari/hyenadna-large-1m-seqlen-hf",
+    "hyenadna-medium-450k": "LongSafari/hyenadna-medium-450k-seqlen-hf",
+    "hyenadna-medium-160k": "LongSafari/hyenadna-medium-160k-seqlen-hf",
+    "hyenadna-small-32k": "LongSafari/hyenadna-small-32k-seqlen-hf",
+    "hyenadna-tiny-1k": "LongSafari/hyenadna-tiny-1k-seqlen-hf",
+}
+DEFAULT_LAYERS = {hub_id: -1 for hub_id in HUB_IDS.values()}  # the final layer norm's output
+
+SPECIAL_TOKENS = ["[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]"]
+CHARACTERS = ("A", "C", "G", "T", "N")
+
+
+def build_hyenadna_tokenizer(characters=CHARACTERS, model_max_length: int = 1_000_002):
+    """HyenaDNA's character vocabulary as a fast tokenizer: one id per base, right padding, no added tokens."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + list(characters))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=core, cls_token="[CLS]", sep_token="[SEP]", bos_token="[BOS]",
+                                   eos_token="[SEP]", mask_token="[MASK]", pad_token="[PAD]", unk_token="[UNK]",
+                                   model_max_length=model_max_length, padding_side="right")
+
+
+def load_hyenadna_tokenizer(name_or_path: str):
+    """The tokenizer of a HyenaDNA checkpoint (hub id or folder), from its tokenizer_config.json if present."""
+    path = cached_file(name_or_path, "tokenizer_config.json", _raise_exceptions_for_missing_entries=False)
+    cfg = json.loads(open(path).read()) if path else {}
+    kwargs = {"model_max_length": cfg["model_max_length"]} if "model_max_length" in cfg else {}
+    return build_hyenadna_tokenizer(tuple(cfg.get("characters", CHARACTERS)), **kwargs)
+
+
+class HyenaDNAEncoder(DNAEncoder):
+    name = "hyenadna"
+    add_special_tokens = False
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, layer: int = -1,
+                        dtype: torch.dtype | None = None) -> "HyenaDNAEncoder":
+        name_or_path = HUB_IDS.get(name_or_path.lower(), name_or_path)
+        model, info = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype,
+                                                output_loading_info=True)
+        # The checkpoints are causal LMs (HyenaDNAForCausalLM); the base model leaves the LM head unused.
+        check_loading_info(info, name_or_path, ignore_unexpected=("lm_head.",))
+        return cls(model, load_hyenadna_tokenizer(name_or_path), layer, name_or_path)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.d_model
+
+    @property
+    def fingerprint(self) -> dict:
+        cfg = self.model.config
+        return {"type": self.name, "model_type": cfg.model_type, "hidden_size": cfg.d_model,
+                "num_hidden_layers": cfg.n_layer, "vocab_size": cfg.vocab_size, "layer": self.layer}
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(input_ids=input_ids, output_hidden_states=True, return_dict=True)  # takes no mask
+        return pack_positions(out.hidden_states[self.layer], dna_positions(self.tokenizer, input_ids, attention_mask))

@@ -1,0 +1,122 @@
+"""Nucleotide Transformer (InstaDeep): an ESM-layout masked DNA LM over non-overlapping 6-mers plus a CLS.
+
+Tokens: `<cls>` then one token per 6-mer, read left to right; bases that do not fill a 6-mer (at the end, or
+around an `N`) become single-nucleotide tokens, so a 1024 bp window is `<cls>` + 170 six-mers + 4 single bases
+= 174 DNA positions. The hub tokenizer is transformers' own EsmTokenizer (no EOS), so it needs no remote code.
+
+Model: NT v1 checkpoints are plain ESM (GELU FFN with biases) and load into transformers' Esm classes. NT v2
+(e.g. v2-500m-multi-species) differs in one place: a bias-free SwiGLU feed-forward (`add_bias_fnn: false` in
+its config.json, intermediate weight [2 x intermediate, hidden]). The hub ships that as remote code written for
+transformers 4.x, which no longer imports under transformers >= 5 (it imports
+`find_pruneable_heads_and_indices`, removed in v5; instadeepai/nucleotide-transformer#149), and the installed
+Esm classes have no SwiGLU. So `NTForMaskedLM` is transformers' EsmForMaskedLM with that FFN swapped in when
+the config asks for it, loaded with the ordinary `from_pretrained` (hub id or local path, strict weight check).
+"""
+
+from __future__ import annotations
+
+from itertools import product
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoTokenizer, EsmConfig, EsmForMaskedLM, EsmModel
+
+from dnallm.encoders.base import DNAEncoder, check_loading_info
+
+HUB_IDS = {
+    "nt-v2-500m": "InstaDeepAI/nucleotide-transformer-v2-500m-multi-species",
+    "nt-v2-250m": "InstaDeepAI/nucleotide-transformer-v2-250m-multi-species",
+    "nt-v2-100m": "InstaDeepAI/nucleotide-transformer-v2-100m-multi-species",
+    "nt-v2-50m": "InstaDeepAI/nucleotide-transformer-v2-50m-multi-species",
+}
+# The last hidden layer (after the final layer norm), as BioReason takes it (`hidden_states[-1]`).
+DEFAULT_LAYERS = {hub_id: -1 for hub_id in HUB_IDS.values()}
+
+NUCLEOTIDES = ["A", "T", "C", "G"]  # NT's order, which fixes the token ids
+
+
+def nt_vocab(k: int = 6) -> list[str]:
+    """NT's token list in id order: <unk> <pad> <mask> <cls>, the k-mers, A T C G N, then <eos> <bos>."""
+    kmers = ["".join(p) for p in product(NUCLEOTIDES, repeat=k)]
+    return ["<unk>", "<pad>", "<mask>", "<cls>"] + kmers + NUCLEOTIDES + ["N", "<eos>", "<bos>"]
+
+
+def nt_v2_config(**overrides) -> EsmConfig:
+    """The NT v2 architecture flags (rotary, pre-norm, bias-free SwiGLU FFN), sized as v2-500m unless overridden."""
+    kwargs = dict(vocab_size=4107, hidden_size=1024, num_hidden_layers=29, num_attention_heads=16,
+                  intermediate_size=4096, max_position_embeddings=2050, position_embedding_type="rotary",
+                  emb_layer_norm_before=False, token_dropout=False, layer_norm_eps=1e-12, pad_token_id=1,
+                  mask_token_id=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                  tie_word_embeddings=False, add_bias_fnn=False)
+    kwargs.update(overrides)
+    return EsmConfig(**kwargs)
+
+
+def uses_glu_ffn(config) -> bool:
+    """NT v2 configs carry `add_bias_fnn` (false); its FFN is then gated. NT v1 / plain ESM configs lack it."""
+    return hasattr(config, "add_bias_fnn")
+
+
+class GatedFFN(nn.Module):
+    """NT v2's feed-forward input half: one projection to 2 x intermediate, SiLU(first half) * second half."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.add_bias_fnn)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        gate, value = self.dense(hidden_states).chunk(2, dim=-1)
+        return F.silu(gate) * value
+
+
+class FFNOutput(nn.Module):
+    """NT v2's feed-forward output half: projection back to hidden (bias per `add_bias_fnn`), plus the residual."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.add_bias_fnn)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense(hidden_states)) + input_tensor
+
+
+def use_glu_ffn(esm: EsmModel, config) -> None:
+    """Give every layer of an EsmModel NT v2's feed-forward (same parameter names as the hub checkpoints)."""
+    for layer in esm.encoder.layer:
+        layer.intermediate = GatedFFN(config)
+        layer.output = FFNOutput(config)
+
+
+class NTForMaskedLM(EsmForMaskedLM):
+    """transformers' EsmForMaskedLM, with NT v2's gated feed-forward when the config asks for it.
+
+    Loaded as the whole masked LM (the hub checkpoints' layout) so that the strict weight check sees every
+    tensor where it belongs; the encoder then keeps only `.esm`.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        if uses_glu_ffn(config):
+            use_glu_ffn(self.esm, config)
+
+
+class NTEncoder(DNAEncoder):
+    name = "nt"
+    add_special_tokens = True  # NT is trained with a leading <cls>; it is run but is not a DNA position
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, layer: int = -1, dtype: torch.dtype | None = None) -> "NTEncoder":
+        name_or_path = HUB_IDS.get(name_or_path.lower(), name_or_path)
+        model, info = NTForMaskedLM.from_pretrained(name_or_path, dtype=dtype, output_loading_info=True)
+        # The contact-prediction head is never run for embeddings, so it need not be in the checkpoint; an old
+        # checkpoint may also hold the position-id buffer (a fixed arange).
+        info = {**info, "missing_keys": [k for k in info.get("missing_keys", []) if "contact_head." not in k]}
+        check_loading_info(info, name_or_path, ignore_unexpected=("esm.embeddings.position_ids",))
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        return cls(model.esm, tokenizer, layer, name_or_path)  # the LM head is not needed for embeddings
+
+    @property
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint, "gated_ffn": uses_glu_ffn(self.model.config)}
