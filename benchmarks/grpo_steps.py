@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--generations", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=128)
     args = p.parse_args()
-    args.projector, args.stride, args.lora_r, args.attn, args.grad_ckpt = "mlp", 1, 32, "sdpa", False
+    args.projector, args.stride, args.lora_r, args.attn, args.grad_ckpt = "mlp", 1, 32, "sdpa", True
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build(args, device, torch.bfloat16)
     cfg = GRPOConfig(steps=args.steps, prompts_per_step=args.prompts, num_generations=args.generations,

@@ -40,27 +40,51 @@ def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="Output fo
 
 @app.command("eval")
 def evaluate(model: Path = typer.Option(Path("runs/quickstart/model"), help="Checkpoint folder"),
-             split: str = typer.Option("test", help="test | val | hard-test | hard-val"),
+             split: str = typer.Option("test", help="test | val | grouped-test | grouped-val, each also as hard-*"),
              out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL/../eval/SPLIT)"),
-             batch_size: int = 16, max_new_tokens: int = 1024):
-    """Greedy evaluation with the strict Answer: parse; writes metrics.json and predictions.jsonl."""
+             batch_size: int = 16, max_new_tokens: int = 1024,
+             score_batch_size: int = typer.Option(8, help="Questions per label-scoring batch (x 37 continuations)"),
+             generate: bool = typer.Option(True, help="Greedy generation + strict Answer: parse (headline mode)"),
+             score: bool = typer.Option(True, help="Label probabilities: scoring mode, top-3, calibration, abstain"),
+             controls: bool = typer.Option(False, help="Also run the controls (text-only, dna-only, shuffled-dna, "
+                                                       "ref-as-variant): each costs as much as the main run"),
+             threshold: float = typer.Option(0.5, help="Abstain when the top label probability is below this"),
+             limit: Optional[int] = typer.Option(None, help="Evaluate only the first N rows (smoke runs)")):
+    """Evaluate a checkpoint; writes metrics.json, predictions.jsonl, report.md and PNGs (baselines included)."""
     from tqdm import tqdm
 
     from dnallm.data import load_kegg
-    from dnallm.evaluation import evaluate_split
+    from dnallm.evaluation import CONTROLS, evaluate_split, split_spec
     from dnallm.inference import load_model
 
-    view, name = ("kegg_hard", split.removeprefix("hard-")) if split.startswith("hard-") else ("kegg", split)
-    if name not in ("test", "val"):
-        raise typer.BadParameter(f"unknown split {split!r}")
+    try:
+        name, view = split_spec(split)
+    except ValueError as e:
+        raise typer.BadParameter(str(e))
+    if not (generate or score):
+        raise typer.BadParameter("--no-generate and --no-score leave nothing to evaluate")
     records = load_kegg(name, view=view)
+    if limit:
+        records = records.select(range(min(limit, len(records))))
     out = out or model.resolve().parent / "eval" / split
-    bar = tqdm(total=len(records), desc=f"eval {split}", unit="variant")
+    bars: dict = {}
+
+    def progress(stage: str, done: int) -> None:
+        if stage not in bars:
+            bars[stage] = tqdm(total=len(records), desc=f"{split} {stage}", unit="variant")
+        bars[stage].update(done - bars[stage].n)
+        if done >= len(records):
+            bars[stage].close()
+
     metrics = evaluate_split(load_model(str(model.resolve())), records, split, out, batch_size=batch_size,
-                             max_new_tokens=max_new_tokens, progress=lambda n: bar.update(n - bar.n))
-    bar.close()
-    console.print(_metrics_table(metrics, str(model)))
-    console.print(f"wrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}")
+                             max_new_tokens=max_new_tokens, generate=generate, score=score,
+                             controls=CONTROLS if controls else (), threshold=threshold,
+                             score_batch_size=score_batch_size,
+                             progress=progress)
+    console.print(_metrics_table(metrics, f"{model} ({metrics['mode']} mode)"))
+    for name, result in metrics["baselines"].items():
+        console.print(f"baseline {name}: accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}")
+    console.print(f"wrote {out / 'metrics.json'}, {out / 'predictions.jsonl'} and {out / 'report.md'}")
 
 
 @app.command()

@@ -30,6 +30,7 @@ KEGG_FLANK = 2000
 DNA_ALPHABET = frozenset("ACGTN")
 HARD_QUESTION = "What disease does this contribute to?"
 SPLITS = ("train", "val", "test")
+GROUPED_SPLITS = ("grouped-train", "grouped-val", "grouped-test")  # see dnallm/splits.py
 VIEWS = ("kegg", "kegg_hard")
 
 
@@ -119,10 +120,20 @@ def load_kegg(split: str, view: str = "kegg", root: str | Path | None = None) ->
     """Load one split of the KEGG set as a validated `datasets.Dataset`.
 
     Added columns: row, label, label_id, ref_window, variant_window (1024 bp each), ref_allele, alt_allele.
+    The grouped splits (`grouped-train|val|test`) take validated official rows listed in
+    data/kegg_grouped/assignments.csv; their `row` is the official row and `source_split` the official split.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
+    if split in GROUPED_SPLITS:
+        from dnallm.splits import read_assignments
+
+        assigned = [a for a in read_assignments(root) if a["split"] == split.removeprefix("grouped-")]
+        rows = {s: [a["row"] for a in assigned if a["source_split"] == s] for s in SPLITS}
+        return datasets.concatenate_datasets([
+            load_kegg(s, view, root).select(rows[s]).add_column("source_split", [s] * len(rows[s]))
+            for s in SPLITS if rows[s]])
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS + GROUPED_SPLITS}")
     ds = _raw_split(split, view, Path(root) if root else data_dir())
     return ds.map(lambda r, i: {"row": i, **validate_record(r, f"{view}/{split} row {i}")}, with_indices=True)

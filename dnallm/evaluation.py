@@ -1,16 +1,38 @@
-"""Evaluation: greedy decoding, strict `Answer:` parse, accuracy with a Wilson interval, macro-F1 (37 labels)."""
+"""Evaluation: greedy decoding with the strict `Answer:` parse and/or label scoring, metrics, controls, baselines.
+
+One harness (`run_inputs`) answers a list of questions with DNA windows in two modes:
+  generate: greedy reasoning + the strict final `Answer:` line (`generate_answers`, `parse_answer`);
+  score:    the argmax of the 37 label probabilities (`label_probabilities`).
+The main evaluation and every control go through it; only their inputs differ (`control_inputs`):
+  text-only      the prompt without the two sequence lines and no DNA inputs;
+  dna-only       the question replaced by the kegg_hard sentence (skipped when it already is);
+  shuffled-dna   another record's windows (a fixed derangement of the rows);
+  ref-as-variant the reference window given as both reference and variant.
+Metrics: accuracy with a 95 % Wilson interval and macro-F1 over the 37 labels (an unparseable answer counts as
+wrong), a per-label precision/recall/F1 table, ECE (15 bins) of the label probabilities, and accuracy when
+predictions whose top probability is below a threshold abstain. Baselines (majority, TF-IDF + logistic
+regression) are trained on the matching training split and scored by the same metric functions.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
-from sklearn.metrics import accuracy_score, f1_score
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from dnallm.inference import generate_answers, parse_answer
 from dnallm.labels import KEGG_LABELS, LABEL_TO_ID
+
+CONTROLS = ("text-only", "dna-only", "shuffled-dna", "ref-as-variant")
+ABSTAIN_THRESHOLD = 0.5
+CURVE_THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.9)
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -23,10 +45,14 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def _ids(labels: list[str | None]) -> list[int]:
+    return [LABEL_TO_ID.get(p, -1) if p else -1 for p in labels]
+
+
 def classification_metrics(gold: list[str], predicted: list[str | None]) -> dict:
     """Accuracy and macro-F1 over all 37 labels; an unparseable prediction counts as wrong."""
     y_true = [LABEL_TO_ID[g] for g in gold]
-    y_pred = [LABEL_TO_ID.get(p, -1) if p else -1 for p in predicted]
+    y_pred = _ids(predicted)
     n, correct = len(y_true), sum(t == p for t, p in zip(y_true, y_pred))
     low, high = wilson_interval(correct, n)
     return {"n": n, "correct": correct, "accuracy": accuracy_score(y_true, y_pred) if n else 0.0,
@@ -36,21 +62,247 @@ def classification_metrics(gold: list[str], predicted: list[str | None]) -> dict
             "invalid_answers": sum(p == -1 for p in y_pred)}
 
 
+def per_label_table(gold: list[str], predicted: list[str | None]) -> list[dict]:
+    """Precision, recall, F1, support (gold count) and predicted count for each of the 37 labels."""
+    y_true, y_pred = [LABEL_TO_ID[g] for g in gold], _ids(predicted)
+    labels = list(range(len(KEGG_LABELS)))
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels,
+                                                                     zero_division=0)
+    return [{"label": KEGG_LABELS[j], "support": int(support[j]), "predicted": y_pred.count(j),
+             "precision": float(precision[j]), "recall": float(recall[j]), "f1": float(f1[j])} for j in labels]
+
+
+def abstain_metrics(gold: list[str], probabilities: np.ndarray, threshold: float = ABSTAIN_THRESHOLD) -> dict:
+    """Predict the most probable label, abstain where its probability is below `threshold`."""
+    top = probabilities.max(1)
+    best = probabilities.argmax(1)
+    answered = top >= threshold
+    correct = int(sum(bool(a) and KEGG_LABELS[j] == g for a, j, g in zip(answered, best, gold)))
+    n_answered, n = int(answered.sum()), len(gold)
+    low, high = wilson_interval(correct, n_answered)
+    return {"threshold": threshold, "n": n, "answered": n_answered, "coverage": n_answered / n if n else 0.0,
+            "correct": correct, "accuracy_on_answered": correct / n_answered if n_answered else None,
+            "accuracy_on_answered_ci_low": low, "accuracy_on_answered_ci_high": high}
+
+
+def top_k_accuracy(gold: list[str], probabilities: np.ndarray, k: int = 3) -> float:
+    best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return float(np.mean([LABEL_TO_ID[g] in row for g, row in zip(gold, best.tolist())])) if len(gold) else 0.0
+
+
+def calibration_metrics(gold: list[str], probabilities: np.ndarray) -> dict:
+    from dnallm.calibration import N_BINS, expected_calibration_error, reliability_bins
+
+    confidence = probabilities.max(1)
+    correct = [KEGG_LABELS[j] == g for j, g in zip(probabilities.argmax(1), gold)]
+    return {"ece": expected_calibration_error(confidence, correct), "n_bins": N_BINS,
+            "mean_confidence": float(confidence.mean()) if len(gold) else 0.0,
+            "bins": reliability_bins(confidence, correct)}
+
+
+# ---- inputs: the main evaluation and the controls ----
+
+def derangement(n: int, seed: int = 0) -> list[int]:
+    """A fixed permutation with no fixed point (Sattolo's algorithm: one n-cycle); identity for n < 2."""
+    perm = list(range(n))
+    rng = random.Random(seed)
+    for i in range(n - 1, 0, -1):
+        j = rng.randrange(i)
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+def control_inputs(records, control: str | None = None) -> tuple[list[str], list[tuple[str, ...]]]:
+    """Questions and per-record windows for the main evaluation (control=None) or one control.
+
+    text-only gives each record no windows: `run_inputs` then builds prompts without the sequence lines.
+    """
+    from dnallm.data import HARD_QUESTION
+
+    questions = list(records["question"])
+    windows = list(zip(records["ref_window"], records["variant_window"]))
+    if control is None:
+        return questions, windows
+    if control == "text-only":
+        return questions, [()] * len(windows)
+    if control == "dna-only":
+        return [HARD_QUESTION] * len(questions), windows
+    if control == "shuffled-dna":
+        return questions, [windows[j] for j in derangement(len(windows))]
+    if control == "ref-as-variant":
+        return questions, [(ref, ref) for ref, _ in windows]
+    raise ValueError(f"unknown control {control!r}; expected one of {CONTROLS}")
+
+
+def run_inputs(model, questions: list[str], windows: list[tuple[str, ...]], generate: bool = True,
+               score: bool = True, batch_size: int = 16, score_batch_size: int = 8, max_new_tokens: int = 1024,
+               progress=None) -> dict:
+    """The harness: generated texts + parsed labels and/or label probabilities + argmax labels.
+
+    Records without windows (all of them, or none) are asked without DNA (`processor.without_dna`).
+    """
+    from dnallm.scoring import label_probabilities
+
+    has_dna = [bool(w) for w in windows]
+    if any(has_dna) and not all(has_dna):
+        raise ValueError("either every record has DNA windows or none has")
+    run: dict = {"texts": None, "generated": None, "probabilities": None, "scored": None}
+    with nullcontext() if all(has_dna) else model.processor.without_dna():
+        if generate:
+            if progress:
+                progress("generate", 0)
+            run["texts"] = generate_answers(model, questions, windows, batch_size=batch_size,
+                                            max_new_tokens=max_new_tokens,
+                                            progress=progress and (lambda n: progress("generate", n)))
+            run["generated"] = [parse_answer(t) for t in run["texts"]]
+        if score:
+            if progress:
+                progress("score", 0)
+            probs = label_probabilities(model, questions, windows, batch_size=score_batch_size).float().cpu().numpy()
+            run["probabilities"] = probs.astype(np.float64)
+            run["scored"] = [KEGG_LABELS[j] for j in probs.argmax(1)]
+            if progress:
+                progress("score", len(questions))
+    return run
+
+
+def mode_metrics(gold: list[str], run: dict) -> dict:
+    """Metrics of each mode a run has: generate and/or score (score adds top-3 accuracy)."""
+    out = {}
+    if run["generated"] is not None:
+        out["generate"] = classification_metrics(gold, run["generated"])
+    if run["scored"] is not None:
+        out["score"] = {**classification_metrics(gold, run["scored"]),
+                        "top3_accuracy": top_k_accuracy(gold, run["probabilities"], 3)}
+    if len(out) == 2:
+        out["mode_agreement"] = float(np.mean([g == s for g, s in zip(run["generated"], run["scored"])]))
+    return out
+
+
+# ---- splits and baselines ----
+
+def split_spec(split: str) -> tuple[str, str]:
+    """`[hard-]test|val|train|grouped-test|grouped-val|grouped-train` -> (load_kegg split, view)."""
+    from dnallm.data import GROUPED_SPLITS, SPLITS
+
+    view, name = ("kegg_hard", split.removeprefix("hard-")) if split.startswith("hard-") else ("kegg", split)
+    if name not in SPLITS + GROUPED_SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected [hard-]{'|'.join(SPLITS + GROUPED_SPLITS)}")
+    return name, view
+
+
+def training_split(split: str) -> str:
+    """The training split that belongs to an evaluation split (what the baselines are trained on)."""
+    name, view = split_spec(split)
+    train = "grouped-train" if name.startswith("grouped-") else "train"
+    return f"hard-{train}" if view == "kegg_hard" else train
+
+
+def baseline_metrics(train_records, records) -> dict:
+    from dnallm.baselines import run_baselines
+
+    gold = list(records["label"])
+    results = {}
+    for name, (predicted, probs) in run_baselines(list(train_records["question"]), list(train_records["label"]),
+                                                  list(records["question"])).items():
+        results[name] = {**classification_metrics(gold, predicted), "top3_accuracy": top_k_accuracy(gold, probs, 3),
+                         "ece": calibration_metrics(gold, probs)["ece"]}
+    return results
+
+
+# ---- the evaluation ----
+
+def write_predictions(path: Path, records, predicted: list[str | None], main: dict, control_runs: dict,
+                      threshold: float, k: int = 3) -> None:
+    """One JSON line per record: the headline prediction, the generated text, the 37 label probabilities,
+    the top k, whether it abstains, and each control's predictions."""
+    from dnallm.scoring import top_k
+
+    gold = list(records["label"])
+    sources = records["source_split"] if "source_split" in records.column_names else [None] * len(gold)
+    probs = main["probabilities"]
+    tops = top_k(torch.from_numpy(probs), k) if probs is not None else None
+    with open(path, "w") as f:
+        for i, (row, label) in enumerate(zip(records["row"], gold)):
+            line = {"row": row, **({"source_split": sources[i]} if sources[i] else {}), "label": label,
+                    "predicted": predicted[i], "correct": label == predicted[i]}
+            if main["texts"] is not None:
+                line["generated"] = main["texts"][i]
+            if probs is not None:
+                line.update(scored=main["scored"][i], top_k=[[lab, p] for lab, p in tops[i]],
+                            abstained=bool(probs[i].max() < threshold),
+                            probabilities=dict(zip(KEGG_LABELS, probs[i].tolist())))
+            if control_runs:
+                line["controls"] = {c: {m: r[key][i] for m, key in (("generate", "generated"), ("score", "scored"))
+                                        if r[key] is not None} for c, r in control_runs.items()}
+            f.write(json.dumps(line) + "\n")
+
+
 def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: int = 16,
-                   max_new_tokens: int = 1024, progress=None) -> dict:
-    """Generate for every record, score, and write metrics.json and predictions.jsonl to out_dir."""
+                   max_new_tokens: int = 1024, progress=None, *, generate: bool = True, score: bool = True,
+                   controls: tuple[str, ...] = (), train_records=None, threshold: float = ABSTAIN_THRESHOLD,
+                   score_batch_size: int = 8, k: int = 3, report: bool = True) -> dict:
+    """Evaluate one split and write metrics.json, predictions.jsonl and (report=True) report.md + PNGs.
+
+    The top-level accuracy/macro-F1/CI are those of generation when `generate`, else of scoring (`mode`).
+    `train_records` feed the baselines; None loads the training split that matches `split` (`training_split`).
+    `progress(stage, done)` is called as the stages advance.
+    """
+    from dnallm.data import load_kegg
+
+    if not (generate or score):
+        raise ValueError("nothing to evaluate: enable generate and/or score")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    texts = generate_answers(model, list(records["question"]),
-                             list(zip(records["ref_window"], records["variant_window"])),
-                             batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
-    predicted = [parse_answer(t) for t in texts]
-    metrics = {"split": split, **classification_metrics(list(records["label"]), predicted),
-               "decoding": "greedy", "seconds": round(time.time() - start, 1)}
-    with open(out_dir / "predictions.jsonl", "w") as f:
-        for row, gold, pred, text in zip(records["row"], records["label"], predicted, texts):
-            f.write(json.dumps({"row": row, "label": gold, "predicted": pred, "correct": gold == pred,
-                                "generated": text}) + "\n")
+    gold = list(records["label"])
+    mode = "generate" if generate else "score"
+    options = dict(generate=generate, score=score, batch_size=batch_size, score_batch_size=score_batch_size,
+                   max_new_tokens=max_new_tokens)
+
+    main = run_inputs(model, *control_inputs(records), progress=progress, **options)
+    predicted = main["generated"] if generate else main["scored"]
+    modes = mode_metrics(gold, main)
+    metrics = {"split": split, "mode": mode, **modes[mode], "decoding": "greedy", "modes": modes,
+               "per_label": per_label_table(gold, predicted)}
+    if score:
+        probs = main["probabilities"]
+        metrics["calibration"] = calibration_metrics(gold, probs)
+        metrics["abstain"] = abstain_metrics(gold, probs, threshold)
+        metrics["abstain_curve"] = [abstain_metrics(gold, probs, t) for t in CURVE_THRESHOLDS]
+
+    control_runs = {}
+    metrics["controls"] = {}
+    main_inputs = list(zip(*control_inputs(records)))
+    for control in controls:
+        questions, windows = control_inputs(records, control)
+        unchanged = sum(a == b for a, b in zip(main_inputs, zip(questions, windows)))
+        if unchanged == len(gold):  # e.g. dna-only on the hard view, whose question already is that sentence
+            metrics["controls"][control] = {"skipped": "same inputs as the main run"}
+            continue
+        t = time.time()
+        control_runs[control] = run_inputs(model, questions, windows,
+                                           progress=progress and (lambda s, n, c=control: progress(f"{c}/{s}", n)),
+                                           **options)
+        metrics["controls"][control] = {**mode_metrics(gold, control_runs[control]), "inputs_unchanged": unchanged,
+                                        "seconds": round(time.time() - t, 1)}
+
+    trained_on = "given records"
+    if train_records is None:
+        trained_on = training_split(split)
+        name, view = split_spec(trained_on)
+        train_records = load_kegg(name, view=view)
+    metrics["baselines"] = baseline_metrics(train_records, records)
+    metrics["baselines_trained_on"] = f"{trained_on} (n={len(train_records)})"
+    seen = set(train_records["variant_sequence"])
+    metrics["rows_with_variant_in_train"] = sum(v in seen for v in records["variant_sequence"])
+    metrics["seconds"] = round(time.time() - start, 1)
+    metrics = json.loads(json.dumps(metrics))  # plain JSON types: the returned dict equals metrics.json
+
+    write_predictions(out_dir / "predictions.jsonl", records, predicted, main, control_runs, threshold, k)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if report:
+        from dnallm.report import write_report
+
+        write_report(metrics, out_dir, gold, predicted)
     return metrics

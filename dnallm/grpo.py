@@ -47,11 +47,16 @@ def _completion_mask(completions: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 
 def _completion_logprobs(model: DNALLMForCausalLM, prompt_ids, prompt_mask, completions, completion_mask, dna):
+    """Log-probabilities of the completion tokens; the LM head runs on completion positions only."""
+    from peft import PeftModel
+
     ids = torch.cat([prompt_ids, completions], 1)
     mask = torch.cat([prompt_mask, completion_mask], 1)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **dna).logits
-    logits = logits[:, prompt_ids.shape[1] - 1:-1].float()
+    base = model.text_model.get_base_model() if isinstance(model.text_model, PeftModel) else model.text_model
+    hidden = base.model(inputs_embeds=model.embed_inputs(ids, **dna), attention_mask=mask,
+                        position_ids=positions).last_hidden_state
+    logits = base.lm_head(hidden[:, prompt_ids.shape[1] - 1:-1]).float()
     return torch.log_softmax(logits, -1).gather(-1, completions.unsqueeze(-1)).squeeze(-1)
 
 

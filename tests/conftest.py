@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from dnallm.data import load_kegg
-from dnallm.quickstart import build_tiny_models, load_preset
+from dnallm.quickstart import build_tiny_models, load_preset, run_quickstart
 
 
 def mini_preset() -> dict:
@@ -33,3 +33,11 @@ def tiny_dir(tmp_path_factory, kegg_train):
     out = tmp_path_factory.mktemp("tiny")
     build_tiny_models(out, kegg_train.select(range(32)), mini_preset())
     return out
+
+
+@pytest.fixture(scope="session")
+def quickstart_dir(tmp_path_factory):
+    """A cut-down quickstart run (24 rows per split): its folder, with the checkpoint in `model/`, and result."""
+    out = tmp_path_factory.mktemp("qs")
+    result = run_quickstart(out, preset=mini_preset(), limit=24)
+    return out, result

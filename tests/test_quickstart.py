@@ -5,18 +5,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from conftest import mini_preset
 from dnallm.cli import app
 from dnallm.data import load_kegg
 from dnallm.inference import explain_variant
-from dnallm.quickstart import run_quickstart
-
-
-@pytest.fixture(scope="module")
-def quickstart_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("qs")
-    result = run_quickstart(out, preset=mini_preset(), limit=24)
-    return out, result
 
 
 def test_quickstart_writes_checkpoint_metrics_and_explanation(quickstart_dir):
