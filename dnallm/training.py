@@ -172,14 +172,32 @@ def _save_state(out: Path, model, engine, optimizer, schedule, state: dict, rank
     last = out / "last"
     _save_model(model, last, engine, rank)
     if engine is not None:
-        engine.save_checkpoint(str(last / "deepspeed"), tag="last")  # collective: every rank writes its shard
+        # collective: every rank writes its shard; the info lets ds_to_universal reshard for another world size
+        engine.save_checkpoint(str(last / "deepspeed"), tag="last",
+                               client_state={"universal_checkpoint_info": {"universal_checkpoint_version": 0.2}})
     if rank != 0:
         return
     if engine is None:
         torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, last / "optimizer.pt")
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     torch.save(rng, last / "rng.pt")
-    (last / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    (last / "trainer_state.json").write_text(json.dumps({**state, "world_size": int(os.environ.get("WORLD_SIZE", 1))},
+                                                       indent=2))
+
+
+def _to_universal(ds_dir: Path, rank: int) -> None:
+    """Convert DeepSpeed's `last` checkpoint to a universal one (loadable on any number of ranks)."""
+    import subprocess
+    import sys
+
+    import torch.distributed as dist
+
+    if rank == 0:
+        subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                        str(ds_dir / "last"), "--output_folder", str(ds_dir / "last_universal")], check=True,
+                       capture_output=True)
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConfig, out_dir: str | Path) -> dict:
@@ -213,6 +231,12 @@ def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConf
     steps_per_epoch = math.ceil(math.ceil(len(train) / cfg.batch_size) / world)
     total_steps = math.ceil(steps_per_epoch * cfg.epochs)
     groups, optimizer, schedule = _optimizer(model, cfg, max(1, math.ceil(total_steps / cfg.grad_accum)))
+    last = out_dir / "last"
+    resuming = cfg.resume and (last / "trainer_state.json").exists()
+    state = json.loads((last / "trainer_state.json").read_text()) if resuming else {
+        "step": 0, "best_val_loss": math.inf, "history": []}
+    # A DeepSpeed state saved on another number of ranks is resharded through a universal checkpoint.
+    reshard = resuming and cfg.deepspeed and state.get("world_size", world) != world
     engine = None
     if cfg.deepspeed:
         import deepspeed
@@ -221,15 +245,20 @@ def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConf
         ds_config = {**ds_config, "train_micro_batch_size_per_gpu": cfg.batch_size,
                      "gradient_accumulation_steps": cfg.grad_accum, "gradient_clipping": cfg.max_grad_norm}
         ds_config.pop("train_batch_size", None)
+        if reshard:
+            ds_config["checkpoint"] = {"load_universal": True}
         engine, optimizer, _, schedule = deepspeed.initialize(model=model, optimizer=optimizer,
                                                               lr_scheduler=schedule, config=ds_config)
 
-    state = {"step": 0, "best_val_loss": math.inf, "history": []}
-    last = out_dir / "last"
-    if cfg.resume and (last / "trainer_state.json").exists():
-        state = json.loads((last / "trainer_state.json").read_text())
+    if resuming:
+        if reshard:  # same number of examples seen, counted in this world's per-rank steps
+            state["step"] = state["step"] * state["world_size"] // world
         if engine is not None:  # restores module (any ZeRO stage), optimizer and scheduler
-            engine.load_checkpoint(str(last / "deepspeed"), tag="last", load_module_strict=False)
+            tag = "last"
+            if reshard:
+                _to_universal(last / "deepspeed", rank)
+                tag = "last_universal"
+            engine.load_checkpoint(str(last / "deepspeed"), tag=tag, load_module_strict=False)
         else:
             _load_trainable(model, last)
             opt_state = torch.load(last / "optimizer.pt", weights_only=False)
