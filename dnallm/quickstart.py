@@ -51,8 +51,12 @@ def build_tiny_models(out: Path, train, preset: dict) -> None:
 
 
 def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "tiny", skip_pretrain: bool = False,
-                   limit: int | None = None) -> dict:
-    """Run the embedded default end to end; `limit` keeps only the first rows of each split (smoke runs)."""
+                   limit: int | None = None, splits: str = "official") -> dict:
+    """Run the embedded default end to end; `limit` keeps only the first rows of each split (smoke runs).
+
+    splits="official": the published train/val/test; splits="grouped": the leak-free grouped split (pretraining,
+    SFT and selection on grouped-train/val only, evaluation on grouped-test).
+    """
     from dnallm.evaluation import evaluate_split
     from dnallm.inference import explain_variant
 
@@ -63,7 +67,10 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
     torch.manual_seed(0)
     timings = {}
     t = time.time()
-    train, val = take(load_kegg("train")), take(load_kegg("val"))
+    if splits not in ("official", "grouped"):
+        raise ValueError(f"unknown splits {splits!r}; expected 'official' or 'grouped'")
+    prefix = "grouped-" if splits == "grouped" else ""
+    train, val = take(load_kegg(prefix + "train")), take(load_kegg(prefix + "val"))
     if not (skip_pretrain and (out / "encoder").exists() and (out / "text-model").exists()):
         build_tiny_models(out, train, preset)
     timings["pretrain_s"] = round(time.time() - t, 1)
@@ -80,8 +87,8 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
 
     t = time.time()
     best = DNALLMForCausalLM.from_pretrained(out / "model").eval()  # the val-selected checkpoint, as users load it
-    test = take(load_kegg("test"))
-    metrics = evaluate_split(best, test, "test", out / "eval" / "test", batch_size=preset["eval"]["batch_size"],
+    test = take(load_kegg(prefix + "test"))
+    metrics = evaluate_split(best, test, prefix + "test", out / "eval" / (prefix + "test"), batch_size=preset["eval"]["batch_size"],
                              max_new_tokens=preset["eval"]["max_new_tokens"])
     timings["eval_s"] = round(time.time() - t, 1)
 
