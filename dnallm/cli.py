@@ -26,12 +26,13 @@ def _metrics_table(metrics: dict, title: str) -> Table:
 
 @app.command()
 def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="Output folder"),
-               skip_pretrain: bool = typer.Option(False, help="Reuse DIR/encoder and DIR/text-model if present")):
+               skip_pretrain: bool = typer.Option(False, help="Reuse DIR/encoder and DIR/text-model if present"),
+               splits: str = typer.Option("official", help="official | grouped (leak-free: no shared variant)")):
     """Train the tiny embedded default on CPU, evaluate it on the KEGG test split, explain one variant."""
     from dnallm.quickstart import run_quickstart
 
-    result = run_quickstart(out, skip_pretrain=skip_pretrain)
-    console.print(_metrics_table(result["metrics"], "KEGG official test (tiny default)"))
+    result = run_quickstart(out, skip_pretrain=skip_pretrain, splits=splits)
+    console.print(_metrics_table(result["metrics"], f"KEGG {result['metrics']['split']} (tiny default)"))
     console.print(f"timings: {result['timings']}")
     ex = result["example"]
     console.print(f"explain_variant on test row {ex['row']}: predicted {ex['label']!r}, gold {ex['gold']!r}")
@@ -88,20 +89,130 @@ def evaluate(model: Path = typer.Option(Path("runs/quickstart/model"), help="Che
 
 
 @app.command()
-def explain(question: str = typer.Option(..., help="Question about the variant"),
-            reference: str = typer.Option(..., help="Reference sequence (1024 bp window or KEGG layout)"),
-            variant: str = typer.Option(..., help="Variant sequence (1024 bp window or KEGG layout)"),
+def explain(question: Optional[str] = typer.Option(None, help="Question about the variant (default: built from "
+                                                              "--gene/--chrom, else the kegg_hard question)"),
+            reference: Optional[str] = typer.Option(None, help="Reference sequence (1024 bp window or KEGG layout)"),
+            variant: Optional[str] = typer.Option(None, help="Variant sequence (1024 bp window or KEGG layout)"),
+            chrom: Optional[str] = typer.Option(None, help="One variant by coordinates: chromosome (chr1 or 1)"),
+            pos: Optional[int] = typer.Option(None, help="1-based position of REF (VCF POS)"),
+            ref: Optional[str] = typer.Option(None, help="REF allele (checked against --fasta)"),
+            alt: Optional[str] = typer.Option(None, help="ALT allele"),
+            gene: Optional[str] = typer.Option(None, help="Gene symbol for the built question"),
+            vcf: Optional[Path] = typer.Option(None, help="Explain every variant of a VCF (.vcf or .vcf.gz)"),
+            tsv: Optional[Path] = typer.Option(None, help="Explain every variant of a TSV (chrom pos ref alt "
+                                                          "[id gene question network genes_in_pathway])"),
+            fasta: Optional[Path] = typer.Option(None, help="Genome FASTA (plain or bgzip) for coordinates"),
+            out: Optional[Path] = typer.Option(None, help="Results TSV for --vcf/--tsv (one line per record)"),
+            vcf_out: Optional[Path] = typer.Option(None, help="Also write the input VCF with DNALLM_* INFO fields"),
+            resume: bool = typer.Option(False, help="Continue OUT: skip the records already in it"),
+            batch_size: int = typer.Option(8, help="Variants per model batch (--vcf/--tsv)"),
+            max_new_tokens: int = typer.Option(1024, help="Reasoning budget in generate mode"),
             model: Path = typer.Option(Path("runs/quickstart/model"), help="Checkpoint folder"),
-            mode: str = typer.Option("generate", help="generate (reasoning + answer) | score (label probabilities only)")):
-    """Explain one variant; prints JSON with label, reasoning, raw text and label probabilities."""
+            mode: Optional[str] = typer.Option(None, help="generate (reasoning + answer) | score (label "
+                                                          "probabilities only); default: generate for one "
+                                                          "variant, score for --vcf/--tsv"),
+            progress: bool = typer.Option(True, help="Progress bar (--vcf/--tsv)")):
+    """Explain one variant (sequences or coordinates; prints JSON) or every variant of a VCF/TSV (writes TSV)."""
     from dnallm.inference import explain_variant
 
+    def fail(message: str):
+        console.print(f"[red]error:[/red] {message}")
+        raise typer.Exit(2)
+
+    if vcf is not None or tsv is not None:
+        from dnallm.variants import explain_file
+
+        if vcf is not None and tsv is not None:
+            fail("give --vcf or --tsv, not both")
+        unused = [name for name, v in (("--question", question), ("--reference", reference), ("--variant", variant),
+                                       ("--chrom", chrom), ("--pos", pos), ("--ref", ref), ("--alt", alt),
+                                       ("--gene", gene)) if v is not None]
+        if unused:
+            fail(f"{', '.join(unused)} cannot be combined with --vcf/--tsv (the file gives the variants)")
+        if fasta is None or out is None:
+            fail("--vcf/--tsv need --fasta (the genome) and --out (the results TSV)")
+        try:
+            summary = explain_file(vcf or tsv, fasta, model, out, fmt="vcf" if vcf is not None else "tsv",
+                                   vcf_out=vcf_out, resume=resume, batch_size=batch_size, mode=mode or "score",
+                                   max_new_tokens=max_new_tokens, progress=progress)
+        except (ValueError, OSError, ImportError) as e:
+            fail(str(e))
+        console.print(f"{summary['written']} records written to {out} ({summary['skipped']} already there, "
+                      f"{summary['errors']} with an error, {summary['padded']} padded) in {summary['seconds']} s: "
+                      f"{summary['variants_per_second']} variants/s")
+        if vcf_out is not None:
+            console.print(f"wrote {vcf_out} ({summary['vcf_lines_dropped']} malformed input lines left out)")
+        return
+    batch_only = [name for name, v in (("--out", out), ("--vcf-out", vcf_out)) if v is not None] + \
+        (["--resume"] if resume else [])
+    if batch_only:
+        fail(f"{', '.join(batch_only)} need --vcf or --tsv")
     try:
-        result = explain_variant(question, reference, variant, model=model, mode=mode)
-    except ValueError as e:
+        if reference is not None or variant is not None:
+            result = explain_variant(question, reference, variant, model=model, mode=mode or "generate",
+                                     max_new_tokens=max_new_tokens, chrom=chrom, pos=pos, ref=ref, alt=alt,
+                                     fasta=fasta, gene=gene)
+        elif any(v is not None for v in (chrom, pos, ref, alt)):
+            result = explain_variant(question, model=model, mode=mode or "generate", max_new_tokens=max_new_tokens,
+                                     chrom=chrom, pos=pos, ref=ref, alt=alt, fasta=fasta, gene=gene)
+        else:
+            fail("give --reference and --variant, or --chrom --pos --ref --alt --fasta, or --vcf/--tsv with "
+                 "--fasta and --out")
+    except (ValueError, OSError, ImportError) as e:
+        fail(str(e))
+    print(json.dumps(result.to_dict(), indent=2))
+
+
+def _load_app_module():
+    """Load the Gradio UI from app/app.py in the source checkout.
+
+    app/ is an entry point like train/ and eval/: it is not part of the installed package (only dnallm* and
+    projectors* are), so it is loaded by path, under a private module name, and only when `dnallm app` runs.
+    """
+    import importlib.util
+    import sys
+
+    if "dnallm_app" in sys.modules:
+        return sys.modules["dnallm_app"]
+    path = Path(__file__).resolve().parents[1] / "app" / "app.py"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: the app ships with the source checkout; install with "
+                                f"`pip install -e \".[app]\"` from a clone")
+    spec = importlib.util.spec_from_file_location("dnallm_app", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["dnallm_app"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["dnallm_app"]
+        raise
+    return module
+
+
+@app.command("app")
+def serve_app(model: Path = typer.Option(Path("runs/quickstart/model"), help="Checkpoint folder"),
+              host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback unless you ask otherwise)"),
+              port: int = typer.Option(7860, help="Port"),
+              max_new_tokens: int = typer.Option(1024, help="Default thinking budget (adjustable in the UI)"),
+              concurrency_limit: int = typer.Option(1, help="Requests the model serves at once (Gradio queue)"),
+              fasta: Optional[Path] = typer.Option(None, help="Fix the genome FASTA for coordinate input (else users "
+                                                              "type a server path; fix it beyond loopback)")):
+    """Start the Gradio chat UI (app/app.py) for one checkpoint."""
+    try:
+        ui = _load_app_module()
+    except ModuleNotFoundError as e:
+        console.print(f"[red]error:[/red] {e}; install the app extra: pip install -e \".[app]\"")
+        raise typer.Exit(2)
+    except FileNotFoundError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
-    print(json.dumps(result.to_dict(), indent=2))
+    try:
+        demo = ui.build_app(str(model), max_new_tokens=max_new_tokens, concurrency_limit=concurrency_limit,
+                            fasta=str(fasta) if fasta else None)
+    except FileNotFoundError as e:
+        console.print(f"[red]error:[/red] {e} (train one with `dnallm quickstart` or pass --model)")
+        raise typer.Exit(2)
+    ui.launch(demo, host=host, port=port)
 
 
 if __name__ == "__main__":

@@ -119,32 +119,139 @@ class Explanation:
     raw_text: str          # everything the model generated ("" in score mode)
     label_probabilities: dict[str, float]  # all 37 labels, from label scoring, summing to 1
     top_k: list[tuple[str, float]]
+    # Coordinate input only (None for sequence input, and then left out of to_dict()):
+    padded: bool | None = None             # True when a window ran off a contig end and was padded with N
+    warnings: list[str] | None = None      # e.g. padding, IUPAC ambiguity codes in the genome window
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for key in ("padded", "warnings"):
+            if d[key] is None:
+                del d[key]
+        return d
 
 
-def explain_variant(question: str, reference_sequence: str, variant_sequence: str,
+def explain_variant(question: str | None = None, reference_sequence: str | None = None,
+                    variant_sequence: str | None = None,
                     model: str | Path | DNALLMForCausalLM = "runs/quickstart/model", mode: str = "generate",
-                    max_new_tokens: int = 1024, k: int = 3) -> Explanation:
-    """Ask the model about one variant.
+                    max_new_tokens: int = 1024, k: int = 3, *, chrom: str | None = None, pos: int | None = None,
+                    ref: str | None = None, alt: str | None = None, fasta: str | Path | None = None,
+                    gene: str | None = None) -> Explanation:
+    """Ask the model about one variant, given as sequences or as coordinates in a genome FASTA.
+
+    Sequences: `reference_sequence` / `variant_sequence` are two 1024 bp windows or KEGG-layout sequences.
+    Coordinates: `chrom`, `pos` (1-based, VCF POS), `ref`, `alt` and `fasta` (plain or bgzip); the windows
+    are cut from the FASTA by the KEGG window rule (dnallm.genome), with REF checked against the FASTA; the
+    result's `padded` / `warnings` report windows padded with N at a contig end and similar.
+    `question=None` builds a question from `gene` and `chrom` (dnallm.variants.build_question; the kegg_hard
+    question when no gene is known).
 
     mode="generate": greedy reasoning, then the label from the strict final `Answer:` line.
     mode="score": no reasoning; the label is the most likely of the 37 under label scoring (fast).
     Both return the 37 label probabilities and the top k.
     """
-    from dnallm.scoring import label_probabilities, top_k
+    from dnallm.genome import open_genome
+    from dnallm.variants import build_question, explain_many
 
     if mode not in ("generate", "score"):
         raise ValueError(f"unknown mode {mode!r}; expected 'generate' or 'score'")
+    coords = {"chrom": chrom, "pos": pos, "ref": ref, "alt": alt, "fasta": fasta}
+    by_coords = any(v is not None for v in coords.values())
+    if by_coords and (reference_sequence is not None or variant_sequence is not None):
+        raise ValueError("give either reference/variant sequences or chrom/pos/ref/alt/fasta, not both")
+    if by_coords and any(v is None for v in coords.values()):
+        missing = ", ".join(name for name, v in coords.items() if v is None)
+        raise ValueError(f"a variant by coordinates needs chrom, pos, ref, alt and fasta; missing: {missing}")
+    if not by_coords and (reference_sequence is None or variant_sequence is None):
+        raise ValueError("give reference_sequence and variant_sequence, or chrom/pos/ref/alt/fasta")
+    if by_coords and "," in alt:
+        raise ValueError(f"ALT {alt!r} lists several alleles; explain one ALT per call (a VCF file with "
+                         "multi-allelic records is split by `dnallm explain --vcf`)")
     if not isinstance(model, DNALLMForCausalLM):
         model = load_model(str(Path(model).resolve()))
-    windows = prepare_windows(reference_sequence, variant_sequence, model.config.window_size)
-    probs = label_probabilities(model, [question], [windows])
-    best = top_k(probs, k)[0]
-    scores = {label: float(p) for label, p in zip(KEGG_LABELS, probs[0].tolist())}
-    if mode == "score":
-        return Explanation(label=best[0][0], reasoning="", raw_text="", label_probabilities=scores, top_k=best)
-    raw = generate_answers(model, [question], [windows], max_new_tokens=max_new_tokens)[0]
-    return Explanation(label=parse_answer(raw), reasoning=split_reasoning(raw), raw_text=raw,
-                       label_probabilities=scores, top_k=best)
+    if question is None:
+        question = build_question(gene=gene, chrom=chrom)
+    if by_coords:
+        w = open_genome(fasta).windows(chrom, pos, ref, alt, window=model.config.window_size)
+        windows, padded, warnings = (w.reference, w.variant), w.padded, list(w.warnings)
+    else:
+        windows = prepare_windows(reference_sequence, variant_sequence, model.config.window_size)
+        padded = warnings = None
+    result = explain_many(model, [question], [windows], mode=mode, max_new_tokens=max_new_tokens, k=k)[0]
+    result.padded, result.warnings = padded, warnings
+    return result
+
+
+class ForcedAnswer(str):
+    """The chunk of `stream_answer` that the thinking budget appended (`</think>` + `Answer:`), not the model."""
+
+
+def stream_answer(model: DNALLMForCausalLM, question: str, windows: tuple[str, str], max_new_tokens: int = 1024,
+                  max_answer_tokens: int = 24):
+    """Yield the answer to one question as text chunks while the model writes it (greedy).
+
+    The same prompt, processor call, greedy decoding and thinking budget as `generate_answers`, so
+    `"".join(stream_answer(model, q, w, n))` equals `generate_answers(model, [q], [w], max_new_tokens=n)[0]`
+    (reasoning, answer line and, when the budget ran out, the forced `</think> Answer:` suffix, yielded as one
+    `ForcedAnswer` chunk so that a caller can tell it from text the model wrote).
+    `windows` are the two prepared windows (`prepare_windows`, or `dnallm.genome` for coordinates). Text
+    arrives through transformers' TextIteratorStreamer from a generation thread; closing the generator early
+    stops the generation.
+    """
+    from threading import Event, Thread
+
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    proc = model.processor
+    tok = proc.tokenizer
+    batch = proc([proc.prompt(question)], [list(windows)], padding_side="left")
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    input_ids, attention_mask = batch.pop("input_ids"), batch.pop("attention_mask")
+    stop = Event()
+
+    class _StopWhenClosed(StoppingCriteria):
+        def __call__(self, ids, scores, **kwargs):
+            return torch.full((ids.shape[0],), stop.is_set(), dtype=torch.bool, device=ids.device)
+
+    def run(ids: torch.Tensor, mask: torch.Tensor, limit: int):
+        """Stream one greedy generation (as DNALLMForCausalLM.generate runs it); return its token ids."""
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        result: dict = {}
+
+        def work():
+            try:
+                with torch.no_grad():
+                    result["ids"] = model.text_model.generate(
+                        inputs_embeds=model.embed_inputs(ids, **batch), attention_mask=mask,
+                        max_new_tokens=limit, do_sample=False, eos_token_id=tok.eos_token_id,
+                        pad_token_id=tok.pad_token_id, streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_StopWhenClosed()]))[0].tolist()
+            except BaseException as e:  # re-raised in the consumer; end the stream so that it does not block
+                result["error"] = e
+                streamer.end()
+
+        thread = Thread(target=work, name="dnallm-stream", daemon=True)
+        thread.start()
+        finished = False
+        try:
+            for text in streamer:
+                if text:
+                    yield text
+            finished = True
+        finally:
+            if not finished:  # the consumer closed the generator (or failed): stop generating
+                stop.set()
+            thread.join()
+        if "error" in result:
+            raise result["error"]
+        return result["ids"]
+
+    row = yield from run(input_ids, attention_mask, max_new_tokens)
+    if tok.eos_token_id in row or max_answer_tokens <= 0:
+        return
+    # Thinking budget spent: append the forced answer prefix and let the model write the label.
+    forced_ids = tok(FORCED_ANSWER, add_special_tokens=False)["input_ids"]
+    yield ForcedAnswer(tok.decode(forced_ids, skip_special_tokens=True))
+    seq = input_ids[0].tolist() + [t for t in row if t != tok.pad_token_id] + forced_ids
+    ids = torch.tensor([seq], device=model.device)
+    yield from run(ids, torch.ones_like(ids), max_answer_tokens)

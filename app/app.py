@@ -1,0 +1,260 @@
+"""Gradio chat UI for dnallm: ask about one variant, watch the reasoning stream in, get the label and the
+label probabilities.
+
+A thin entry point, like train/sft.py and eval/evaluate.py: it lives in the source checkout, not in the
+installed package. `dnallm app --model CKPT` loads this file by path; `python app/app.py --model CKPT` runs it
+directly. Every model step is a library call: `prepare_windows` / `dnallm.genome` (input checks, REF check
+against a FASTA, the window rule),
+`stream_answer` (the same prompt, processor and thinking budget as `explain_variant`), `parse_answer` /
+`split_reasoning` (strict answer parsing) and `dnallm.scoring` (label probabilities). Nothing here touches
+the model itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from dnallm.data import load_kegg
+from dnallm.genome import open_genome
+from dnallm.inference import ForcedAnswer, load_model, parse_answer, prepare_windows, split_reasoning, stream_answer
+from dnallm.labels import KEGG_LABELS
+from dnallm.scoring import label_probabilities, top_k
+
+DEFAULT_MODEL = "runs/quickstart/model"
+NO_ANSWER = "no valid answer"  # the answer field when the final line is not `Answer: <one of the 37 labels>`
+N_EXAMPLES = 8
+SEQUENCES, COORDINATES = "sequences", "coordinates"
+UPDATE_EVERY_S = 0.05  # streamed text is pushed to the page at most this often
+
+TITLE = """\
+# dnallm — ask about a variant
+The DNA encoder reads the reference and variant windows; the language model reasons and answers with one of the
+37 KEGG disease labels.
+"""
+
+ABOUT = """\
+**Input.** Two 1024 bp windows centred on the variant (the variant at index 512), two KEGG-layout sequences
+(2000 bp flank + allele + 2000 bp flank), or coordinates (CHROM, 1-based POS, REF, ALT) in a genome FASTA on the
+server: REF is checked against the FASTA and the windows are cut by the same rule. Or load an example from the
+KEGG test split.
+
+**Follow-ups** stay on the same variant: each message is asked as a new question with the same DNA. The model is
+trained single-turn, so earlier messages are not part of its prompt. Changing the variant starts a new
+conversation.
+
+**Answer and probabilities.** The answer is the label on the model's final `Answer:` line (strict: anything else
+is "no valid answer"). The chart comes from label scoring: the likelihood of each of the 37 labels after
+`Answer:` for the same question and DNA, normalised over the 37; its top label can differ from the written one.
+"""
+
+CSS = "#error-box { color: #b91c1c; font-weight: 600; }"
+
+# System fonts only: the app works without internet access (no Google Fonts request).
+THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                          font_mono=["ui-monospace", "monospace"])
+
+
+def _clean(seq: str | None) -> str:
+    return re.sub(r"\s+", "", seq or "").upper()
+
+
+def _examples(n: int) -> tuple[list[list[str]], list[str]]:
+    """The first test row of each of the first `n` gold labels: question and the two 1024 bp windows."""
+    rows, labels, seen = [], [], set()
+    for record in load_kegg("test"):
+        if record["label"] in seen:
+            continue
+        seen.add(record["label"])
+        rows.append([record["question"], SEQUENCES, record["ref_window"], record["variant_window"]])
+        change = f"{record['ref_allele'] or '-'}>{record['alt_allele'] or '-'}"
+        if len(change) > 15:
+            change = f"{len(record['ref_allele'])} bp>{len(record['alt_allele'])} bp"
+        labels.append(f"test row {record['row']} · {change} · gold: {record['label']}")
+        if len(rows) == n:
+            break
+    return rows, labels
+
+
+def _variant_key(source, reference, variant, chrom, pos, ref, alt, fasta) -> list:
+    """What identifies the variant in the input fields (a follow-up has the same key); ValueError if incomplete."""
+    if source == COORDINATES:
+        chrom, ref, alt, fasta = (str(v or "").strip() for v in (chrom, ref, alt, fasta))
+        if not (chrom and fasta and pos not in (None, "")):
+            raise ValueError("coordinates need CHROM, POS, REF, ALT and the genome FASTA path "
+                             "(use '-' for an empty allele)")
+        if isinstance(pos, float) and pos.is_integer():
+            pos = int(pos)
+        return [COORDINATES, chrom, pos, ref.upper(), alt.upper(), str(Path(fasta).expanduser().resolve())]
+    key = [SEQUENCES, _clean(reference), _clean(variant)]
+    if not key[1] or not key[2]:
+        raise ValueError("enter the reference and the variant sequence (or load an example)")
+    return key
+
+
+def _variant_windows(key: list, window: int) -> tuple[tuple[str, str], list[str]]:
+    """The two windows of a variant key and any notes (padding, ...); errors are readable ValueError/OSError."""
+    if key[0] == COORDINATES:
+        _, chrom, pos, ref, alt, fasta = key
+        w = open_genome(fasta).windows(chrom, pos, ref, alt, window=window)
+        return (w.reference, w.variant), list(w.warnings)
+    return prepare_windows(key[1], key[2], window, where="sequences"), []
+
+
+def build_app(model_path: str = DEFAULT_MODEL, max_new_tokens: int = 1024, k: int = 5, concurrency_limit: int = 1,
+              n_examples: int = N_EXAMPLES, fasta: str | None = None) -> gr.Blocks:
+    """The Blocks app for one checkpoint. The model is loaded here, once (load_model is cached per process).
+
+    `fasta` fixes the genome FASTA for coordinate input (the path field is then read-only and ignored); without
+    it, users type a path that the server reads, so fix it when serving beyond loopback.
+    """
+    model = load_model(str(Path(model_path).resolve()))
+    window = model.config.window_size
+
+    def outputs(history, state, answer="", chart=None, probabilities=None, error="", question=""):
+        return history, question, answer, chart or {}, probabilities or {}, error, state
+
+    def fail(message, history, state, question):
+        gr.Warning(message)
+        return outputs(history, state, error=f"⚠ {message}", question=question)
+
+    def ask(question, source, reference, variant, chrom, pos, ref, alt, genome, history, budget, top, state):
+        history = list(history or [])
+        question = (question or "").strip()
+        if not question:
+            yield fail("Type a question about the variant.", history, state, question)
+            return
+        notes = []
+        if fasta:
+            genome = fasta
+        try:
+            key = _variant_key(source, reference, variant, chrom, pos, ref, alt, genome)
+            if not (state and state.get("key") == key):  # a new variant starts a new conversation
+                windows, notes = _variant_windows(key, window)
+                history, state = [], {"key": key, "windows": list(windows)}
+                for note in notes:
+                    gr.Warning(note)
+        except (ValueError, OSError, ImportError) as e:  # bad bases, wrong length, REF mismatch, missing FASTA
+            yield fail(str(e), history, state, question)
+            return
+        windows = tuple(state["windows"])  # a follow-up asks with the same DNA
+        history += [{"role": "user", "content": question},
+                    {"role": "assistant", "content": "", "metadata": {"title": "Reasoning", "status": "pending"}}]
+        yield outputs(history, state)
+        text, started, shown, forced = "", time.perf_counter(), 0.0, False
+        try:
+            for chunk in stream_answer(model, question, windows, max_new_tokens=int(budget)):
+                text += chunk
+                forced = forced or isinstance(chunk, ForcedAnswer)
+                if time.perf_counter() - shown >= UPDATE_EVERY_S:  # at most ~20 UI updates a second
+                    history[-1]["content"] = split_reasoning(text)
+                    shown = time.perf_counter()
+                    yield outputs(history, state)
+            history[-1]["content"] = split_reasoning(text)
+            probs = label_probabilities(model, [question], [windows])
+        except Exception as e:  # shown in the UI, never as a stack trace
+            history[-1]["metadata"]["status"] = "done"
+            yield fail(f"the model failed: {type(e).__name__}: {e}", history, state, "")
+            return
+        # Done: no status keeps the reasoning open (status "done" would fold it away).
+        history[-1]["metadata"] = {"title": "Reasoning", "duration": round(time.perf_counter() - started, 1)}
+        label = parse_answer(text)
+        best = top_k(probs, int(top))[0]
+        reply = f"**Answer: {label}**" if label else (
+            f"**{NO_ANSWER}**: the final line is not `Answer: <one of the 37 labels>`.")
+        if forced:
+            reply += (f"\n\n_The thinking budget ({int(budget)} tokens) ran out: `</think>` and `Answer:` were "
+                      f"appended and the model wrote the label._")
+        reply += f"\n\nLabel scoring: {best[0][0]} ({best[0][1]:.1%})."
+        if notes:
+            reply += "\n\n" + "\n".join(f"- {note}" for note in notes)
+        history.append({"role": "assistant", "content": reply})
+        chart = dict(best)
+        probabilities = {name: float(p) for name, p in sorted(zip(KEGG_LABELS, probs[0].tolist()),
+                                                              key=lambda item: -item[1])}
+        yield outputs(history, state, answer=label or NO_ANSWER, chart=chart, probabilities=probabilities)
+
+    def new_conversation():
+        return [], "", "", {}, {}, "", None
+
+    def show_source(source):
+        return gr.update(visible=source == SEQUENCES), gr.update(visible=source == COORDINATES)
+
+    examples, example_labels = _examples(n_examples)
+    with gr.Blocks(title="dnallm", analytics_enabled=False) as demo:
+        gr.Markdown(TITLE)
+        state = gr.State(None)
+        question = gr.Textbox(label="Question", placeholder="Ask about the variant", lines=2, scale=5, render=False)
+        with gr.Row():
+            with gr.Column(scale=2):
+                source = gr.Radio([SEQUENCES, COORDINATES], value=SEQUENCES, label="Variant given as")
+                with gr.Group(visible=True) as sequence_fields:
+                    reference = gr.Textbox(label="Reference sequence", lines=2, max_lines=2,
+                                           placeholder=f"{window} bp window (variant at index {window // 2}) "
+                                                       "or KEGG layout")
+                    variant = gr.Textbox(label="Variant sequence", lines=2, max_lines=2,
+                                         placeholder="the same window with the alternative allele")
+                with gr.Group(visible=False) as coordinate_fields:
+                    with gr.Row():
+                        chrom = gr.Textbox(label="CHROM", placeholder="chr1")
+                        pos = gr.Number(label="POS (1-based)", precision=0)
+                        ref = gr.Textbox(label="REF", placeholder="G")
+                        alt = gr.Textbox(label="ALT", placeholder="T")
+                    genome = gr.Textbox(fasta or "", label="Genome FASTA path (on the server)",
+                                        placeholder="/data/GRCh38.fa or .fa.gz (bgzip)", interactive=not fasta)
+                gr.Examples(examples, inputs=[question, source, reference, variant], example_labels=example_labels,
+                            label="Examples (KEGG test split)")
+                with gr.Accordion("Settings", open=False):
+                    budget = gr.Slider(1, 4096, value=max_new_tokens, step=1,
+                                       label="Max new tokens (thinking budget)")
+                    top = gr.Slider(1, len(KEGG_LABELS), value=k, step=1, label="Labels in the chart (top-k)")
+                with gr.Accordion("About", open=False):
+                    gr.Markdown(ABOUT)
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(label="Chat", height=330)
+                error = gr.Markdown(elem_id="error-box", label="Error")
+                with gr.Row():
+                    question.render()
+                    send = gr.Button("Send", variant="primary", scale=1)
+                with gr.Row():
+                    answer = gr.Textbox(label="Answer (the label the model wrote)", interactive=False,
+                                        elem_id="answer", scale=2)
+                    clear = gr.Button("New conversation", size="sm", scale=1)
+                chart = gr.Label(show_heading=False, label="Top-k label probabilities (label scoring)")
+                with gr.Accordion("All 37 label probabilities", open=False):
+                    probabilities = gr.JSON(label="Label probabilities")
+        source.change(show_source, source, [sequence_fields, coordinate_fields], api_name=False)
+        gr.on([question.submit, send.click], ask,
+              [question, source, reference, variant, chrom, pos, ref, alt, genome, chatbot, budget, top, state],
+              [chatbot, question, answer, chart, probabilities, error, state], api_name="ask",
+              concurrency_limit=concurrency_limit, concurrency_id="model")
+        clear.click(new_conversation, None, [chatbot, question, answer, chart, probabilities, error, state],
+                    api_name=False)
+    demo.queue(default_concurrency_limit=concurrency_limit)
+    return demo
+
+
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, **kwargs):
+    """Serve the app (loopback unless `host` says otherwise); kwargs go to `gr.Blocks.launch`."""
+    return demo.launch(server_name=host, server_port=port, theme=THEME, css=CSS, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="dnallm chat UI")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--concurrency-limit", type=int, default=1)
+    parser.add_argument("--fasta", default=None, help="fix the genome FASTA for coordinate input")
+    args = parser.parse_args(argv)
+    launch(build_app(args.model, max_new_tokens=args.max_new_tokens, concurrency_limit=args.concurrency_limit,
+                     fasta=args.fasta), host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

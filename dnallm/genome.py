@@ -1,0 +1,273 @@
+"""Variants as coordinates: the model's reference and variant windows cut from a genome FASTA.
+
+A variant is `chrom, pos, ref, alt` with `pos` the 1-based position of REF's first base (VCF POS). The windows
+follow the KEGG window rule of `dnallm.data.centred_windows`, with
+
+    upstream   = genome[pos - 512 : pos)           (the 512 bp before REF, 0-based half-open)
+    allele     = REF (reference window) / ALT (variant window), used exactly as given (no left-trimming)
+    downstream = genome[pos + len(REF) : ...)      (as much as the window needs)
+
+so a variant placed at its KEGG coordinates gives exactly the dataset's windows. VCF indels keep their padding
+base (REF=TA, ALT=T puts the shared T at index 512 of both windows); an empty REF (an insertion written as
+`-`) inserts ALT before `pos`.
+
+Checks (each error names the variant and the problem): REF must match the FASTA (a mismatch usually means a
+different genome build), the contig must exist after alias resolution (chr1 <-> 1, chrM <-> MT <-> M), alleles
+must be A/C/G/T/N (IUPAC ambiguity codes and non-IUPAC characters are rejected, symbolic and breakend ALTs are
+not supported), and a window that runs off a contig end is padded with N and flagged.
+
+FASTA files are read with pyfaidx, plain or bgzip-compressed (bgzip needs biopython); pyfaidx writes its
+`.fai` (and `.gzi`) index next to the FASTA on first use.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from dnallm.data import WINDOW_SIZE, centred_windows
+
+ALLELE_BASES = frozenset("ACGTN")
+# IUPAC nucleotide codes and the bases each stands for.
+IUPAC_CODES = {"A": "A", "C": "C", "G": "G", "T": "T", "R": "AG", "Y": "CT", "K": "GT", "M": "AC",
+               "S": "CG", "W": "AT", "B": "CGT", "D": "AGT", "H": "ACT", "V": "ACG", "N": "ACGT"}
+_MITO = ("chrM", "MT", "M", "chrMT")
+
+
+class VariantError(ValueError):
+    """A variant that cannot be turned into windows; the message names the variant and the problem."""
+
+
+def describe(chrom, pos, ref, alt) -> str:
+    """`chrom:pos REF>ALT`, the way error messages name a variant (`-` for an empty allele)."""
+    return f"{chrom}:{pos} {ref or '-'}>{alt or '-'}"
+
+
+def check_allele(allele: str | None, what: str, where: str) -> str:
+    """An upper-cased REF/ALT of A/C/G/T/N ('' allowed: an empty allele); anything else is a VariantError."""
+    if allele is None:
+        raise VariantError(f"{where}: {what} is missing")
+    a = allele.strip()
+    if a in ("", "-"):
+        return ""
+    if a == ".":
+        raise VariantError(f"{where}: {what} is '.' (no allele): not supported")
+    if a == "*":
+        raise VariantError(f"{where}: {what} '*' (an allele removed by an overlapping deletion) is not supported; "
+                           "give the deletion itself")
+    if a.startswith("<") and a.endswith(">"):
+        raise VariantError(f"{where}: symbolic {what} {a} (a structural variant) is not supported; only "
+                           "sequence alleles (A, C, G, T, N) are")
+    if "[" in a or "]" in a or (len(a) > 1 and (a[0] == "." or a[-1] == ".")):
+        raise VariantError(f"{where}: breakend {what} {a!r} (a structural rearrangement) is not supported; only "
+                           "sequence alleles (A, C, G, T, N) are")
+    a = a.upper()
+    for i, b in enumerate(a):
+        if b not in ALLELE_BASES:
+            kind = "an IUPAC ambiguity code" if b in IUPAC_CODES else "not an IUPAC nucleotide code"
+            raise VariantError(f"{where}: {what} {allele!r} has {b!r} at allele position {i + 1}, {kind}; "
+                               "alleles must be A, C, G, T or N")
+    return a
+
+
+def contig_candidates(chrom: str) -> list[str]:
+    """Names to try for `chrom`, in order: itself, then the chr-prefix toggled, then mitochondrial synonyms."""
+    c = chrom.strip()
+    names = [c]
+    bare = re.sub(r"^chr", "", c, flags=re.I)
+    names += [bare, f"chr{bare}"]
+    if bare.upper() in ("M", "MT"):
+        names += list(_MITO)
+    return list(dict.fromkeys(names))
+
+
+@dataclass(frozen=True)
+class VariantWindows:
+    reference: str            # the reference window (1024 bp)
+    variant: str              # the variant window (1024 bp)
+    contig: str               # the FASTA contig the chromosome name resolved to
+    padded: bool              # True when N was added because the window runs off a contig end
+    warnings: tuple[str, ...]
+
+
+class Genome:
+    """A genome FASTA (plain or bgzip) read with pyfaidx; contig names are the first word of each header."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"genome FASTA {self.path} does not exist")
+        try:
+            import pyfaidx
+        except ImportError:
+            raise ImportError("reading a genome FASTA needs pyfaidx: pip install 'dnallm-variants[genome]'") from None
+        try:
+            self._fasta = pyfaidx.Fasta(str(self.path), as_raw=True, sequence_always_upper=True)
+        except ImportError as e:  # pyfaidx reads bgzip through biopython
+            raise ImportError(f"reading the bgzip FASTA {self.path} needs biopython: "
+                              f"pip install 'dnallm-variants[genome]' ({e})") from None
+        except pyfaidx.UnsupportedCompressionFormat:
+            raise ValueError(f"{self.path} is gzip-compressed but not with bgzip; recompress it with "
+                             f"`gunzip -c {self.path.name} | bgzip > genome.fa.gz` or give the plain FASTA") from None
+        except (pyfaidx.FastaIndexingError, ValueError, OSError) as e:
+            raise ValueError(f"cannot read the genome FASTA {self.path}: {e}") from None
+        self.lengths = {name: len(rec) for name, rec in self._fasta.records.items()}
+
+    def resolve(self, chrom: str, where: str) -> str:
+        for name in contig_candidates(str(chrom)):
+            if name in self.lengths:
+                return name
+        shown = ", ".join(list(self.lengths)[:8]) + (", ..." if len(self.lengths) > 8 else "")
+        tried = ", ".join(contig_candidates(str(chrom)))
+        raise VariantError(f"{where}: contig {chrom!r} is not in the genome FASTA {self.path.name} (tried {tried}; "
+                           f"the FASTA has {shown}) - is it the same genome build as the variants?")
+
+    def fetch(self, contig: str, start: int, end: int) -> str:
+        """Bases [start, end) of a contig (0-based), clamped to the contig."""
+        start, end = max(0, start), min(end, self.lengths[contig])
+        return self._fasta[contig][start:end] if end > start else ""
+
+    def windows(self, chrom: str, pos: int, ref: str, alt: str, where: str | None = None,
+                window: int = WINDOW_SIZE) -> VariantWindows:
+        """The reference and variant windows of one variant (see the module docstring)."""
+        where = where or describe(chrom, pos, ref, alt)
+        ref, alt = check_allele(ref, "REF", where), check_allele(alt, "ALT", where)
+        if isinstance(pos, bool) or not isinstance(pos, int) or pos < 1:
+            raise VariantError(f"{where}: POS {pos!r} is not a 1-based position (an integer >= 1)")
+        if chrom is None or not str(chrom).strip():
+            raise VariantError(f"{where}: CHROM is empty")
+        contig = self.resolve(str(chrom), where)
+        length, start = self.lengths[contig], pos - 1
+        if start + len(ref) > length or start > length:
+            raise VariantError(f"{where}: REF at {contig}:{pos}-{pos + max(len(ref), 1) - 1} runs past the end of "
+                               f"{contig} ({length} bp) - is it the same genome build as the variants?")
+        genome_ref = self.fetch(contig, start, start + len(ref))
+        for i, (r, g) in enumerate(zip(ref, genome_ref)):
+            if not (r == g or r == "N" or (g != "N" and r in IUPAC_CODES.get(g, ""))):
+                shown = genome_ref if len(genome_ref) <= 30 else genome_ref[:30] + "..."
+                raise VariantError(f"{where}: REF {ref if len(ref) <= 30 else ref[:30] + '...'} does not match the "
+                                   f"genome FASTA, which has {shown} at {contig}:{pos} (first difference at "
+                                   f"{contig}:{pos + i}); this usually means the variants and the FASTA are from "
+                                   "different genome builds (e.g. GRCh37 vs GRCh38)")
+        half = window // 2
+        need_down = max(0, window - half - min(len(ref), len(alt)))
+        up = self.fetch(contig, start - half, start)
+        down = self.fetch(contig, start + len(ref), start + len(ref) + need_down)
+        warnings = []
+        pad_up, pad_down = half - len(up), need_down - len(down)
+        if pad_up:
+            warnings.append(f"{where}: the window runs off the start of {contig}; {pad_up} N added before it")
+        if pad_down:
+            warnings.append(f"{where}: the window runs off the end of {contig} ({length} bp); {pad_down} N added "
+                            "after it")
+        replaced = 0
+        parts = []
+        for seq, offset in ((up, start - len(up)), (genome_ref, start), (down, start + len(ref))):
+            clean, n = self._window_bases(seq, contig, offset, where)
+            parts.append(clean)
+            replaced += n
+        up, genome_ref, down = parts
+        if replaced:
+            warnings.append(f"{where}: {replaced} IUPAC ambiguity code(s) in the genome window replaced by N")
+        if len(alt) > window - half or len(ref) > window - half:
+            warnings.append(f"{where}: an allele is longer than {window - half} bp; the windows show only its first "
+                            f"{window - half} bp")
+        if ref == alt:
+            warnings.append(f"{where}: ALT equals REF; the reference and variant windows are identical")
+        ref_window, variant_window = centred_windows("N" * pad_up + up, genome_ref, alt, down + "N" * pad_down, window)
+        return VariantWindows(ref_window, variant_window, contig, bool(pad_up or pad_down), tuple(warnings))
+
+    @staticmethod
+    def _window_bases(seq: str, contig: str, offset: int, where: str) -> tuple[str, int]:
+        """FASTA bases as the encoder takes them (A/C/G/T/N): ambiguity codes become N (counted)."""
+        if set(seq) <= ALLELE_BASES:
+            return seq, 0
+        out, replaced = [], 0
+        for i, b in enumerate(seq):
+            if b in ALLELE_BASES:
+                out.append(b)
+            elif b in IUPAC_CODES:
+                out.append("N")
+                replaced += 1
+            else:
+                raise VariantError(f"{where}: the genome FASTA has {b!r} at {contig}:{offset + i + 1}, which is not "
+                                   "an IUPAC nucleotide code - is the FASTA a DNA sequence file?")
+        return "".join(out), replaced
+
+
+@lru_cache(maxsize=4)
+def _open_genome(path: str, mtime: float) -> Genome:
+    return Genome(path)
+
+
+def open_genome(path: str | Path) -> Genome:
+    """A Genome, opened once per process per file (reopened if the file changes)."""
+    p = Path(path).resolve()
+    return _open_genome(str(p), p.stat().st_mtime if p.exists() else 0.0)
+
+
+# ---- KEGG rows as coordinates -------------------------------------------------------------------------------
+
+_POS_ON_CHROM = re.compile(r"position\s+(\d[\d,]*)\s+(?:on|of|in)\s+(?:the\s+)?chromosome\s+([0-9]+|X|Y|MT|M)\b", re.I)
+_CHROM_AT_POS = re.compile(r"chromosome\s+([0-9]+|X|Y|MT|M)\b(?:\s*\([^)]*\))?,?\s+(?:at\s+)?(?:genomic\s+)?"
+                           r"position\s+(\d[\d,]*)", re.I)
+_CHANGE = re.compile(r"(?<![A-Za-z])([ACGT]+)\s*(?:>|\bto\b)\s*([ACGT]+)(?![A-Za-z])")
+
+
+@dataclass(frozen=True)
+class KeggCoordinates:
+    chrom: str
+    pos: int
+    ref: str
+    alt: str
+
+
+def parse_kegg_coordinates(reasoning: str) -> KeggCoordinates | None:
+    """(chrom, pos, ref, alt) from a KEGG reasoning text, or None when the text does not state all four.
+
+    Reads the forms the KEGG reasoning uses, e.g. "G>T substitution at position 11022300 on chromosome 1",
+    "T to TT change (duplication) at position 179836493 on chromosome 5", "on chromosome 12 at position
+    12718210". The positions are the dataset's own (GRCh38 by the KEGG source, not checked here); a few rows
+    state a position one base off.
+    """
+    m = _POS_ON_CHROM.search(reasoning)
+    if m:
+        pos, chrom = m.group(1), m.group(2)
+    else:
+        m = _CHROM_AT_POS.search(reasoning)
+        if not m:
+            return None
+        chrom, pos = m.group(1), m.group(2)
+    change = _CHANGE.search(reasoning)
+    if not change:
+        return None
+    return KeggCoordinates(chrom.upper(), int(pos.replace(",", "")), change.group(1), change.group(2))
+
+
+def write_kegg_contigs(rows, path: str | Path, rows_per_contig: int = 10, gap: int = 100,
+                       contig_names: list[str] | None = None, line_width: int = 60) -> list[dict]:
+    """Place KEGG rows on synthetic contigs and write them as a FASTA (for tests, demos and benchmarks).
+
+    Each row contributes its reference sequence (2000 bp flank + REF + 2000 bp flank); rows are separated by
+    `gap` N. Returns one dict per row: chrom (the contig), pos (1-based position of REF), ref, alt, plus the
+    row's windows, so that `Genome.windows(chrom, pos, ref, alt)` can be checked against them.
+    """
+    rows = list(rows)
+    n_contigs = -(-len(rows) // rows_per_contig)
+    names = contig_names or [f"chr{i + 1}" for i in range(n_contigs)]
+    placed, contigs = [], []
+    for c in range(n_contigs):
+        seq = "N" * gap
+        for row in rows[c * rows_per_contig:(c + 1) * rows_per_contig]:
+            placed.append({"chrom": names[c], "pos": len(seq) + 2001, "ref": row["ref_allele"],
+                           "alt": row["alt_allele"], "ref_window": row["ref_window"],
+                           "variant_window": row["variant_window"], "row": row.get("row")})
+            seq += row["reference_sequence"] + "N" * gap
+        contigs.append((names[c], seq))
+    with open(path, "w") as f:
+        for name, seq in contigs:
+            f.write(f">{name} synthetic contig of KEGG rows\n")
+            f.writelines(seq[i:i + line_width] + "\n" for i in range(0, len(seq), line_width))
+    return placed

@@ -1,0 +1,266 @@
+"""The Gradio chat UI (app/app.py, `dnallm app`) and the library stream behind it.
+
+End to end: the app is launched on the tiny checkpoint of the `quickstart_dir` fixture and asked through
+gradio_client; headless Chromium renders the page, and (over the DevTools protocol) loads an example and asks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+from PIL import Image
+from typer.testing import CliRunner
+
+from dnallm.cli import _load_app_module, app as cli_app
+from dnallm.data import load_kegg
+from dnallm.inference import FORCED_ANSWER, ForcedAnswer, explain_variant, generate_answers, load_model, stream_answer
+from dnallm.labels import KEGG_LABELS
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGET = 8  # max new tokens: the tiny model then always runs into the thinking budget (fast, and exercises it)
+K = 4
+N_EXAMPLES = 3
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y "
+                                                              "chromium; .ci/run installs it)")
+
+
+@pytest.fixture(scope="module")
+def ui():
+    return _load_app_module()
+
+
+@pytest.fixture(scope="module")
+def model_path(quickstart_dir):
+    return str((quickstart_dir[0] / "model").resolve())
+
+
+@pytest.fixture(scope="module")
+def records():
+    return load_kegg("test").select(range(12))
+
+
+@pytest.fixture(scope="module")
+def served(ui, model_path):
+    demo = ui.build_app(model_path, max_new_tokens=BUDGET, k=K, n_examples=N_EXAMPLES)
+    _, url, _ = ui.launch(demo, port=None, prevent_thread_lock=True, quiet=True)
+    yield demo, url
+    demo.close()
+
+
+def ask(client, question, reference="", variant="", history=(), source="sequences", coordinates=("", None, "", "", ""),
+        budget=BUDGET, k=K):
+    chrom, pos, ref, alt, fasta = coordinates
+    history_out, question_box, answer, chart, probabilities, error = client.predict(
+        question, source, reference, variant, chrom, pos, ref, alt, fasta, list(history), budget, k, api_name="/ask")
+    return {"history": history_out, "question": question_box, "answer": answer, "chart": chart,
+            "probabilities": probabilities, "error": error}
+
+
+def text_of(message) -> str:
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
+
+
+# ---- the library stream ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("budget", [4, 40])
+def test_stream_answer_is_generate_answers_in_pieces(model_path, records, budget):
+    model = load_model(model_path)
+    r = records[0]
+    windows = (r["ref_window"], r["variant_window"])
+    chunks = list(stream_answer(model, r["question"], windows, max_new_tokens=budget))
+    assert len(chunks) > 1  # streamed, not one final block
+    assert "".join(chunks) == generate_answers(model, [r["question"]], [windows], max_new_tokens=budget)[0]
+    if budget == 4:  # the thinking budget path is streamed as well, its appended prefix marked as such
+        assert [c for c in chunks if isinstance(c, ForcedAnswer)] == [FORCED_ANSWER]
+
+
+def test_closing_the_stream_stops_generation(model_path, records, monkeypatch):
+    from transformers import TextIteratorStreamer
+
+    model = load_model(model_path)
+    r = records[0]
+    windows = (r["ref_window"], r["variant_window"])
+    puts = []
+    original = TextIteratorStreamer.put
+
+    def slow_put(self, value):
+        # Count the tokens, 20 ms each so that the tiny model cannot finish before close(), and hand the consumer
+        # a chunk per token: the tiny test model writes no whitespace, so the streamer alone would hold all text
+        # back until the end.
+        puts.append(1)
+        time.sleep(0.02)
+        original(self, value)
+        self.text_queue.put(" ")
+
+    monkeypatch.setattr(TextIteratorStreamer, "put", slow_put)
+    list(stream_answer(model, r["question"], windows, max_new_tokens=64, max_answer_tokens=0))
+    n_full = len(puts)
+    puts.clear()
+    stream = stream_answer(model, r["question"], windows, max_new_tokens=64, max_answer_tokens=0)
+    next(stream)
+    stream.close()  # stops the generation and joins its thread
+    n_closed = len(puts)
+    time.sleep(0.2)
+    assert len(puts) == n_closed  # nothing generated after close returned
+    assert n_full >= 40 and n_closed < 10, (n_full, n_closed)
+    assert not any(t.name == "dnallm-stream" for t in threading.enumerate())
+
+
+# ---- the app through gradio_client ----------------------------------------------------------------------------
+
+def test_app_answers_with_label_and_probabilities(served, model_path, records):
+    _, url = served
+    r = records[0]
+    client = Client(url, verbose=False)
+    out = ask(client, r["question"], r["ref_window"], r["variant_window"])
+    assert out["error"] == ""
+    assert out["question"] == ""  # the chat box is cleared for the next question
+    assert out["answer"] in KEGG_LABELS or out["answer"] == "no valid answer"
+    probs = out["probabilities"]
+    assert set(probs) == set(KEGG_LABELS)
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
+    chart = [(c["label"], c["confidence"]) for c in out["chart"]["confidences"]]
+    assert chart == sorted(probs.items(), key=lambda item: -item[1])[:K]
+    # The chat: the question, the streamed reasoning, the answer message.
+    user, reasoning, reply = out["history"]
+    assert user["role"] == "user" and text_of(user) == r["question"]
+    assert reasoning["metadata"]["title"] == "Reasoning" and text_of(reasoning)
+    assert (f"Answer: {out['answer']}" if out["answer"] in KEGG_LABELS else "no valid answer") in text_of(reply)
+    assert "thinking budget" in text_of(reply)  # BUDGET is too small for the tiny model to finish
+    # The same prompt and processing as explain_variant: same label, same probabilities, same reasoning.
+    ex = explain_variant(r["question"], r["reference_sequence"], r["variant_sequence"], model=model_path,
+                         max_new_tokens=BUDGET)
+    assert (ex.label or "no valid answer") == out["answer"]
+    assert probs == pytest.approx(ex.label_probabilities, abs=1e-5)
+    assert text_of(reasoning) == ex.reasoning
+
+
+def test_follow_up_keeps_the_variant_and_a_new_variant_starts_over(served, records):
+    _, url = served
+    a, b = records[0], records[1]
+    client = Client(url, verbose=False)
+    first = ask(client, a["question"], a["ref_window"], a["variant_window"])
+    follow = ask(client, "Which gene does this variant affect?", a["ref_window"], a["variant_window"],
+                 history=first["history"])
+    assert follow["error"] == ""
+    assert [text_of(m) for m in follow["history"][:3]] == [text_of(m) for m in first["history"]]
+    assert len(follow["history"]) == 6 and text_of(follow["history"][3]) == "Which gene does this variant affect?"
+    assert set(follow["probabilities"]) == set(KEGG_LABELS)
+    assert follow["probabilities"] != pytest.approx(first["probabilities"])  # a new question on the same DNA
+    other = ask(client, b["question"], b["ref_window"], b["variant_window"], history=follow["history"])
+    assert len(other["history"]) == 3 and text_of(other["history"][0]) == b["question"]
+
+
+@pytest.mark.parametrize("reference, variant, message", [
+    ("ACGX" + "A" * 1020, "A" * 1024, "invalid base 'X' at position 3"),
+    ("ACGT" * 25, "ACGT" * 25, "wrong window length: reference 100 bp, variant 100 bp"),
+    ("", "", "enter the reference and the variant sequence"),
+])
+def test_bad_input_is_a_readable_error(served, reference, variant, message):
+    _, url = served
+    out = ask(Client(url, verbose=False), "What disease does this contribute to?", reference, variant)
+    assert message in out["error"]
+    assert "Traceback" not in out["error"]
+    assert out["history"] == [] and out["answer"] == "" and out["probabilities"] == {}
+    assert out["question"] == "What disease does this contribute to?"  # kept, so that it can be fixed and resent
+
+
+def test_coordinates_give_the_same_dna_and_ref_mismatch_is_an_error(served, records, tmp_path):
+    from dnallm.genome import write_kegg_contigs
+
+    _, url = served
+    placed = write_kegg_contigs([records[2]], tmp_path / "genome.fa")[0]
+    r = records[2]
+    client = Client(url, verbose=False)
+    by_sequence = ask(client, r["question"], r["ref_window"], r["variant_window"])
+    by_coordinates = ask(client, r["question"], source="coordinates",
+                         coordinates=(placed["chrom"], placed["pos"], placed["ref"], placed["alt"],
+                                      str(tmp_path / "genome.fa")))
+    assert by_coordinates["error"] == ""
+    assert by_coordinates["answer"] == by_sequence["answer"]
+    assert by_coordinates["probabilities"] == pytest.approx(by_sequence["probabilities"], abs=1e-5)
+    wrong_ref = "A" if placed["ref"] != "A" else "C"
+    bad = ask(client, r["question"], source="coordinates",
+              coordinates=(placed["chrom"], placed["pos"], wrong_ref, placed["alt"], str(tmp_path / "genome.fa")))
+    assert "does not match the genome FASTA" in bad["error"] and bad["answer"] == ""
+    missing = ask(client, r["question"], source="coordinates",
+                  coordinates=(placed["chrom"], placed["pos"], placed["ref"], placed["alt"], str(tmp_path / "no.fa")))
+    assert "does not exist" in missing["error"]
+
+
+def test_app_binds_loopback_and_queues_one_request_at_a_time(served):
+    demo, url = served
+    assert url.startswith("http://127.0.0.1:")
+    ask_fn = next(fn for fn in demo.fns.values() if fn.api_name == "ask")
+    assert ask_fn.concurrency_limit == 1 and ask_fn.queue
+
+
+# ---- the CLI -------------------------------------------------------------------------------------------------
+
+def test_cli_app_command_builds_and_launches(ui, model_path, monkeypatch):
+    calls = {}
+    monkeypatch.setattr(ui, "launch", lambda demo, host, port: calls.update(demo=demo, host=host, port=port))
+    result = CliRunner().invoke(cli_app, ["app", "--model", model_path, "--port", "7999", "--concurrency-limit", "2"])
+    assert result.exit_code == 0, result.output
+    assert calls["host"] == "127.0.0.1" and calls["port"] == 7999
+    ask_fn = next(fn for fn in calls["demo"].fns.values() if fn.api_name == "ask")
+    assert ask_fn.concurrency_limit == 2
+    missing = CliRunner().invoke(cli_app, ["app", "--model", "/nonexistent/model"])
+    assert missing.exit_code == 2 and "dnallm quickstart" in missing.output
+
+
+def test_library_does_not_import_the_app():
+    code = ("import sys, dnallm, dnallm.cli, dnallm.inference; "
+            "assert 'gradio' not in sys.modules and 'dnallm_app' not in sys.modules, 'imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=300)
+
+
+# ---- the page in a real browser ---------------------------------------------------------------------------------
+
+@needs_chromium
+def test_browser_renders_the_app(served, tmp_path):
+    _, url = served
+    profile = tmp_path / "profile"
+    dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+                          "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+    # Rendered elements, not just the config embedded in a <script>: the page's text, text areas, example buttons.
+    text = re.sub(r"<[^>]+>", " ", re.sub(r"<script\b.*?</script>", " ", dom, flags=re.S))
+    for label in ("dnallm — ask about a variant", "Variant given as", "Reference sequence", "Variant sequence",
+                  "Question", "Send", "Answer (the label the model wrote)", "Top-k label probabilities (label scoring)",
+                  "Examples (KEGG test split)", "Chat"):
+        assert label in text, label
+    assert 'placeholder="Ask about the variant"' in dom
+    assert dom.count('class="gallery-item') == N_EXAMPLES and "test row 0" in dom
+    png = tmp_path / "app.png"
+    subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+                    "--window-size=1000,700", f"--screenshot={png}", url], capture_output=True, timeout=180)
+    assert png.exists() and png.stat().st_size > 20_000
+    image = Image.open(png)
+    assert image.size == (1000, 700)
+    assert len(image.convert("RGB").getcolors(1 << 20) or []) > 50  # a rendered page, not a blank one
+
+
+@needs_chromium
+def test_browser_loads_an_example_and_streams_an_answer(served):
+    spec = importlib.util.spec_from_file_location("dnallm_app_screenshot", ROOT / "app" / "screenshot.py")
+    shot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shot)
+    _, url = served
+    with shot.Browser(1000, 700) as browser:
+        answer = shot.ask_example(browser, url, 0, timeout=120)
+        assert answer in KEGG_LABELS or answer == "no valid answer"
+        assert browser.evaluate("document.querySelector('#answer textarea').value") == answer
+        assert "Reasoning" in browser.evaluate("document.body.innerText")
