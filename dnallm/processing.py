@@ -15,7 +15,6 @@ import torch
 from transformers import AutoTokenizer
 
 from dnallm.encoders.base import dna_positions
-from dnallm.labels import KEGG_LABELS
 
 PROCESSOR_FILE = "processor_config.json"
 ANSWER_PREFIX = "Answer:"
@@ -136,8 +135,3 @@ class DNALLMProcessor:
         cfg = json.loads((path / PROCESSOR_FILE).read_text())
         return cls(AutoTokenizer.from_pretrained(path / "tokenizer"),
                    AutoTokenizer.from_pretrained(path / "dna_tokenizer"), **cfg)
-
-
-def label_texts() -> list[str]:
-    """The 37 answer strings as the model writes them after `Answer:` (for label scoring)."""
-    return [f" {label}" for label in KEGG_LABELS]

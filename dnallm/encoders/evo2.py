@@ -93,10 +93,6 @@ class Evo2Encoder(DNAEncoder):
         return cls(Evo2(model_name, local_path=local_path), layer, name_or_path)
 
     @property
-    def hidden_size(self) -> int:
-        return self.model.config.hidden_size
-
-    @property
     def fingerprint(self) -> dict:
         cfg = self.model.config
         return {"type": self.name, "model_type": cfg.get("model_name", "evo2"), "hidden_size": cfg.hidden_size,
