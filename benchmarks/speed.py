@@ -7,7 +7,8 @@ Random-init Genos-1.2B + Qwen3-4B layouts, LoRA r = 32 on all linear layers, bf1
              generation with HF generate on the unmerged LoRA model at batch 1.
   fast     : mlp projector pooling 16 bases per token (2 x 64 DNA tokens), encoder outputs cached, batch 4 of
              length-grouped examples (as the trainer batches them); scoring of all 37 labels on a shared KV cache; batched generation with
-             the LoRA merged.
+             the LoRA merged: `generate_answers` (reasoning, forced `Answer:` line, label) with a static KV cache
+             and the decoding step compiled (CUDA graphs).
 Random weights never emit end-of-turn, so every generation runs the full --gen-tokens, like the reference's 550.
 """
 
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from sft_step import build, init_distributed, parser as sft_parser, time_sft_steps  # noqa: E402
 
 from dnallm.data import load_kegg  # noqa: E402
+from dnallm.inference import generate_answers  # noqa: E402
 from dnallm.scoring import label_probabilities  # noqa: E402
 
 
@@ -36,6 +38,7 @@ def sync():
 
 @torch.no_grad()
 def generation_rate(model, records, batch: int, tokens: int) -> dict:
+    """The BioReason way: HF generate at one batch, dynamic KV cache, whatever LoRA state the model has."""
     proc = model.processor
     rows = records.select(range(batch))
     b = proc([proc.prompt(q) for q in rows["question"]], [[r, v] for r, v in zip(rows["ref_window"], rows["variant_window"])],
@@ -51,6 +54,27 @@ def generation_rate(model, records, batch: int, tokens: int) -> dict:
     seconds = time.perf_counter() - t
     return {"batch": batch, "new_tokens": out.shape[1], "seconds": round(seconds, 2),
             "variants_per_h": round(batch / seconds * 3600, 1)}
+
+
+@torch.no_grad()
+def answer_rate(model, records, batch: int, tokens: int, static_cache: bool, job_batches: int = 3) -> dict:
+    """dnallm's path: `generate_answers` (length-grouped batches; reasoning, then the forced `Answer:` line and
+    the label), as the evaluation and the batch CLI run it, on a job of `job_batches` batches. The time is the
+    whole job's, compilation included when static_cache."""
+    qs, ws = list(records["question"]), list(zip(records["ref_window"], records["variant_window"]))
+    model.text_model.generation_config.min_new_tokens = 4
+    generate_answers(model, qs[:8], ws[:8], batch_size=8, max_new_tokens=4, max_answer_tokens=2)  # CUDA warm-up
+    model.text_model.generation_config.min_new_tokens = tokens  # random weights: every row runs the full budget
+    torch.cuda.reset_peak_memory_stats()
+    n = batch * job_batches
+    sync()
+    t = time.perf_counter()
+    texts = generate_answers(model, qs[:n], ws[:n], batch_size=batch, max_new_tokens=tokens, static_cache=static_cache)
+    sync()
+    seconds = time.perf_counter() - t
+    return {"batch": batch, "static_cache": static_cache, "reasoning_tokens": tokens, "variants": len(texts),
+            "seconds": round(seconds, 2), "variants_per_h": round(len(texts) / seconds * 3600, 1),
+            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
 
 
 @torch.no_grad()
@@ -71,15 +95,17 @@ def main() -> None:
     p.add_argument("--text", default="qwen3-4b")
     p.add_argument("--train-steps", type=int, default=8)
     p.add_argument("--gen-tokens", type=int, default=550)
-    p.add_argument("--gen-batch", type=int, default=64)
-    p.add_argument("--score-n", type=int, default=256)
-    p.add_argument("--score-batch", type=int, default=4)
+    p.add_argument("--gen-batch", type=int, default=128)
+    p.add_argument("--score-n", type=int, default=512)
+    p.add_argument("--score-batch", type=int, default=16)
     p.add_argument("--fast-stride", type=int, default=16)
     p.add_argument("--fast-batch", type=int, default=4)
     p.add_argument("--fast-grad-ckpt", action="store_true")
     p.add_argument("--skip-baseline-generation", action="store_true")
     p.add_argument("--only-generate", type=int, nargs="*", default=None,
-                   help="skip training and scoring; measure fast-path generation at these batch sizes")
+                   help="skip training; measure scoring and fast-path generation at these batch sizes")
+    p.add_argument("--extra-score-batches", type=int, nargs="*", default=[])
+    p.add_argument("--dynamic-too", action="store_true", help="also time generation with the dynamic cache")
     args = p.parse_args()
     device, dtype = torch.device("cuda"), torch.bfloat16
     init_distributed(device)
@@ -88,10 +114,15 @@ def main() -> None:
 
     if args.only_generate:
         fast = sft_parser().parse_args(["--text", args.text, "--stride", str(args.fast_stride)])
-        model = build(fast, device, dtype).eval()
-        model.text_model = model.text_model.merge_and_unload()
+        model = build(fast, device, dtype).eval().merge_lora()
+        for sb in args.extra_score_batches + [args.score_batch]:
+            print("RESULT score_fast " + json.dumps(scoring_rate(model, records, args.score_n, sb)), flush=True)
         for b in args.only_generate:
-            print("RESULT generate_fast " + json.dumps(generation_rate(model, records, b, args.gen_tokens)), flush=True)
+            for static in (False, True) if args.dynamic_too else (True,):
+                row = answer_rate(model, records, b, args.gen_tokens, static)
+                print("RESULT generate_fast " + json.dumps(row), flush=True)
+                gc.collect()
+                torch.cuda.empty_cache()
         return
     base = sft_parser().parse_args(["--text", args.text, "--projector", "linear", "--stride", "1", "--batch", "1",
                                     "--no-cache", "--steps", str(args.train_steps), "--label", "baseline"])
@@ -115,11 +146,10 @@ def main() -> None:
     print("RESULT " + json.dumps(results["train_fast"]), flush=True)
     gc.collect()
     torch.cuda.empty_cache()
-    model.eval()
-    model.text_model = model.text_model.merge_and_unload()  # inference: LoRA folded into the weights
+    model.eval().merge_lora()  # inference: LoRA folded into the weights
     results["score_fast"] = scoring_rate(model, records, args.score_n, args.score_batch)
     print("RESULT score_fast " + json.dumps(results["score_fast"]), flush=True)
-    results["generate_fast"] = generation_rate(model, records, args.gen_batch, args.gen_tokens)
+    results["generate_fast"] = answer_rate(model, records, args.gen_batch, args.gen_tokens, static_cache=True)
     print("RESULT generate_fast " + json.dumps(results["generate_fast"]), flush=True)
     results["train_speedup"] = round(results["train_fast"]["samples_per_s"] / results["train_baseline"]["samples_per_s"], 2)
     if "generate_baseline" in results:

@@ -64,50 +64,64 @@ def load_model(path: str, device: str | None = None, dtype: str | None = None) -
     """Load a checkpoint once per process (the API, CLI and app share it)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = DNALLMForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype) if dtype else None)
+    model.merge_lora()  # inference only: LoRA folded into the weights, no adapter kernels in every layer
     model.to(device).eval()
     return model
 
 
 FORCED_ANSWER = "\n</think>\n\nAnswer:"
+TAIL_BATCH = 32
 
 
 @torch.no_grad()
 def generate_answers(model: DNALLMForCausalLM, questions: list[str], windows: list[tuple[str, str]],
                      batch_size: int = 16, max_new_tokens: int = 1024, max_answer_tokens: int = 24,
-                     progress=None) -> list[str]:
+                     progress=None, static_cache: bool = False) -> list[str]:
     """Greedy, deterministic answers (reasoning + answer line) for many questions, batched.
 
     Thinking budget (Qwen3-style budget forcing): `max_new_tokens` bounds the reasoning. An answer that
     has not ended by then gets `</think>` and `Answer:` appended, and the model writes the label in at most
     `max_answer_tokens` more greedy tokens. The returned text then contains the forced suffix, so a
     reader (and `parse_answer`) sees exactly what the model was given and wrote.
+
+    Batches are formed longest-question-first (`length_order`), so they pad little; answers come back in
+    the input order. static_cache=True decodes with a preallocated KV cache and, on CUDA, a compiled step;
+    prompts are then padded to a multiple of 128 tokens so a job compiles for a few shapes only (each
+    compilation takes about a minute at the seed sizes, so it pays only on long jobs).
     """
     proc = model.processor
     tok = proc.tokenizer
     forced_ids = tok(FORCED_ANSWER, add_special_tokens=False)["input_ids"]
-    texts: list[str] = []
+    texts: list[str | None] = [None] * len(questions)
+    order = proc.length_order(questions)
     for i in range(0, len(questions), batch_size):
-        batch = proc([proc.prompt(q) for q in questions[i:i + batch_size]],
-                     [list(w) for w in windows[i:i + batch_size]], padding_side="left")
+        idx = order[i:i + batch_size]
+        batch = proc([proc.prompt(questions[j]) for j in idx], [list(windows[j]) for j in idx], padding_side="left",
+                     pad_to_multiple_of=128 if static_cache else None)
         batch = {k: v.to(model.device) for k, v in batch.items()}
         input_ids, attention_mask = batch.pop("input_ids"), batch.pop("attention_mask")
-        new_tokens = model.generate(input_ids, attention_mask, max_new_tokens=max_new_tokens, **batch).tolist()
+        new_tokens = model.generate(input_ids, attention_mask, max_new_tokens=max_new_tokens,
+                                    static_cache=static_cache, **batch).tolist()
         rows = [row[: row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row for row in new_tokens]
         unfinished = [j for j, row in enumerate(rows) if tok.eos_token_id not in row]
-        if unfinished and max_answer_tokens > 0:
-            # Continue only the unfinished rows: prompt + reasoning so far + forced answer prefix.
-            prompts = [input_ids[j][attention_mask[j].bool()].tolist() for j in unfinished]
-            seqs = [p + [t for t in rows[j] if t != tok.pad_token_id] + forced_ids for p, j in zip(prompts, unfinished)]
+        # Continue only the unfinished rows: prompt + reasoning so far + forced answer prefix. In chunks of at
+        # most TAIL_BATCH rows: these prompts are the longest of the job and a full batch of them would need
+        # another prefill as large as the whole reasoning pass.
+        for c in range(0, len(unfinished) if max_answer_tokens > 0 else 0, TAIL_BATCH):
+            chunk = unfinished[c:c + TAIL_BATCH]
+            prompts = [input_ids[j][attention_mask[j].bool()].tolist() for j in chunk]
+            seqs = [p + [t for t in rows[j] if t != tok.pad_token_id] + forced_ids for p, j in zip(prompts, chunk)]
             width = max(len(s) for s in seqs)
             ids = torch.tensor([[tok.pad_token_id] * (width - len(s)) + s for s in seqs], device=model.device)
             mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=model.device)
-            dna = {k: v.view(len(rows), 2, *v.shape[1:])[unfinished].flatten(0, 1) for k, v in batch.items()}
+            dna = {k: v.view(len(rows), 2, *v.shape[1:])[chunk].flatten(0, 1) for k, v in batch.items()}
             tails = model.generate(ids, mask, max_new_tokens=max_answer_tokens, **dna).tolist()
-            for j, tail in zip(unfinished, tails):
+            for j, tail in zip(chunk, tails):
                 rows[j] = rows[j] + forced_ids + tail
-        texts += tok.batch_decode(rows, skip_special_tokens=True)
+        for j, text in zip(idx, tok.batch_decode(rows, skip_special_tokens=True)):
+            texts[j] = text
         if progress:
-            progress(len(texts))
+            progress(min(i + batch_size, len(questions)))
     return texts
 
 

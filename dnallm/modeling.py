@@ -46,6 +46,7 @@ class DNALLMForCausalLM(nn.Module):
         self.config, self.encoder, self.text_model, self.projector = config, encoder, text_model, projector
         self.processor = processor
         self.dna_pad_id = processor.dna_pad_id
+        self.lora_merged = False
 
     # ---- building and loading ----
     @classmethod
@@ -89,7 +90,20 @@ class DNALLMForCausalLM(nn.Module):
                           target_modules=c.lora_target_modules, task_type="CAUSAL_LM")
         self.text_model = get_peft_model(self.text_model, lora)
 
+    def merge_lora(self) -> "DNALLMForCausalLM":
+        """Fold the LoRA adapter into the LM weights, for inference: same outputs, no adapter kernels per layer.
+
+        A merged model can no longer be trained or saved as a checkpoint (the adapter is gone).
+        """
+        if isinstance(self.text_model, PeftModel):
+            self.text_model = self.text_model.merge_and_unload()
+            self.lora_merged = True
+        return self
+
     def save_pretrained(self, path: str | Path) -> None:
+        if self.lora_merged:
+            raise ValueError("this model's LoRA adapter was merged into the LM for inference (merge_lora); "
+                             "save the checkpoint from an unmerged model")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.config.save_pretrained(path)
@@ -157,12 +171,20 @@ class DNALLMForCausalLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, max_new_tokens: int = 768, do_sample: bool = False,
-                 temperature: float = 1.0, **dna) -> torch.Tensor:
-        """Greedy (default) or sampled decoding; returns only the new tokens. Batches must be left-padded."""
+                 temperature: float = 1.0, static_cache: bool = False, **dna) -> torch.Tensor:
+        """Greedy (default) or sampled decoding; returns only the new tokens. Batches must be left-padded.
+
+        static_cache=True preallocates the KV cache for prompt + max_new_tokens; on CUDA, transformers then
+        compiles the decoding step (torch.compile, CUDA graphs), which removes the per-token Python and
+        cache-growing overhead that dominates batched decoding. Each new (batch, length) shape compiles once,
+        so callers should keep shapes few (see `generate_answers`).
+        """
         inputs_embeds = self.embed_inputs(input_ids, **dna)
         tok = self.processor.tokenizer
         sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if do_sample else {
             "do_sample": False}
+        if static_cache:
+            sampling["cache_implementation"] = "static"
         return self.text_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                         max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
                                         pad_token_id=tok.pad_token_id, **sampling)

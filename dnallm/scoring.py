@@ -30,17 +30,21 @@ def label_logprobs(model, questions: list[str], windows: list[tuple[str, str]], 
     label_ids, label_mask = _label_token_matrix(tok, model.device)
     n_labels, width = label_ids.shape
     lm = model.text_model
-    out = []
+    out = torch.empty(len(questions), n_labels)
+    order = proc.length_order(questions)
     for i in range(0, len(questions), batch_size):
-        prompts = [proc.prompt(q, thinking=False) + ANSWER_PREFIX for q in questions[i:i + batch_size]]
-        batch = proc(prompts, [list(w) for w in windows[i:i + batch_size]], padding_side="left")
+        idx = order[i:i + batch_size]
+        prompts = [proc.prompt(questions[j], thinking=False) + ANSWER_PREFIX for j in idx]
+        batch = proc(prompts, [list(windows[j]) for j in idx], padding_side="left")
         batch = {k: v.to(model.device) for k, v in batch.items()}
         input_ids, attention_mask = batch.pop("input_ids"), batch.pop("attention_mask")
         n = input_ids.shape[0]
         # Positions follow the real tokens, so left padding does not shift them.
         positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        # logits_to_keep=1: only the last prompt position needs the 151k-wide output layer (the full-prompt
+        # logits would be ~2.5 GiB per 4 variants at the seed sizes and capped the batch size).
         prefix = lm(inputs_embeds=model.embed_inputs(input_ids, **batch), attention_mask=attention_mask,
-                    position_ids=positions, use_cache=True)
+                    position_ids=positions, use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(prefix.logits[:, -1].float(), -1)[:, label_ids[:, 0]]  # [n, 37]
         cache = prefix.past_key_values
         cache.batch_repeat_interleave(n_labels)
@@ -50,8 +54,8 @@ def label_logprobs(model, questions: list[str], windows: list[tuple[str, str]], 
         logits = lm(input_ids=ids, attention_mask=mask, position_ids=cont_pos, past_key_values=cache).logits
         logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         rest = (logp * label_mask[:, 1:].repeat(n, 1)).sum(1).view(n, n_labels)
-        out.append(first + rest)
-    return torch.cat(out)
+        out[idx] = (first + rest).float().cpu()
+    return out
 
 
 def label_probabilities(model, questions, windows, batch_size: int = 8) -> torch.Tensor:

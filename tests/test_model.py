@@ -151,3 +151,64 @@ def test_processor_round_trip(tiny_dir, tmp_path):
     assert proc.prompt("Q?") == model.processor.prompt("Q?")
     assert proc.num_dna_tokens("A" * 1024) == 32
     assert proc.dna_pad_id == model.processor.dna_pad_id
+
+
+def _nonzero_lora(model):
+    with torch.no_grad():  # LoRA B starts at zero; give the adapter an effect to merge
+        for n, p in model.text_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+
+
+def test_merged_lora_gives_the_same_logits_and_cannot_be_saved(tiny_dir, records, tmp_path):
+    model = build(tiny_dir).eval()
+    _nonzero_lora(model)
+    b = batch_for(model, records, targets=False, padding_side="left")
+    with torch.no_grad():
+        unmerged = model(**b).logits
+        merged = model.merge_lora()(**b).logits
+    assert model.lora_merged and not hasattr(model.text_model, "peft_config")
+    assert not torch.equal(unmerged, build(tiny_dir).eval()(**b).logits)  # the adapter did change the output
+    torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="merged"):
+        model.save_pretrained(tmp_path)
+
+
+def test_static_cache_decoding_matches_dynamic(tiny_dir, records):
+    model = build(tiny_dir).eval()
+    _nonzero_lora(model)
+    model.merge_lora()
+    b = batch_for(model, records, targets=False, padding_side="left")
+    ids, mask = b.pop("input_ids"), b.pop("attention_mask")
+    dynamic = model.generate(ids, mask, max_new_tokens=12, **b)
+    static = model.generate(ids, mask, max_new_tokens=12, static_cache=True, **b)
+    assert torch.equal(static, dynamic)
+
+
+def test_pad_to_multiple_of_left_pads_without_changing_the_tokens(tiny_dir, records):
+    model = build(tiny_dir)
+    plain = batch_for(model, records, targets=False, padding_side="left")
+    proc = model.processor
+    padded = proc([proc.prompt(r["question"]) for r in records], [[r["ref_window"], r["variant_window"]] for r in records],
+                  padding_side="left", pad_to_multiple_of=64)
+    width = plain["input_ids"].shape[1]
+    assert padded["input_ids"].shape[1] % 64 == 0 and padded["input_ids"].shape[1] >= width
+    assert torch.equal(padded["input_ids"][:, -width:], plain["input_ids"])
+    assert int(padded["attention_mask"].sum()) == int(plain["attention_mask"].sum())
+
+
+def test_generate_answers_returns_input_order_from_length_sorted_batches(tiny_dir, kegg_train):
+    from dnallm.inference import generate_answers
+
+    model = build(tiny_dir).eval()
+    _nonzero_lora(model)
+    rows = [kegg_train[i] for i in range(5)]
+    questions, windows = [r["question"] for r in rows], [(r["ref_window"], r["variant_window"]) for r in rows]
+    order = model.processor.length_order(questions)
+    assert order != sorted(order)  # the batches really are reordered
+    lengths = [len(model.processor.tokenizer(questions[i])["input_ids"]) for i in order]
+    assert lengths == sorted(lengths, reverse=True)
+    batched = generate_answers(model, questions, windows, batch_size=2, max_new_tokens=6, max_answer_tokens=3)
+    singles = [generate_answers(model, [q], [w], max_new_tokens=6, max_answer_tokens=3)[0]
+               for q, w in zip(questions, windows)]
+    assert batched == singles
