@@ -104,6 +104,8 @@ def main() -> None:
     p.add_argument("--skip-baseline-generation", action="store_true")
     p.add_argument("--only-generate", type=int, nargs="*", default=None,
                    help="skip training; measure scoring and fast-path generation at these batch sizes")
+    p.add_argument("--only-score", type=int, nargs="*", default=None,
+                   help="skip training and generation; measure label scoring at these batch sizes")
     p.add_argument("--extra-score-batches", type=int, nargs="*", default=[])
     p.add_argument("--dynamic-too", action="store_true", help="also time generation with the dynamic cache")
     args = p.parse_args()
@@ -112,6 +114,15 @@ def main() -> None:
     records = load_kegg("train")
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "text": args.text}
 
+    if args.only_score:
+        fast = sft_parser().parse_args(["--text", args.text, "--stride", str(args.fast_stride)])
+        model = build(fast, device, dtype).eval().merge_lora()
+        for sb in args.only_score:
+            torch.cuda.reset_peak_memory_stats()
+            row = scoring_rate(model, records, args.score_n, sb)
+            row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            print("RESULT score_fast " + json.dumps(row), flush=True)
+        return
     if args.only_generate:
         fast = sft_parser().parse_args(["--text", args.text, "--stride", str(args.fast_stride)])
         model = build(fast, device, dtype).eval().merge_lora()

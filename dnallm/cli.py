@@ -44,7 +44,7 @@ def evaluate(model: Path = typer.Option(Path("runs/quickstart/model"), help="Che
              split: str = typer.Option("test", help="test | val | grouped-test | grouped-val, each also as hard-*"),
              out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL/../eval/SPLIT)"),
              batch_size: int = 16, max_new_tokens: int = 1024,
-             score_batch_size: int = typer.Option(8, help="Questions per label-scoring batch (x 37 continuations)"),
+             score_batch_size: int = typer.Option(16, help="Questions per label-scoring batch (all 37 labels in one packed pass each)"),
              generate: bool = typer.Option(True, help="Greedy generation + strict Answer: parse (headline mode)"),
              score: bool = typer.Option(True, help="Label probabilities: scoring mode, top-3, calibration, abstain"),
              controls: bool = typer.Option(False, help="Also run the controls (text-only, dna-only, shuffled-dna, "

@@ -135,7 +135,7 @@ def control_inputs(records, control: str | None = None) -> tuple[list[str], list
 
 
 def run_inputs(model, questions: list[str], windows: list[tuple[str, ...]], generate: bool = True,
-               score: bool = True, batch_size: int = 16, score_batch_size: int = 8, max_new_tokens: int = 1024,
+               score: bool = True, batch_size: int = 16, score_batch_size: int = 16, max_new_tokens: int = 1024,
                progress=None) -> dict:
     """The harness: generated texts + parsed labels and/or label probabilities + argmax labels.
 
@@ -241,7 +241,7 @@ def write_predictions(path: Path, records, predicted: list[str | None], main: di
 def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: int = 16,
                    max_new_tokens: int = 1024, progress=None, *, generate: bool = True, score: bool = True,
                    controls: tuple[str, ...] = (), train_records=None, threshold: float = ABSTAIN_THRESHOLD,
-                   score_batch_size: int = 8, k: int = 3, report: bool = True) -> dict:
+                   score_batch_size: int = 16, k: int = 3, report: bool = True) -> dict:
     """Evaluate one split and write metrics.json, predictions.jsonl and (report=True) report.md + PNGs.
 
     The top-level accuracy/macro-F1/CI are those of generation when `generate`, else of scoring (`mode`).

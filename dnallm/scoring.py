@@ -1,8 +1,10 @@
 """Label scoring: a probability for each of the 37 labels, without generating any reasoning.
 
 Each label is scored as the model's log-likelihood of ` <label><|im_end|>` after the non-thinking-mode
-prompt and `Answer:`; the 37 totals are normalised with a softmax. The prompt (with its DNA) runs once; its
-KV cache is shared by all 37 continuations, so the cost is one prompt forward plus one short batched forward.
+prompt and `Answer:`; the 37 totals are normalised with a softmax. The prompt (with its DNA) runs once and
+gives each label's first token. The rest of all 37 labels then runs as ONE packed continuation of that
+prompt's KV cache: a tree-shaped attention mask lets each label token see the prompt and its own label's
+earlier tokens only. Nothing is copied per label, so the cost is one prompt forward plus ~150 extra tokens.
 """
 
 from __future__ import annotations
@@ -13,24 +15,29 @@ from dnallm.labels import KEGG_LABELS
 from dnallm.processing import ANSWER_PREFIX
 
 
-def _label_token_matrix(tokenizer, device) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = [tokenizer(f" {label}{tokenizer.eos_token}", add_special_tokens=False)["input_ids"] for label in KEGG_LABELS]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-    return ids, mask
+class LabelTree:
+    """The 37 label token sequences, packed for one continuation pass."""
+
+    def __init__(self, tokenizer, device):
+        rows = [tokenizer(f" {label}{tokenizer.eos_token}", add_special_tokens=False)["input_ids"]
+                for label in KEGG_LABELS]
+        self.first = torch.tensor([r[0] for r in rows], device=device)            # [37]
+        # Every token but each label's last is fed; its output predicts the label's next token.
+        fed = [(label, k, r[k], r[k + 1]) for label, r in enumerate(rows) for k in range(len(r) - 1)]
+        owner, offset, ids, targets = (torch.tensor(c, device=device) for c in zip(*fed))
+        self.owner, self.offset, self.ids, self.targets = owner, offset, ids, targets   # [T] each
+        # token i sees token j iff same label and j not after i
+        self.tree = (owner[:, None] == owner[None, :]) & (offset[None, :] <= offset[:, None])  # [T, T]
 
 
 @torch.no_grad()
 def label_logprobs(model, questions: list[str], windows: list[tuple[str, str]], batch_size: int = 8) -> torch.Tensor:
     """Total log-likelihood of each label string: [n_questions, 37]."""
-    proc, tok = model.processor, model.processor.tokenizer
-    label_ids, label_mask = _label_token_matrix(tok, model.device)
-    n_labels, width = label_ids.shape
+    proc = model.processor
+    tree = LabelTree(proc.tokenizer, model.device)
+    n_fed = tree.ids.shape[0]
     lm = model.text_model
-    out = torch.empty(len(questions), n_labels)
+    out = torch.empty(len(questions), len(KEGG_LABELS))
     order = proc.length_order(questions)
     for i in range(0, len(questions), batch_size):
         idx = order[i:i + batch_size]
@@ -41,20 +48,21 @@ def label_logprobs(model, questions: list[str], windows: list[tuple[str, str]], 
         n = input_ids.shape[0]
         # Positions follow the real tokens, so left padding does not shift them.
         positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
-        # logits_to_keep=1: only the last prompt position needs the 151k-wide output layer (the full-prompt
-        # logits would be ~2.5 GiB per 4 variants at the seed sizes and capped the batch size).
-        prefix = lm(inputs_embeds=model.embed_inputs(input_ids, **batch), attention_mask=attention_mask,
-                    position_ids=positions, use_cache=True, logits_to_keep=1)
-        first = torch.log_softmax(prefix.logits[:, -1].float(), -1)[:, label_ids[:, 0]]  # [n, 37]
-        cache = prefix.past_key_values
-        cache.batch_repeat_interleave(n_labels)
-        ids = label_ids.repeat(n, 1)                                   # [n*37, width]
-        mask = torch.cat([attention_mask.repeat_interleave(n_labels, 0), label_mask.repeat(n, 1)], 1)
-        cont_pos = positions[:, -1:].repeat_interleave(n_labels, 0) + 1 + torch.arange(width, device=ids.device)
-        logits = lm(input_ids=ids, attention_mask=mask, position_ids=cont_pos, past_key_values=cache).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        rest = (logp * label_mask[:, 1:].repeat(n, 1)).sum(1).view(n, n_labels)
-        out[idx] = (first + rest).float().cpu()
+        # logits_to_keep=1: only the last prompt position needs the 151k-wide output layer.
+        inputs_embeds = model.embed_inputs(input_ids, **batch)
+        prefix = lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1)
+        first = torch.log_softmax(prefix.logits[:, -1].float(), -1)[:, tree.first]  # [n, 37]
+        # The packed continuation: prompt (minus its padding) + the tree over the label tokens, as an additive mask.
+        allowed = torch.cat([attention_mask.bool()[:, None, :].expand(n, n_fed, -1),
+                             tree.tree.expand(n, -1, -1)], -1)                       # [n, T, prompt + T]
+        mask = torch.zeros(allowed.shape, dtype=inputs_embeds.dtype, device=model.device)
+        mask = mask.masked_fill(~allowed, torch.finfo(inputs_embeds.dtype).min)[:, None]
+        logits = lm(input_ids=tree.ids.expand(n, -1), attention_mask=mask,
+                    position_ids=positions[:, -1:] + 1 + tree.offset, past_key_values=prefix.past_key_values).logits
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, tree.targets.expand(n, -1)[..., None]).squeeze(-1)
+        rest = torch.zeros(n, len(KEGG_LABELS), device=model.device).index_add_(1, tree.owner, logp)
+        out[idx] = (first + rest).cpu()
     return out
 
 
