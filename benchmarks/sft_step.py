@@ -58,6 +58,7 @@ def build(args, device, dtype) -> DNALLMForCausalLM:
     model = DNALLMForCausalLM.from_parts(config, encoder, text_model, load_text_tokenizer(str(BUNDLED_QWEN3_TOKENIZER)),
                                          dtype=dtype)
     model.add_lora()
+    model.loss_chunk_size = args.loss_chunk
     if args.grad_ckpt:
         model.text_model.gradient_checkpointing_enable()
         model.text_model.enable_input_require_grads()
@@ -105,7 +106,8 @@ def time_sft_steps(model, records, args, device, dtype) -> dict:
     del engine, optimizer
     return {"label": args.label, "encoder": args.encoder + (" (stand-in shape)" if args.encoder in STAND_INS else ""),
             "text": args.text, "projector": args.projector, "stride": args.stride, "batch": args.batch,
-            "encoder_cached": not args.no_cache, "grad_ckpt": args.grad_ckpt, "lora_r": args.lora_r,
+            "encoder_cached": not args.no_cache, "grad_ckpt": args.grad_ckpt, "loss_chunk": args.loss_chunk,
+            "lora_r": args.lora_r,
             "zero": os.path.basename(args.zero), "steps": args.steps,
             "samples_per_s": round(args.batch * args.steps / seconds, 3), "tokens_per_s": round(tokens / seconds, 1),
             "mean_tokens_per_sample": tokens // (args.batch * args.steps),
@@ -129,6 +131,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--attn", default="sdpa")
     p.add_argument("--zero", default="train/configs/zero2.json")
     p.add_argument("--label", default="")
+    p.add_argument("--loss-chunk", type=int, default=1024, help="answer tokens per LM-head chunk; 0 = full logits")
     return p
 
 

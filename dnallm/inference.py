@@ -86,9 +86,9 @@ def generate_answers(model: DNALLMForCausalLM, questions: list[str], windows: li
 
     Batches are formed longest-question-first (`length_order`), so they pad little; answers come back in
     the input order. static_cache=True decodes with a preallocated KV cache and, on CUDA, a compiled step;
-    prompts are then padded to a multiple of 128 tokens so a job compiles for a few shapes only. Each
-    compilation costs about 40 s at the seed sizes, so the default (None) turns it on for CUDA jobs of
-    three or more batches (docs/benchmarks.md: 5,407 vs 4,366 variants/h on a 384-variant job, H100).
+    prompts are then padded to a multiple of 128 tokens so a job compiles for a few shapes only. The first
+    compilation took about a minute at the seed sizes (H100), so the default (None) turns it on for CUDA jobs
+    of three or more batches (docs/benchmarks.md: 5,407 vs 4,366 variants/h on a 384-variant job, H100).
     """
     proc = model.processor
     tok = proc.tokenizer

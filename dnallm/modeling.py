@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -19,6 +18,7 @@ from transformers import AutoModelForCausalLM
 from dnallm.configuration import DNALLMConfig
 from dnallm.encoders import DNAEncoder, LoadingError, build_encoder
 from dnallm.encoders.base import check_loading_info
+from dnallm.losses import chunked_cross_entropy
 from dnallm.processing import DNALLMProcessor
 from projectors import build_projector
 
@@ -47,6 +47,7 @@ class DNALLMForCausalLM(nn.Module):
         self.processor = processor
         self.dna_pad_id = processor.dna_pad_id
         self.lora_merged = False
+        self.loss_chunk_size = 1024  # answer tokens per LM-head chunk in the training loss (dnallm.losses)
 
     # ---- building and loading ----
     @classmethod
@@ -160,14 +161,14 @@ class DNALLMForCausalLM(nn.Module):
                                           dna_hidden_states=dna_hidden_states, dna_positions_mask=dna_positions_mask)
         if labels is None:
             return self.text_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids)
-        # Loss on answer tokens only, and logits only where there is a label: the 151k-wide output
-        # layer is never applied to the prompt and DNA positions.
+        # Loss on answer tokens only: the 151k-wide output layer is never applied to the prompt and DNA
+        # positions, and on the answer it runs in chunks whose logits are recomputed for backward.
         base = self.text_model.get_base_model() if isinstance(self.text_model, PeftModel) else self.text_model
         hidden = base.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
         targets = labels[:, 1:]
         keep = targets != -100
-        logits = base.lm_head(hidden[:, :-1][keep])
-        return {"loss": F.cross_entropy(logits.float(), targets[keep]), "n_tokens": int(keep.sum())}
+        loss = chunked_cross_entropy(hidden[:, :-1][keep], base.lm_head, targets[keep], self.loss_chunk_size)
+        return {"loss": loss, "n_tokens": int(keep.sum())}
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, max_new_tokens: int = 768, do_sample: bool = False,

@@ -212,3 +212,38 @@ def test_generate_answers_returns_input_order_from_length_sorted_batches(tiny_di
     singles = [generate_answers(model, [q], [w], max_new_tokens=6, max_answer_tokens=3)[0]
                for q, w in zip(questions, windows)]
     assert batched == singles
+    # static KV cache, prompts padded to a multiple of 128: the same greedy answers
+    assert generate_answers(model, questions, windows, batch_size=2, max_new_tokens=6, max_answer_tokens=3,
+                            static_cache=True) == batched
+
+
+def test_chunked_answer_loss_equals_the_full_logits_loss_and_gradients(tiny_dir, records):
+    import torch.nn.functional as F
+
+    from dnallm.losses import chunked_cross_entropy
+
+    model = build(tiny_dir)
+    _nonzero_lora(model)
+    b = batch_for(model, records)
+    model.loss_chunk_size = 7  # many chunks, the last one partial
+    loss = model(**b)["loss"]
+    loss.backward()
+    chunked_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    # reference: the full logits over every answer position at once
+    base = model.text_model.get_base_model()
+    hidden = base.model(inputs_embeds=model.embed_inputs(b["input_ids"], dna_input_ids=b["dna_input_ids"],
+                                                         dna_attention_mask=b["dna_attention_mask"]),
+                        attention_mask=b["attention_mask"]).last_hidden_state
+    targets = b["labels"][:, 1:]
+    keep = targets != -100
+    reference = F.cross_entropy(base.lm_head(hidden[:, :-1][keep]).float(), targets[keep])
+    reference.backward()
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked_cross_entropy(hidden[:, :-1][keep], base.lm_head, targets[keep], None),
+                               reference, rtol=1e-6, atol=1e-7)  # chunk_size None: the plain full-logits loss
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(chunked_grads[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
+    with pytest.raises(ValueError, match="no answer tokens"):
+        chunked_cross_entropy(hidden[0, :0], base.lm_head, targets[0, :0])
