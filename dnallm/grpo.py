@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from dnallm.losses import chunked_token_logprobs
 from dnallm.modeling import DNALLMForCausalLM
 from dnallm.rewards import total_reward
 
@@ -47,7 +48,7 @@ def _completion_mask(completions: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 
 def _completion_logprobs(model: DNALLMForCausalLM, prompt_ids, prompt_mask, completions, completion_mask, dna):
-    """Log-probabilities of the completion tokens; the LM head runs on completion positions only."""
+    """Log-probabilities of the completion tokens; the LM head runs on completion positions only, in chunks."""
     from peft import PeftModel
 
     ids = torch.cat([prompt_ids, completions], 1)
@@ -56,8 +57,8 @@ def _completion_logprobs(model: DNALLMForCausalLM, prompt_ids, prompt_mask, comp
     base = model.text_model.get_base_model() if isinstance(model.text_model, PeftModel) else model.text_model
     hidden = base.model(inputs_embeds=model.embed_inputs(ids, **dna), attention_mask=mask,
                         position_ids=positions).last_hidden_state
-    logits = base.lm_head(hidden[:, prompt_ids.shape[1] - 1:-1]).float()
-    return torch.log_softmax(logits, -1).gather(-1, completions.unsqueeze(-1)).squeeze(-1)
+    return chunked_token_logprobs(hidden[:, prompt_ids.shape[1] - 1:-1], base.lm_head, completions,
+                                  model.loss_chunk_size)
 
 
 def grpo_train(model: DNALLMForCausalLM, records, cfg: GRPOConfig, out_dir: str | Path,

@@ -247,3 +247,20 @@ def test_chunked_answer_loss_equals_the_full_logits_loss_and_gradients(tiny_dir,
             torch.testing.assert_close(chunked_grads[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
     with pytest.raises(ValueError, match="no answer tokens"):
         chunked_cross_entropy(hidden[0, :0], base.lm_head, targets[0, :0])
+
+
+def test_chunked_token_logprobs_equal_log_softmax_and_its_gradients():
+    from dnallm.losses import chunked_token_logprobs
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(3, 11, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 11))
+    got = chunked_token_logprobs(hidden, head, targets, chunk_size=4)  # 33 positions: 9 chunks, last partial
+    want = torch.log_softmax(head(hidden), -1).gather(-1, targets[..., None]).squeeze(-1)
+    torch.testing.assert_close(got, want)
+    weights = torch.randn(3, 11)
+    (g_got,) = torch.autograd.grad((got * weights).sum(), hidden)
+    (g_want,) = torch.autograd.grad((want * weights).sum(), hidden)
+    torch.testing.assert_close(g_got, g_want)
+    torch.testing.assert_close(chunked_token_logprobs(hidden, head, targets, None), want)
