@@ -1,14 +1,17 @@
 """Issue 7: the BioReason-style baseline and dnallm's fast path, in one process on one GPU, same inputs.
 
-    python benchmarks/speed.py [--text qwen3-4b] [--out results.json]
+    python benchmarks/speed.py [--text qwen3-4b]                 # everything, one process
+    python benchmarks/speed.py --only-generate 128 [--dynamic-too]  # scoring + generation jobs only
+    python benchmarks/speed.py --only-score 8 32 64                 # label scoring only
 
 Random-init Genos-1.2B + Qwen3-4B layouts, LoRA r = 32 on all linear layers, bf16, DeepSpeed ZeRO-2.
   baseline : batch 1, linear projector, one token per base (2 x 1024 DNA tokens), encoder re-run every step,
              generation with HF generate on the unmerged LoRA model at batch 1.
   fast     : mlp projector pooling 16 bases per token (2 x 64 DNA tokens), encoder outputs cached, batch 4 of
-             length-grouped examples (as the trainer batches them); scoring of all 37 labels on a shared KV cache; batched generation with
-             the LoRA merged: `generate_answers` (reasoning, forced `Answer:` line, label) with a static KV cache
-             and the decoding step compiled (CUDA graphs).
+             length-grouped examples (as the trainer batches them), chunked answer loss; LoRA merged for inference;
+             scoring of all 37 labels (one prompt pass + one tree-masked pass); a generation job through
+             `generate_answers` (length-grouped batches, reasoning, forced `Answer:` line, label) with a static
+             KV cache and the decoding step compiled (CUDA graphs), compilation included in the time.
 Random weights never emit end-of-turn, so every generation runs the full --gen-tokens, like the reference's 550.
 """
 
