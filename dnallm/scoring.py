@@ -9,6 +9,8 @@ earlier tokens only. Nothing is copied per label, so the cost is one prompt forw
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from dnallm.labels import KEGG_LABELS
@@ -30,6 +32,13 @@ class LabelTree:
         self.tree = (owner[:, None] == owner[None, :]) & (offset[None, :] <= offset[:, None])  # [T, T]
 
 
+def _cache_argument(lm) -> str:
+    """transformers renamed `past_key_values` to `cache` (5.2x warns, 5.40 drops the old name); the GPU image
+    has 5.17. Use whichever this model's forward takes."""
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def label_logprobs(model, questions: list[str], windows: list[tuple[str, str]], batch_size: int = 8) -> torch.Tensor:
     """Total log-likelihood of each label string: [n_questions, 37]."""
@@ -37,6 +46,7 @@ def label_logprobs(model, questions: list[str], windows: list[tuple[str, str]], 
     tree = LabelTree(proc.tokenizer, model.device)
     n_fed = tree.ids.shape[0]
     lm = model.text_model
+    cache_argument = _cache_argument(lm)
     out = torch.empty(len(questions), len(KEGG_LABELS))
     order = proc.length_order(questions)
     for i in range(0, len(questions), batch_size):
@@ -58,8 +68,9 @@ def label_logprobs(model, questions: list[str], windows: list[tuple[str, str]], 
                              tree.tree.expand(n, -1, -1)], -1)                       # [n, T, prompt + T]
         mask = torch.zeros(allowed.shape, dtype=inputs_embeds.dtype, device=model.device)
         mask = mask.masked_fill(~allowed, torch.finfo(inputs_embeds.dtype).min)[:, None]
+        cache = prefix["cache"] if "cache" in prefix else prefix["past_key_values"]
         logits = lm(input_ids=tree.ids.expand(n, -1), attention_mask=mask,
-                    position_ids=positions[:, -1:] + 1 + tree.offset, past_key_values=prefix.past_key_values).logits
+                    position_ids=positions[:, -1:] + 1 + tree.offset, **{cache_argument: cache}).logits
         logp = torch.log_softmax(logits.float(), -1).gather(-1, tree.targets.expand(n, -1)[..., None]).squeeze(-1)
         rest = torch.zeros(n, len(KEGG_LABELS), device=model.device).index_add_(1, tree.owner, logp)
         out[idx] = (first + rest).cpu()
