@@ -87,14 +87,15 @@ def generate_answers(model: DNALLMForCausalLM, questions: list[str], windows: li
     Batches are formed longest-question-first (`length_order`), so they pad little; answers come back in
     the input order. static_cache=True decodes with a preallocated KV cache and, on CUDA, a compiled step;
     prompts are then padded to a multiple of 128 tokens so a job compiles for a few shapes only. The first
-    compilation took about a minute at the seed sizes (H100), so the default (None) turns it on for CUDA jobs
-    of three or more batches (docs/benchmarks.md: 5,407 vs 4,366 variants/h on a 384-variant job, H100).
+    compilation took about a minute at the seed sizes (H100), so the default (None) turns it on only where it
+    was measured to pay: CUDA, batches of 64 or more, jobs of three or more batches (docs/benchmarks.md:
+    5,407 vs 4,366 variants/h on a 384-variant job at batch 128, H100).
     """
     proc = model.processor
     tok = proc.tokenizer
     forced_ids = tok(FORCED_ANSWER, add_special_tokens=False)["input_ids"]
     if static_cache is None:
-        static_cache = model.device.type == "cuda" and len(questions) > 2 * batch_size
+        static_cache = model.device.type == "cuda" and batch_size >= 64 and len(questions) > 2 * batch_size
     texts: list[str | None] = [None] * len(questions)
     order = proc.length_order(questions)
     for i in range(0, len(questions), batch_size):
