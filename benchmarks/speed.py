@@ -117,9 +117,10 @@ def main() -> None:
     records = load_kegg("train")
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "text": args.text}
 
-    if args.only_score:
+    if args.only_score or args.only_generate:  # inference only: the fast path's model, LoRA merged, no training
         fast = sft_parser().parse_args(["--text", args.text, "--stride", str(args.fast_stride)])
         model = build(fast, device, dtype).eval().merge_lora()
+    if args.only_score:
         for sb in args.only_score:
             torch.cuda.reset_peak_memory_stats()
             row = scoring_rate(model, records, args.score_n, sb)
@@ -127,8 +128,6 @@ def main() -> None:
             print("RESULT score_fast " + json.dumps(row), flush=True)
         return
     if args.only_generate:
-        fast = sft_parser().parse_args(["--text", args.text, "--stride", str(args.fast_stride)])
-        model = build(fast, device, dtype).eval().merge_lora()
         for sb in args.extra_score_batches + [args.score_batch]:
             print("RESULT score_fast " + json.dumps(scoring_rate(model, records, args.score_n, sb)), flush=True)
         for b in args.only_generate:

@@ -12,28 +12,6 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 
-def _chunk_loss_sum(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
-
-
-def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
-                          chunk_size: int | None = 1024) -> torch.Tensor:
-    """Mean cross-entropy of `head(hidden)` [N, vocab] against `targets` [N], `chunk_size` rows at a time.
-
-    chunk_size None or 0: the plain loss over the full logits (no recomputation), for A/B measurements.
-    """
-    if targets.numel() == 0:
-        raise ValueError("no answer tokens in this batch: every label is -100")
-    if not chunk_size:
-        return _chunk_loss_sum(head, hidden, targets) / targets.shape[0]
-    total = None
-    for i in range(0, targets.shape[0], chunk_size):
-        part = checkpoint(_chunk_loss_sum, head, hidden[i:i + chunk_size], targets[i:i + chunk_size],
-                          use_reentrant=False)
-        total = part if total is None else total + part
-    return total / targets.shape[0]
-
-
 def _chunk_token_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -F.cross_entropy(head(hidden).float(), targets, reduction="none")
 
@@ -48,3 +26,14 @@ def chunked_token_logprobs(hidden: torch.Tensor, head: torch.nn.Module, targets:
     parts = [checkpoint(_chunk_token_logprobs, head, flat_hidden[i:i + chunk_size], flat_targets[i:i + chunk_size],
                         use_reentrant=False) for i in range(0, flat_targets.shape[0], chunk_size)]
     return torch.cat(parts).view(targets.shape)
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
+                          chunk_size: int | None = 1024) -> torch.Tensor:
+    """Mean cross-entropy of `head(hidden)` [N, vocab] against `targets` [N], `chunk_size` rows at a time.
+
+    chunk_size None or 0: the plain loss over the full logits (no recomputation), for A/B measurements.
+    """
+    if targets.numel() == 0:
+        raise ValueError("no answer tokens in this batch: every label is -100")
+    return -chunked_token_logprobs(hidden, head, targets, chunk_size).mean()

@@ -121,6 +121,15 @@ def _open_text(path: Path):
     return open(path, encoding="utf-8", errors="replace", newline="")
 
 
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its end) for every non-blank line of a plain or gzipped text file."""
+    with _open_text(path) as f:
+        for number, raw in enumerate(f, 1):
+            line = raw.rstrip("\r\n")
+            if line.strip():
+                yield number, line
+
+
 def parse_info(info: str) -> dict[str, str]:
     if info in ("", "."):
         return {}
@@ -179,31 +188,27 @@ def read_vcf(path: str | Path) -> Iterator[VariantRecord]:
     """VCF (plain, gzip or bgzip) -> records; file-level problems raise VariantFileError."""
     path = Path(path)
     header = False
-    with _open_text(path) as f:
-        for number, raw in enumerate(f, 1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
+    for number, line in _numbered_lines(path):
+        if line.startswith("##"):
+            if header:
+                yield VariantRecord(path.name, number, 1, error=f"{path.name} line {number}: malformed VCF: "
+                                    "a ## meta line after the #CHROM header line")
+            continue
+        if line.startswith("#"):
+            if header:
+                yield VariantRecord(path.name, number, 1, error=f"{path.name} line {number}: malformed VCF: "
+                                    "a second #CHROM header line")
                 continue
-            if line.startswith("##"):
-                if header:
-                    yield VariantRecord(path.name, number, 1, error=f"{path.name} line {number}: malformed VCF: "
-                                        "a ## meta line after the #CHROM header line")
-                continue
-            if line.startswith("#"):
-                if header:
-                    yield VariantRecord(path.name, number, 1, error=f"{path.name} line {number}: malformed VCF: "
-                                        "a second #CHROM header line")
-                    continue
-                cols = tuple(c.strip() for c in line[1:].split("\t"))
-                if cols[:8] != VCF_COLUMNS:
-                    raise VariantFileError(f"{path.name} line {number}: the VCF header line must be the tab-separated "
-                                           f"#{' '.join(VCF_COLUMNS)}, found {line[:80]!r}")
-                header = True
-                continue
-            if not header:
-                raise VariantFileError(f"{path.name} line {number}: data before the #CHROM header line - is this a "
-                                       "VCF file? (use --tsv for a table with chrom, pos, ref, alt columns)")
-            yield from parse_vcf_line(line, number, path.name)
+            cols = tuple(c.strip() for c in line[1:].split("\t"))
+            if cols[:8] != VCF_COLUMNS:
+                raise VariantFileError(f"{path.name} line {number}: the VCF header line must be the tab-separated "
+                                       f"#{' '.join(VCF_COLUMNS)}, found {line[:80]!r}")
+            header = True
+            continue
+        if not header:
+            raise VariantFileError(f"{path.name} line {number}: data before the #CHROM header line - is this a "
+                                   "VCF file? (use --tsv for a table with chrom, pos, ref, alt columns)")
+        yield from parse_vcf_line(line, number, path.name)
     if not header:
         raise VariantFileError(f"{path.name}: no #CHROM header line - is this a VCF file?")
 
@@ -223,39 +228,37 @@ def read_tsv(path: str | Path) -> Iterator[VariantRecord]:
     """TSV (see module docstring) -> records; a header without chrom/pos/ref/alt raises VariantFileError."""
     path = Path(path)
     columns = None
-    with _open_text(path) as f:
-        for number, raw in enumerate(f, 1):
-            line = raw.rstrip("\r\n")
-            if not line.strip() or line.startswith("##"):
-                continue
-            cells = line.split("\t")
-            if columns is None:
-                columns = [TSV_ALIASES.get(c.strip().lstrip("#").strip().lower(), c.strip().lstrip("#").strip().lower())
-                           for c in cells]
-                missing = [c for c in TSV_COLUMNS[:4] if c not in columns]
-                if missing:
-                    raise VariantFileError(f"{path.name} line {number}: the TSV header lacks column(s) "
-                                           f"{', '.join(missing)}; it needs chrom, pos, ref, alt (tab-separated) and "
-                                           f"may add {', '.join(TSV_COLUMNS[4:])}; found {cells}")
-                continue
-            if len(cells) != len(columns):
-                yield VariantRecord(path.name, number, 1, error=f"{path.name} line {number}: malformed TSV line: "
-                                    f"{len(cells)} tab-separated cell(s), the header has {len(columns)}")
-                continue
-            row = {c: (v.strip() or None) for c, v in zip(columns, cells)}
-            pos = row["pos"] or ""
-            if not row["chrom"] or not re.fullmatch(r"\d+", pos) or int(pos) < 1:
-                problem = "chrom is empty" if not row["chrom"] else f"pos {pos!r} is not a 1-based position"
-                yield VariantRecord(path.name, number, 1, chrom=row["chrom"],
-                                    error=f"{path.name} line {number}: malformed TSV line: {problem}")
-                continue
-            alts = (row["alt"] or "").split(",")
-            for i, alt in enumerate(alts, 1):
-                yield VariantRecord(path.name, number, i, chrom=row["chrom"], pos=int(pos), ref=_allele(row["ref"]),
-                                    alt=_allele(alt), id=row.get("id"), gene=row.get("gene"),
-                                    question=_text(row.get("question")), network=_text(row.get("network")),
-                                    pathway_genes=_text(row.get("genes_in_pathway")),
-                                    n_alts=len(alts))
+    for number, line in _numbered_lines(path):
+        if line.startswith("##"):
+            continue
+        cells = line.split("\t")
+        if columns is None:
+            names = [c.strip().lstrip("#").strip().lower() for c in cells]
+            columns = [TSV_ALIASES.get(name, name) for name in names]
+            missing = [c for c in TSV_COLUMNS[:4] if c not in columns]
+            if missing:
+                raise VariantFileError(f"{path.name} line {number}: the TSV header lacks column(s) "
+                                       f"{', '.join(missing)}; it needs chrom, pos, ref, alt (tab-separated) and "
+                                       f"may add {', '.join(TSV_COLUMNS[4:])}; found {cells}")
+            continue
+        if len(cells) != len(columns):
+            yield VariantRecord(path.name, number, 1, error=f"{path.name} line {number}: malformed TSV line: "
+                                f"{len(cells)} tab-separated cell(s), the header has {len(columns)}")
+            continue
+        row = {c: (v.strip() or None) for c, v in zip(columns, cells)}
+        pos = row["pos"] or ""
+        if not row["chrom"] or not re.fullmatch(r"\d+", pos) or int(pos) < 1:
+            problem = "chrom is empty" if not row["chrom"] else f"pos {pos!r} is not a 1-based position"
+            yield VariantRecord(path.name, number, 1, chrom=row["chrom"],
+                                error=f"{path.name} line {number}: malformed TSV line: {problem}")
+            continue
+        alts = (row["alt"] or "").split(",")
+        for i, alt in enumerate(alts, 1):
+            yield VariantRecord(path.name, number, i, chrom=row["chrom"], pos=int(pos), ref=_allele(row["ref"]),
+                                alt=_allele(alt), id=row.get("id"), gene=row.get("gene"),
+                                question=_text(row.get("question")), network=_text(row.get("network")),
+                                pathway_genes=_text(row.get("genes_in_pathway")),
+                                n_alts=len(alts))
     if columns is None:
         raise VariantFileError(f"{path.name}: empty TSV (no header row)")
 
