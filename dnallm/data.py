@@ -104,6 +104,15 @@ def validate_record(record: dict, where: str) -> dict:
             "variant_window": variant_window, "ref_allele": parts.ref_allele, "alt_allele": parts.alt_allele}
 
 
+def hard_view(ds: datasets.Dataset) -> datasets.Dataset:
+    """The kegg_hard rule: the same rows, the question replaced by HARD_QUESTION, every other field unchanged.
+
+    The shipped hard val/test (Genos release) follow exactly this rule (tested); the hard train view is built
+    with it, since none ships.
+    """
+    return ds.map(lambda r: {"question": HARD_QUESTION})
+
+
 def _raw_split(split: str, view: str, root: Path) -> datasets.Dataset:
     if view == "kegg_hard" and split != "train":
         # val/test of the hard view ship as JSON Lines (Genos release); train is derived below.
@@ -111,9 +120,7 @@ def _raw_split(split: str, view: str, root: Path) -> datasets.Dataset:
         return datasets.Dataset.from_list(rows)
     ds = datasets.load_dataset("parquet", data_files=str(root / "kegg" / f"{split}-00000-of-00001.parquet"),
                                split="train")
-    if view == "kegg_hard":
-        ds = ds.map(lambda r: {"question": HARD_QUESTION})
-    return ds
+    return hard_view(ds) if view == "kegg_hard" else ds
 
 
 def load_kegg(split: str, view: str = "kegg", root: str | Path | None = None) -> datasets.Dataset:
@@ -137,3 +144,44 @@ def load_kegg(split: str, view: str = "kegg", root: str | Path | None = None) ->
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS + GROUPED_SPLITS}")
     ds = _raw_split(split, view, Path(root) if root else data_dir())
     return ds.map(lambda r, i: {"row": i, **validate_record(r, f"{view}/{split} row {i}")}, with_indices=True)
+
+
+def load_views(split: str, views: dict[str, float] | None = None, seed: int = 0,
+               root: str | Path | None = None, limit: int | None = None) -> datasets.Dataset:
+    """A training mix of views of one split: `views` maps a view to how often each record appears in it.
+
+    {"kegg": 1.0, "kegg_hard": 1.0} shows every variant once with its pathway context and once without, so the
+    label cannot be read off the question alone and the model has to use the DNA. A weight w keeps
+    round(w * n) records of that view (whole copies, then a seeded sample for the fraction). Adds a `view`
+    column. None or {} means {"kegg": 1.0}. `limit` keeps the first rows of the split (smoke runs).
+    """
+    import random
+
+    views = dict(views or {"kegg": 1.0})
+    for view, weight in views.items():
+        if view not in VIEWS:
+            raise ValueError(f"unknown view {view!r} in the training mix; expected one of {VIEWS}")
+        if not (isinstance(weight, (int, float)) and weight >= 0):
+            raise ValueError(f"view {view!r}: weight {weight!r} must be a number >= 0")
+    if not any(views.values()):
+        raise ValueError(f"the training mix {views} selects no records")
+    parts = []
+    for view, weight in views.items():
+        ds = load_kegg(split, view=view, root=root)
+        if limit:
+            ds = ds.select(range(min(limit, len(ds))))
+        whole, fraction = divmod(round(weight * len(ds)), len(ds))
+        rows = [i for _ in range(whole) for i in range(len(ds))]
+        rows += sorted(random.Random(f"{seed}/{view}").sample(range(len(ds)), fraction))
+        if rows:
+            parts.append(ds.select(rows).add_column("view", [view] * len(rows)))
+    return datasets.concatenate_datasets(parts)
+
+
+def training_views(preset: dict) -> dict[str, float]:
+    """The training mix a preset names under `data: views:` (default: the kegg view alone)."""
+    data = preset.get("data") or {}
+    if "view" in data:
+        raise ValueError("the preset's data section uses 'view'; name a mix instead, e.g. "
+                         "views: {kegg: 1.0, kegg_hard: 1.0}")
+    return dict(data.get("views") or {"kegg": 1.0})

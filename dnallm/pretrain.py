@@ -19,8 +19,10 @@ from transformers import MixtralForCausalLM, Qwen3Config, Qwen3ForCausalLM
 from dnallm.encoders.genos import build_base_tokenizer, genos_config
 
 
-def _lm_steps(model, batches, lr: float, log_every: int, what: str, bf16: bool = False) -> list[float]:
+def _lm_steps(model, batches, lr: float, log_every: int, what: str, bf16: bool = False,
+              device: str = "cpu") -> list[float]:
     """Plain AdamW next-token training with warmup + cosine decay; returns the loss curve."""
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     total = len(batches)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -28,7 +30,8 @@ def _lm_steps(model, batches, lr: float, log_every: int, what: str, bf16: bool =
     model.train()
     losses, start = [], time.time()
     for step, batch in enumerate(batches):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             loss = model(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -36,12 +39,12 @@ def _lm_steps(model, batches, lr: float, log_every: int, what: str, bf16: bool =
         losses.append(loss.item())
         if step % log_every == 0 or step == total - 1:
             print(f"[{what}] step {step + 1}/{total} loss {loss.item():.3f} ({time.time() - start:.0f}s)", flush=True)
-    model.eval()
+    model.eval().cpu()
     return losses
 
 
 def pretrain_dna_encoder(windows: list[str], out_dir: str | Path, steps: int = 120, batch_size: int = 16,
-                         lr: float = 2e-3, seed: int = 0, **layout) -> list[float]:
+                         lr: float = 2e-3, seed: int = 0, device: str = "cpu", **layout) -> list[float]:
     """Train a tiny Genos-layout DNA LM on `windows` by next-base prediction and save it to `out_dir`."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -54,7 +57,7 @@ def pretrain_dna_encoder(windows: list[str], out_dir: str | Path, steps: int = 1
     for _ in range(steps):
         chunk = rng.sample(windows, min(batch_size, len(windows)))
         batches.append(dict(tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)))
-    losses = _lm_steps(model, batches, lr, max(1, steps // 6), "dna pretrain")
+    losses = _lm_steps(model, batches, lr, max(1, steps // 6), "dna pretrain", device=device)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return losses
@@ -62,7 +65,7 @@ def pretrain_dna_encoder(windows: list[str], out_dir: str | Path, steps: int = 1
 
 def pretrain_text_model(tokenizer, texts: list[str], out_dir: str | Path, epochs: float = 1.0,
                         batch_size: int = 8, lr: float = 3e-3, max_length: int = 1024, seed: int = 0,
-                        **layout) -> list[float]:
+                        device: str = "cpu", **layout) -> list[float]:
     """Train a tiny Qwen3-layout LM on `texts` by next-token prediction; save model and tokenizer."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -79,7 +82,7 @@ def pretrain_text_model(tokenizer, texts: list[str], out_dir: str | Path, epochs
         chunk = [texts[j] + tokenizer.eos_token for j in order[i:i + batch_size]]
         batches.append(dict(tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
                                       max_length=max_length, add_special_tokens=False)))
-    losses = _lm_steps(model, batches, lr, max(1, len(batches) // 8), "text pretrain")
+    losses = _lm_steps(model, batches, lr, max(1, len(batches) // 8), "text pretrain", device=device)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return losses

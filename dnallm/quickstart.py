@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from dnallm.configuration import DNALLMConfig
-from dnallm.data import load_kegg
+from dnallm.data import load_kegg, load_views, training_views
 from dnallm.modeling import DNALLMForCausalLM
 from dnallm.processing import DNALLMProcessor, format_answer
 from dnallm.training import SFTConfig, train_sft
@@ -28,26 +28,40 @@ def load_preset(name: str = "tiny") -> dict:
     return yaml.safe_load(resources.files("dnallm.presets").joinpath(f"{name}.yaml").read_text())
 
 
-def build_tiny_models(out: Path, train, preset: dict) -> None:
-    """Steps 1-2: the two small pretrained models the tiny preset stands on."""
+def build_tiny_models(out: Path, train, preset: dict, device: str = "cpu") -> dict:
+    """Steps 1-2: the two small pretrained models the tiny preset stands on.
+
+    Writes OUT/encoder, OUT/text-model and OUT/pretrain_log.json (the settings and both loss curves, which the
+    tests use to check that this function still reproduces the shipped stand-ins' first steps).
+    """
+    from dnallm.data import HARD_QUESTION
     from dnallm.encoders import build_encoder
     from dnallm.pretrain import pretrain_dna_encoder, pretrain_text_model
     from dnallm.tokenization import BUNDLED_QWEN3_TOKENIZER, load_text_tokenizer, prune_tokenizer
 
+    out = Path(out)
     p = preset["dna_pretrain"]
-    pretrain_dna_encoder(list(train["ref_window"]) + list(train["variant_window"]), out / "encoder",
-                         steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"], **p["layout"])
+    dna_losses = pretrain_dna_encoder(list(train["ref_window"]) + list(train["variant_window"]), out / "encoder",
+                                      steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"], device=device,
+                                      **p["layout"])
     # The processor adds the DNA span tokens; the pruned vocabulary keeps them and every piece of the
     # rendered training conversations (chat markup, questions, reasoning, answer lines).
     encoder = build_encoder("genos", str(out / "encoder"))
     proc = DNALLMProcessor(load_text_tokenizer(str(BUNDLED_QWEN3_TOKENIZER)), encoder.tokenizer)
-    texts = [proc.prompt(r["question"]) + proc.target(r["reasoning"], r["label"]) for r in train]
+    texts = [proc.prompt(q) + proc.target(r["reasoning"], r["label"]) for r in train
+             for q in (r["question"], HARD_QUESTION)]
     tokenizer = prune_tokenizer(proc.tokenizer, texts)
     p = preset["text_pretrain"]
     # Pretraining text: each training question followed by its written answer (reasoning + answer line),
     # no DNA: the LM learns the language and the answer format before it ever sees a DNA token.
-    pretrain_text_model(tokenizer, [f"{r['question']}\n\n{format_answer(r['reasoning'], r['label'])}" for r in train],
-                        out / "text-model", epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], **p["layout"])
+    text_losses = pretrain_text_model(
+        tokenizer, [f"{r['question']}\n\n{format_answer(r['reasoning'], r['label'])}" for r in train],
+        out / "text-model", epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], device=device, **p["layout"])
+    log = {"dna_pretrain": preset["dna_pretrain"], "text_pretrain": preset["text_pretrain"], "train_rows": len(train),
+           "device": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu",
+           "torch": torch.__version__, "dna_losses": dna_losses, "text_losses": text_losses}
+    (out / "pretrain_log.json").write_text(json.dumps(log))
+    return log
 
 
 def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "tiny", skip_pretrain: bool = False,
@@ -70,9 +84,10 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
     if splits not in ("official", "grouped"):
         raise ValueError(f"unknown splits {splits!r}; expected 'official' or 'grouped'")
     prefix = "grouped-" if splits == "grouped" else ""
-    train, val = take(load_kegg(prefix + "train")), take(load_kegg(prefix + "val"))
     if not (skip_pretrain and (out / "encoder").exists() and (out / "text-model").exists()):
-        build_tiny_models(out, train, preset)
+        build_tiny_models(out, take(load_kegg(prefix + "train")), preset)
+    views = training_views(preset)
+    train, val = (load_views(prefix + s, views, limit=limit) for s in ("train", "val"))
     timings["pretrain_s"] = round(time.time() - t, 1)
 
     t = time.time()

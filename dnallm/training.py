@@ -33,7 +33,13 @@ class SFTConfig:
     warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0
     max_length: int = 4096           # prompt + DNA + answer tokens; longer examples are an error, not cut
-    direct_answers: bool = False     # also train each example in Qwen3 non-thinking mode (answer line only)
+    # Also train each example in Qwen3 non-thinking mode (answer line only): true = one such copy per record;
+    # a mapping {view: copies} sets it per training view (e.g. {kegg: 1, kegg_hard: 4}: the short DNA-only
+    # answer examples are cheap and are where the DNA -> label signal is densest).
+    direct_answers: bool | dict = False
+    # Reasoning-mode (thinking) examples per record: true = one; a mapping {view: copies}, e.g. {kegg: 1,
+    # kegg_hard: 0} to teach reasoning on the pathway-context view only (the long examples are most of the cost).
+    thinking_answers: bool | dict = True
     eval_batch_size: int = 16
     evals_per_epoch: int = 1
     seed: int = 0
@@ -62,18 +68,25 @@ class SFTConfig:
         return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
 
 
-def encode_examples(model: DNALLMForCausalLM, records, max_length: int, direct_answers: bool = False) -> list[dict]:
+def _copies(setting: bool | int | dict, view: str) -> int:
+    """Examples per record for one answer mode: a bool/int for every view, or a mapping {view: copies}."""
+    return int(setting.get(view, 0) if isinstance(setting, dict) else setting)
+
+
+def encode_examples(model: DNALLMForCausalLM, records, max_length: int, direct_answers: bool | dict = False,
+                    thinking_answers: bool | dict = True) -> list[dict]:
     """Tokenize every record once: prompt + answer ids, labels on the answer only, and its two windows.
 
-    With direct_answers, each record also yields a non-thinking-mode example whose answer is the label line
-    alone (Qwen3's hybrid thinking/non-thinking training): a short, dense signal for the label.
+    With direct_answers, each record also yields non-thinking-mode examples whose answer is the label line
+    alone (Qwen3's hybrid thinking/non-thinking training): a short, dense signal for the label. Mappings give
+    the number of copies of each mode per view (the records' `view` column; records without one are `kegg`).
     """
     proc = model.processor
-    modes = [True, False] if direct_answers else [True]
     out = []
     for r in records:
+        view = r.get("view", "kegg")
         windows = [r["ref_window"], r["variant_window"]]
-        for thinking in modes:
+        for thinking in [True] * _copies(thinking_answers, view) + [False] * _copies(direct_answers, view):
             target = proc.target(r["reasoning"] if thinking else None, r["label"])
             b = proc([proc.prompt(r["question"], thinking=thinking)], [windows], targets=[target], dna_ids=False)
             n = b["input_ids"].shape[1]
@@ -215,7 +228,7 @@ def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConf
     if cfg.init_projector_from:  # stage 2 starts from the stage-1 projector
         _load_trainable(model, Path(cfg.init_projector_from), projector_only=True)
 
-    train = encode_examples(model, train_records, cfg.max_length, cfg.direct_answers)
+    train = encode_examples(model, train_records, cfg.max_length, cfg.direct_answers, cfg.thinking_answers)
     val = encode_examples(model, val_records, cfg.max_length)  # selection on the reasoning-mode answer loss
     # The frozen encoder runs once per distinct window (many KEGG windows repeat), never per step.
     cache = EmbeddingCache(model.encoder, dtype=torch.bfloat16 if cfg.bf16 else torch.float32, device=device)

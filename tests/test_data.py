@@ -1,7 +1,7 @@
 import pytest
 
-from dnallm.data import (HARD_QUESTION, KeggRecordError, WINDOW_SIZE, centred_windows, load_kegg,
-                         split_kegg_sequences, validate_record)
+from dnallm.data import (HARD_QUESTION, KeggRecordError, WINDOW_SIZE, _raw_split, centred_windows, data_dir,
+                         hard_view, load_kegg, load_views, split_kegg_sequences, validate_record)
 from dnallm.labels import KEGG_LABELS
 
 
@@ -78,6 +78,33 @@ def test_hard_view():
         hard, full = load_kegg(split, view="kegg_hard"), load_kegg(split)
         assert set(hard["question"]) == {HARD_QUESTION}
         assert list(hard["label"]) == list(full["label"]) and list(hard["ref_window"]) == list(full["ref_window"])
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_hard_rule_rebuilds_the_shipped_hard_views(split):
+    # The hard train view is built by `hard_view`; the same rule applied to the official val/test parquet must
+    # give the shipped kegg_hard JSON exactly, field by field.
+    built = hard_view(_raw_split(split, "kegg", data_dir())).to_list()
+    shipped = _raw_split(split, "kegg_hard", data_dir()).to_list()
+    assert built == shipped
+
+
+def test_training_view_mix():
+    mix = load_views("val", {"kegg": 1.0, "kegg_hard": 1.0})
+    assert len(mix) == 2 * 144 and mix["view"].count("kegg_hard") == 144
+    plain, hard = mix.filter(lambda r: r["view"] == "kegg"), mix.filter(lambda r: r["view"] == "kegg_hard")
+    assert set(hard["question"]) == {HARD_QUESTION} and HARD_QUESTION not in set(plain["question"])
+    # every variant is seen once with and once without its pathway context
+    assert plain["row"] == hard["row"] == list(range(144)) and plain["label"] == hard["label"]
+    half = load_views("val", {"kegg": 1.0, "kegg_hard": 0.5}, seed=1)
+    assert half["view"].count("kegg_hard") == 72 and len(set(half.filter(lambda r: r["view"] == "kegg_hard")["row"])) == 72
+    assert load_views("val", {"kegg": 1.0, "kegg_hard": 0.5}, seed=1)["row"] == half["row"]  # seeded
+    assert load_views("val", {"kegg_hard": 2.0})["row"] == list(range(144)) * 2
+    assert load_views("val")["view"] == ["kegg"] * 144
+    with pytest.raises(ValueError, match="unknown view 'easy'"):
+        load_views("val", {"easy": 1.0})
+    with pytest.raises(ValueError, match="selects no records"):
+        load_views("val", {"kegg": 0.0})
 
 
 def test_unknown_split_and_view():

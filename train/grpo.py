@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from dnallm.data import load_kegg
+from dnallm.data import load_views, training_views
 from dnallm.grpo import GRPOConfig, grpo_train
 from dnallm.modeling import ADAPTER_DIR, DNALLMForCausalLM
 
@@ -28,7 +28,7 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     model = DNALLMForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if cuda else None, is_trainable=True)
     model.to("cuda" if cuda else "cpu")
-    records = load_kegg("train", view=preset.get("data", {}).get("view", "kegg"))
+    records = load_views("train", training_views(preset))
     if args.limit:
         records = records.select(range(args.limit))
     grpo_train(model, records, cfg, args.out, reference_adapter=Path(args.model) / ADAPTER_DIR if cfg.beta else None)

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from dnallm.configuration import DNALLMConfig
-from dnallm.data import load_kegg
+from dnallm.data import load_views, training_views
 from dnallm.modeling import DNALLMForCausalLM
 from dnallm.training import SFTConfig, train_sft
 
@@ -42,8 +42,8 @@ def main() -> None:
     model = DNALLMForCausalLM.build(DNALLMConfig(**preset["model"]), dtype=dtype)
     model.add_lora()
     model.to(device)
-    view = preset.get("data", {}).get("view", "kegg")
-    train, val = load_kegg("train", view=view), load_kegg("val", view=view)
+    views = training_views(preset)
+    train, val = load_views("train", views), load_views("val", views)
     if args.limit:
         train, val = train.select(range(args.limit)), val.select(range(min(args.limit, len(val))))
     train_sft(model, train, val, sft, args.out)

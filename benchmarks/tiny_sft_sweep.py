@@ -1,0 +1,75 @@
+"""Does the DNA carry the answer after SFT? Train the tiny preset's SFT stage under several settings, score each.
+
+Builds (or reuses) the tiny stand-ins in OUT/stand-ins with the preset's pretraining settings, then for each variant
+(a JSON object of overrides for the preset's model/sft/data sections) runs the real recipe (frozen encoder,
+projector + LoRA, the preset's training-view mix) and evaluates label scoring on the official test and hard-test
+splits with the shuffled-DNA control. One JSON line per variant in OUT/sft_sweep.jsonl.
+
+    python benchmarks/tiny_sft_sweep.py --out /tmp/sft --device cuda \
+        --variant base '{}' --variant stride128 '{"model": {"projector_stride": 128}}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dnallm.configuration import DNALLMConfig
+from dnallm.data import load_kegg, load_views, training_views
+from dnallm.evaluation import evaluate_split
+from dnallm.modeling import DNALLMForCausalLM
+from dnallm.quickstart import build_tiny_models, load_preset
+from dnallm.training import SFTConfig, train_sft
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--stand-ins", type=Path, default=None, help="reuse this folder's encoder/ and text-model/")
+    parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), default=[])
+    args = parser.parse_args()
+    base = load_preset("tiny")
+    stand_ins = args.stand_ins or args.out / "stand-ins"
+    if not (stand_ins / "encoder").exists():
+        t = time.time()
+        build_tiny_models(stand_ins, load_kegg("train"), base, device=args.device)
+        print(f"stand-ins built in {time.time() - t:.0f}s", flush=True)
+    rows = []
+    for name, overrides in args.variant or [("base", "{}")]:
+        preset = copy.deepcopy(base)
+        for section, values in json.loads(overrides).items():
+            preset[section].update(values)
+        out = args.out / name
+        torch.manual_seed(0)
+        config = DNALLMConfig(encoder_type="genos", encoder_name_or_path=str((stand_ins / "encoder").resolve()),
+                              text_model_name_or_path=str((stand_ins / "text-model").resolve()), **preset["model"])
+        model = DNALLMForCausalLM.build(config)
+        model.add_lora()
+        model.to(args.device)
+        views = training_views(preset)
+        t = time.time()
+        summary = train_sft(model, load_views("train", views), load_views("val", views),
+                            SFTConfig.from_dict({**preset["sft"], "tensorboard": False}), out / "model")
+        sft_s = time.time() - t
+        best = DNALLMForCausalLM.from_pretrained(out / "model").to(args.device).eval()
+        row = {"variant": name, "overrides": json.loads(overrides), "sft_s": round(sft_s, 1),
+               "best_val_loss": summary["best_val_loss"],
+               "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}
+        for split, view in (("test", "kegg"), ("hard-test", "kegg_hard")):
+            m = evaluate_split(best, load_kegg("test", view=view), split, out / "eval" / split, generate=False,
+                               controls=("shuffled-dna",), score_batch_size=32, report=False)
+            row[split] = round(m["accuracy"], 4)
+            row[f"{split} shuffled-dna"] = round(m["controls"]["shuffled-dna"]["score"]["accuracy"], 4)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    (args.out / "sft_sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+if __name__ == "__main__":
+    main()
