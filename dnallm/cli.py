@@ -26,17 +26,40 @@ def _metrics_table(metrics: dict, title: str) -> Table:
 
 @app.command()
 def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="Output folder"),
-               skip_pretrain: bool = typer.Option(False, help="Reuse DIR/encoder and DIR/text-model if present"),
-               splits: str = typer.Option("official", help="official | grouped (leak-free: no shared variant)")):
-    """Train the tiny embedded default on CPU, evaluate it on the KEGG test split, explain one variant."""
+               pretrain: bool = typer.Option(False, help="Pretrain the two tiny stand-ins anew (~40 min on 2 cores) "
+                                                         "instead of using the shipped ones"),
+               reuse: bool = typer.Option(False, help="Reuse DIR/encoder and DIR/text-model from an earlier run"),
+               splits: str = typer.Option("official", help="official | grouped (leak-free: no shared variant; "
+                                                           "pretrains the stand-ins on grouped-train)")):
+    """Train the tiny embedded default on CPU, evaluate it on test and hard-test, explain one variant."""
     from dnallm.quickstart import run_quickstart
 
-    result = run_quickstart(out, skip_pretrain=skip_pretrain, splits=splits)
-    console.print(_metrics_table(result["metrics"], f"KEGG {result['metrics']['split']} (tiny default)"))
-    console.print(f"timings: {result['timings']}")
+    result = run_quickstart(out, pretrain=pretrain, reuse=reuse, splits=splits)
+    rows = result["summary"]
+    splits_shown = [k for k in rows[0] if k not in ("system", "mode")]
+    table = Table(title="tiny default: accuracy (n = 146 per split; hard-* = no pathway context in the question)")
+    for col in ("system", "mode", *splits_shown):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["system"], row["mode"],
+                      *("–" if row[s] is None else f"{100 * row[s]:.1f} %" for s in splits_shown))
+    console.print(table)
+    console.print(f"timings (s): {result['timings']}")
     ex = result["example"]
     console.print(f"explain_variant on test row {ex['row']}: predicted {ex['label']!r}, gold {ex['gold']!r}")
-    console.print(f"checkpoint: {out / 'model'}")
+    console.print(f"checkpoint: {out / 'model'}; reports: {out / 'eval'}/*/report.md")
+
+
+@app.command("pretrain-stand-ins")
+def pretrain_stand_ins(out: Path = typer.Option(..., help="Folder for encoder/, text-model/ and pretrain_log.json"),
+                       device: str = typer.Option("cpu", help="cpu | cuda (the shipped ones were built on a GPU)")):
+    """Pretrain the tiny preset's two stand-ins on the official train split (what dnallm/assets/tiny ships)."""
+    from dnallm.data import load_kegg
+    from dnallm.quickstart import build_tiny_models, load_preset
+
+    log = build_tiny_models(out, load_kegg("train"), load_preset("tiny"), device=device)
+    console.print(f"DNA loss {log['dna_losses'][0]:.3f} -> {log['dna_losses'][-1]:.3f}, text loss "
+                  f"{log['text_losses'][0]:.3f} -> {log['text_losses'][-1]:.3f}; wrote {out}")
 
 
 @app.command("eval")
@@ -45,7 +68,10 @@ def evaluate(model: Path = typer.Option(Path("runs/quickstart/model"), help="Che
              out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL/../eval/SPLIT)"),
              batch_size: int = 16, max_new_tokens: int = 1024,
              score_batch_size: int = typer.Option(16, help="Questions per label-scoring batch (all 37 labels in one packed pass each)"),
-             generate: bool = typer.Option(True, help="Greedy generation + strict Answer: parse (headline mode)"),
+             generate: bool = typer.Option(True, help="Greedy reasoning + final Answer: line (headline mode)"),
+             constrained: bool = typer.Option(True, help="Answer line constrained to the 37 labels (--no-constrained: "
+                                                         "free decoding, strict parse; invalid answers count as wrong)"),
+             probe: bool = typer.Option(True, help="Add the encoder-alone row (frozen encoder -> logistic regression)"),
              score: bool = typer.Option(True, help="Label probabilities: scoring mode, top-3, calibration, abstain"),
              controls: bool = typer.Option(False, help="Also run the controls (text-only, dna-only, shuffled-dna, "
                                                        "ref-as-variant): each costs as much as the main run"),
@@ -80,12 +106,60 @@ def evaluate(model: Path = typer.Option(Path("runs/quickstart/model"), help="Che
     metrics = evaluate_split(load_model(str(model.resolve())), records, split, out, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, generate=generate, score=score,
                              controls=CONTROLS if controls else (), threshold=threshold,
-                             score_batch_size=score_batch_size,
+                             score_batch_size=score_batch_size, constrained=constrained, probe=probe,
                              progress=progress)
     console.print(_metrics_table(metrics, f"{model} ({metrics['mode']} mode)"))
     for name, result in metrics["baselines"].items():
         console.print(f"baseline {name}: accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}")
     console.print(f"wrote {out / 'metrics.json'}, {out / 'predictions.jsonl'} and {out / 'report.md'}")
+
+
+@app.command()
+def probe(encoder: Optional[str] = typer.Option(None, help="Encoder hub id or local path (e.g. ZhejiangLab/Genos-1.2B)"),
+          encoder_type: str = typer.Option("genos", help="genos | nt | hyenadna | evo2 | hf"),
+          layer: Optional[int] = typer.Option(None, help="Hidden layer to pool (default: the encoder's default)"),
+          model: Optional[Path] = typer.Option(None, help="Or: a dnallm checkpoint, whose encoder (and layer) is probed"),
+          split: str = typer.Option("test", help="test | val | grouped-test | grouped-val, each also as hard-*"),
+          out: Optional[Path] = typer.Option(None, help="Write the result (with every candidate's val accuracy) as JSON"),
+          cache_dir: Optional[Path] = typer.Option(None, help="Keep pooled encoder states here (reused next time)"),
+          batch_size: int = typer.Option(16, help="Windows per encoder batch"),
+          device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)")):
+    """Encoder alone: frozen encoder -> mean-pooled states -> logistic regression (train, selected on val)."""
+    import torch
+
+    from dnallm.data import load_kegg
+    from dnallm.encoders import build_encoder
+    from dnallm.evaluation import classification_metrics, selection_split, split_spec, training_split
+    from dnallm.probe import run_probe
+
+    if (encoder is None) == (model is None):
+        raise typer.BadParameter("give --encoder (with --encoder-type, --layer) or --model, not both")
+    try:
+        name, view = split_spec(split)
+    except ValueError as e:
+        raise typer.BadParameter(str(e))
+    if model is not None:
+        from dnallm.configuration import DNALLMConfig
+        from dnallm.modeling import _resolve
+
+        config = DNALLMConfig.from_pretrained(model)
+        encoder_type, layer = config.encoder_type, config.encoder_layer
+        encoder = _resolve(config.encoder_name_or_path, model.resolve())
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dna_encoder = build_encoder(encoder_type, encoder, layer=layer).to(device)
+    train = load_kegg(*split_spec(training_split(split)))
+    records = load_kegg(name, view=view)
+    result = run_probe(dna_encoder, train, load_kegg(selection_split(split)), records, batch_size=batch_size,
+                       cache_dir=cache_dir, progress=True)
+    metrics = {"split": split, "encoder": encoder, "encoder_type": encoder_type,
+               **classification_metrics(list(records["label"]), result["predicted"]),
+               **{k: result[k] for k in ("feature_set", "C", "val_accuracy", "pooling", "layer", "selection", "seconds")}}
+    console.print(_metrics_table(metrics, f"encoder alone: {encoder} (layer {result['layer']}, {result['feature_set']}, "
+                                          f"C={result['C']}, val {result['val_accuracy']:.3f})"))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=2))
+        console.print(f"wrote {out}")
 
 
 @app.command()

@@ -136,7 +136,7 @@ def control_inputs(records, control: str | None = None) -> tuple[list[str], list
 
 def run_inputs(model, questions: list[str], windows: list[tuple[str, ...]], generate: bool = True,
                score: bool = True, batch_size: int = 16, score_batch_size: int = 16, max_new_tokens: int = 1024,
-               progress=None) -> dict:
+               progress=None, constrained: bool = True) -> dict:
     """The harness: generated texts + parsed labels and/or label probabilities + argmax labels.
 
     Records without windows (all of them, or none) are asked without DNA (`processor.without_dna`).
@@ -152,7 +152,7 @@ def run_inputs(model, questions: list[str], windows: list[tuple[str, ...]], gene
             if progress:
                 progress("generate", 0)
             run["texts"] = generate_answers(model, questions, windows, batch_size=batch_size,
-                                            max_new_tokens=max_new_tokens,
+                                            max_new_tokens=max_new_tokens, constrained=constrained,
                                             progress=progress and (lambda n: progress("generate", n)))
             run["generated"] = [parse_answer(t) for t in run["texts"]]
         if score:
@@ -198,16 +198,36 @@ def training_split(split: str) -> str:
     return f"hard-{train}" if view == "kegg_hard" else train
 
 
+def _scored(gold: list[str], kind: str, predicted: list[str], probs: np.ndarray) -> dict:
+    return {"kind": kind, **classification_metrics(gold, predicted), "top3_accuracy": top_k_accuracy(gold, probs, 3),
+            "ece": calibration_metrics(gold, probs)["ece"]}
+
+
 def baseline_metrics(train_records, records) -> dict:
     from dnallm.baselines import run_baselines
 
     gold = list(records["label"])
-    results = {}
-    for name, (predicted, probs) in run_baselines(list(train_records["question"]), list(train_records["label"]),
-                                                  list(records["question"])).items():
-        results[name] = {**classification_metrics(gold, predicted), "top3_accuracy": top_k_accuracy(gold, probs, 3),
-                         "ece": calibration_metrics(gold, probs)["ece"]}
-    return results
+    return {name: _scored(gold, kind, predicted, probs)
+            for name, (kind, predicted, probs) in run_baselines(train_records, records).items()}
+
+
+def selection_split(split: str) -> str:
+    """The split a probe is selected on for an evaluation split: the matching val (grouped-val for grouped-*)."""
+    name, _ = split_spec(split)
+    return "grouped-val" if name.startswith("grouped-") else "val"
+
+
+def probe_metrics(model, train_records, records, split: str, cache_dir: str | Path | None = None) -> dict:
+    """The encoder-alone row: the frozen encoder's pooled states -> logistic regression (`dnallm.probe`)."""
+    from dnallm.data import load_kegg
+    from dnallm.probe import run_probe
+
+    result = run_probe(model.encoder, train_records, load_kegg(selection_split(split)), records, batch_size=16,
+                       cache_dir=cache_dir)
+    return {**_scored(list(records["label"]), "DNA only (frozen encoder)", result["predicted"],
+                      result["probabilities"]),
+            "probe": {k: result[k] for k in ("feature_set", "C", "val_accuracy", "pooling", "layer", "seconds")},
+            "selected_on": selection_split(split)}
 
 
 # ---- the evaluation ----
@@ -241,11 +261,18 @@ def write_predictions(path: Path, records, predicted: list[str | None], main: di
 def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: int = 16,
                    max_new_tokens: int = 1024, progress=None, *, generate: bool = True, score: bool = True,
                    controls: tuple[str, ...] = (), train_records=None, threshold: float = ABSTAIN_THRESHOLD,
-                   score_batch_size: int = 16, k: int = 3, report: bool = True) -> dict:
+                   score_batch_size: int = 16, k: int = 3, report: bool = True, probe: bool = True,
+                   controls_generate: bool = True, probe_cache_dir: str | Path | None = None,
+                   constrained: bool = True) -> dict:
     """Evaluate one split and write metrics.json, predictions.jsonl and (report=True) report.md + PNGs.
 
     The top-level accuracy/macro-F1/CI are those of generation when `generate`, else of scoring (`mode`).
     `train_records` feed the baselines; None loads the training split that matches `split` (`training_split`).
+    probe=True adds the "encoder alone" row: the model's frozen encoder probed on the same training split
+    (`dnallm.probe`, selected on the matching val split; pooled states kept in `probe_cache_dir` if given).
+    controls_generate=False runs the controls in score mode only (generation is the costly part).
+    constrained=True decodes the answer line over the 37 labels (`generate_answers`); False keeps free decoding
+    with the strict parse. The metrics (and report) record which (`decoding`, `constrained`).
     `progress(stage, done)` is called as the stages advance.
     """
     from dnallm.data import load_kegg
@@ -258,12 +285,16 @@ def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: 
     gold = list(records["label"])
     mode = "generate" if generate else "score"
     options = dict(generate=generate, score=score, batch_size=batch_size, score_batch_size=score_batch_size,
-                   max_new_tokens=max_new_tokens)
+                   max_new_tokens=max_new_tokens, constrained=constrained)
 
     main = run_inputs(model, *control_inputs(records), progress=progress, **options)
     predicted = main["generated"] if generate else main["scored"]
     modes = mode_metrics(gold, main)
-    metrics = {"split": split, "mode": mode, **modes[mode], "decoding": "greedy", "modes": modes,
+    decoding = ("label scoring (the most likely of the 37 labels, no reasoning)" if not generate else
+                "greedy reasoning; answer constrained to the 37 labels (the most likely label after `Answer:`)"
+                if constrained else "greedy, free answer line (strict parse: an answer that does not parse counts as wrong)")
+    metrics = {"split": split, "mode": mode, **modes[mode], "decoding": decoding, "constrained": constrained,
+               "modes": modes,
                "per_label": per_label_table(gold, predicted)}
     if score:
         probs = main["probabilities"]
@@ -283,7 +314,7 @@ def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: 
         t = time.time()
         control_runs[control] = run_inputs(model, questions, windows,
                                            progress=progress and (lambda s, n, c=control: progress(f"{c}/{s}", n)),
-                                           **options)
+                                           **{**options, "generate": generate and controls_generate})
         metrics["controls"][control] = {**mode_metrics(gold, control_runs[control]), "inputs_unchanged": unchanged,
                                         "seconds": round(time.time() - t, 1)}
 
@@ -293,6 +324,8 @@ def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: 
         name, view = split_spec(trained_on)
         train_records = load_kegg(name, view=view)
     metrics["baselines"] = baseline_metrics(train_records, records)
+    if probe:
+        metrics["baselines"]["encoder alone"] = probe_metrics(model, train_records, records, split, probe_cache_dir)
     metrics["baselines_trained_on"] = f"{trained_on} (n={len(train_records)})"
     seen = set(train_records["variant_sequence"])
     metrics["rows_with_variant_in_train"] = sum(v in seen for v in records["variant_sequence"])

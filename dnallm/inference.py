@@ -69,19 +69,33 @@ def load_model(path: str, device: str | None = None, dtype: str | None = None) -
     return model
 
 
-FORCED_ANSWER = "\n</think>\n\nAnswer:"
+FORCED_ANSWER = "\n</think>\n\nAnswer:"    # appended when the thinking budget runs out
+AFTER_REASONING = "\n\nAnswer:"            # appended after a reasoning the model closed itself (constrained mode)
 TAIL_BATCH = 32
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs], device=device)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+    return ids, mask
 
 
 @torch.no_grad()
 def generate_answers(model: DNALLMForCausalLM, questions: list[str], windows: list[tuple[str, str]],
                      batch_size: int = 16, max_new_tokens: int = 1024, max_answer_tokens: int = 24,
-                     progress=None, static_cache: bool | None = None) -> list[str]:
+                     progress=None, static_cache: bool | None = None, constrained: bool = True) -> list[str]:
     """Greedy, deterministic answers (reasoning + answer line) for many questions, batched.
 
+    constrained=True (default): the reasoning is decoded until the model closes it (`</think>`) or the budget
+    ends; then `Answer:` follows and the answer is the label, of the 37, with the highest likelihood
+    as a continuation (`dnallm.scoring.continuation_label_logprobs`: exact search over the label-token trie, one
+    packed pass). Every answer is then one of the 37 labels. constrained=False: free greedy decoding of the
+    answer line, read by the strict parser (an answer can be invalid).
+
     Thinking budget (Qwen3-style budget forcing): `max_new_tokens` bounds the reasoning. An answer that
-    has not ended by then gets `</think>` and `Answer:` appended, and the model writes the label in at most
-    `max_answer_tokens` more greedy tokens. The returned text then contains the forced suffix, so a
+    has not ended by then gets `</think>` and `Answer:` appended, and the model writes the label (constrained,
+    or in at most `max_answer_tokens` free greedy tokens). The returned text contains the appended suffix, so a
     reader (and `parse_answer`) sees exactly what the model was given and wrote.
 
     Batches are formed longest-question-first (`length_order`), so they pad little; answers come back in
@@ -91,9 +105,14 @@ def generate_answers(model: DNALLMForCausalLM, questions: list[str], windows: li
     was measured to pay: CUDA, batches of 64 or more, jobs of three or more batches (docs/benchmarks.md:
     5,407 vs 4,366 variants/h on a 384-variant job at batch 128, H100).
     """
+    from dnallm.scoring import LabelTree, continuation_label_logprobs
+
     proc = model.processor
     tok = proc.tokenizer
     forced_ids = tok(FORCED_ANSWER, add_special_tokens=False)["input_ids"]
+    after_ids = tok(AFTER_REASONING, add_special_tokens=False)["input_ids"]
+    think_end = tok.convert_tokens_to_ids("</think>")
+    tree = LabelTree(tok, model.device) if constrained else None
     if static_cache is None:
         static_cache = model.device.type == "cuda" and batch_size >= 64 and len(questions) > 2 * batch_size
     texts: list[str | None] = [None] * len(questions)
@@ -105,23 +124,36 @@ def generate_answers(model: DNALLMForCausalLM, questions: list[str], windows: li
         batch = {k: v.to(model.device) for k, v in batch.items()}
         input_ids, attention_mask = batch.pop("input_ids"), batch.pop("attention_mask")
         new_tokens = model.generate(input_ids, attention_mask, max_new_tokens=max_new_tokens,
-                                    static_cache=static_cache, **batch).tolist()
-        rows = [row[: row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row for row in new_tokens]
-        unfinished = [j for j, row in enumerate(rows) if tok.eos_token_id not in row]
-        # Continue only the unfinished rows: prompt + reasoning so far + forced answer prefix. In chunks of at
-        # most TAIL_BATCH rows: these prompts are the longest of the job and a full batch of them would need
-        # another prefill as large as the whole reasoning pass.
-        for c in range(0, len(unfinished) if max_answer_tokens > 0 else 0, TAIL_BATCH):
+                                    static_cache=static_cache, stop_token_ids=[think_end] if constrained else [],
+                                    **batch).tolist()
+        stops = {tok.eos_token_id, think_end} if constrained else {tok.eos_token_id}
+        rows = [[t for t in row if t != tok.pad_token_id] for row in new_tokens]
+        rows = [row[: next((k for k, t in enumerate(row) if t in stops), len(row) - 1) + 1] for row in rows]
+        if constrained:
+            # Every row continues: a reasoning the model closed gets `Answer:`; one cut by the budget (or ended
+            # without closing its think block) gets the forced `</think>` + `Answer:`.
+            suffixes = [after_ids if row and row[-1] == think_end else forced_ids for row in rows]
+            rows = [row[:-1] if row and row[-1] == tok.eos_token_id else row for row in rows]
+            unfinished = list(range(len(rows)))
+        else:
+            suffixes = [forced_ids] * len(rows)
+            unfinished = [j for j, row in enumerate(rows) if tok.eos_token_id not in row]
+        # Continue the unfinished rows: prompt + reasoning so far + answer prefix. In chunks of at most TAIL_BATCH
+        # rows: these prompts are the longest of the job and a full batch of them would need another prefill as
+        # large as the whole reasoning pass.
+        for c in range(0, len(unfinished) if (constrained or max_answer_tokens > 0) else 0, TAIL_BATCH):
             chunk = unfinished[c:c + TAIL_BATCH]
             prompts = [input_ids[j][attention_mask[j].bool()].tolist() for j in chunk]
-            seqs = [p + [t for t in rows[j] if t != tok.pad_token_id] + forced_ids for p, j in zip(prompts, chunk)]
-            width = max(len(s) for s in seqs)
-            ids = torch.tensor([[tok.pad_token_id] * (width - len(s)) + s for s in seqs], device=model.device)
-            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=model.device)
+            ids, mask = _left_pad([p + rows[j] + suffixes[j] for p, j in zip(prompts, chunk)], tok.pad_token_id,
+                                  model.device)
             dna = {k: v.view(len(rows), 2, *v.shape[1:])[chunk].flatten(0, 1) for k, v in batch.items()}
-            tails = model.generate(ids, mask, max_new_tokens=max_answer_tokens, **dna).tolist()
+            if constrained:
+                best = continuation_label_logprobs(model, ids, mask, tree, **dna).argmax(-1).tolist()
+                tails = [tok(f" {KEGG_LABELS[b]}", add_special_tokens=False)["input_ids"] for b in best]
+            else:
+                tails = model.generate(ids, mask, max_new_tokens=max_answer_tokens, **dna).tolist()
             for j, tail in zip(chunk, tails):
-                rows[j] = rows[j] + forced_ids + tail
+                rows[j] = rows[j] + suffixes[j] + tail
         for j, text in zip(idx, tok.batch_decode(rows, skip_special_tokens=True)):
             texts[j] = text
         if progress:
@@ -200,18 +232,23 @@ def explain_variant(question: str | None = None, reference_sequence: str | None 
     return result
 
 
-class ForcedAnswer(str):
+class AppendedText(str):
+    """A chunk of `stream_answer` that dnallm appended, not the model (the `Answer:` prefix)."""
+
+
+class ForcedAnswer(AppendedText):
     """The chunk of `stream_answer` that the thinking budget appended (`</think>` + `Answer:`), not the model."""
 
 
 def stream_answer(model: DNALLMForCausalLM, question: str, windows: tuple[str, str], max_new_tokens: int = 1024,
-                  max_answer_tokens: int = 24):
+                  max_answer_tokens: int = 24, constrained: bool = True):
     """Yield the answer to one question as text chunks while the model writes it (greedy).
 
-    The same prompt, processor call, greedy decoding and thinking budget as `generate_answers`, so
-    `"".join(stream_answer(model, q, w, n))` equals `generate_answers(model, [q], [w], max_new_tokens=n)[0]`
-    (reasoning, answer line and, when the budget ran out, the forced `</think> Answer:` suffix, yielded as one
-    `ForcedAnswer` chunk so that a caller can tell it from text the model wrote).
+    The same prompt, processor call, greedy decoding, thinking budget and (constrained) answer as
+    `generate_answers`, so `"".join(stream_answer(model, q, w, n))` equals
+    `generate_answers(model, [q], [w], max_new_tokens=n)[0]`. Text dnallm appended rather than the model wrote
+    comes as its own chunk: `ForcedAnswer` when the budget ran out (`</think>` + `Answer:`), `AppendedText` for
+    the `Answer:` after a reasoning the model closed itself (constrained mode); the label follows as one chunk.
     `windows` are the two prepared windows (`prepare_windows`, or `dnallm.genome` for coordinates). Text
     arrives through transformers' TextIteratorStreamer from a generation thread; closing the generator early
     stops the generation.
@@ -220,8 +257,11 @@ def stream_answer(model: DNALLMForCausalLM, question: str, windows: tuple[str, s
 
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+    from dnallm.scoring import continuation_label_logprobs
+
     proc = model.processor
     tok = proc.tokenizer
+    think_end = tok.convert_tokens_to_ids("</think>")
     batch = proc([proc.prompt(question)], [list(windows)], padding_side="left")
     batch = {k: v.to(model.device) for k, v in batch.items()}
     input_ids, attention_mask = batch.pop("input_ids"), batch.pop("attention_mask")
@@ -231,7 +271,7 @@ def stream_answer(model: DNALLMForCausalLM, question: str, windows: tuple[str, s
         def __call__(self, ids, scores, **kwargs):
             return torch.full((ids.shape[0],), stop.is_set(), dtype=torch.bool, device=ids.device)
 
-    def run(ids: torch.Tensor, mask: torch.Tensor, limit: int):
+    def run(ids: torch.Tensor, mask: torch.Tensor, limit: int, stop_ids: list[int]):
         """Stream one greedy generation (as DNALLMForCausalLM.generate runs it); return its token ids."""
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         result: dict = {}
@@ -241,7 +281,7 @@ def stream_answer(model: DNALLMForCausalLM, question: str, windows: tuple[str, s
                 with torch.no_grad():
                     result["ids"] = model.text_model.generate(
                         inputs_embeds=model.embed_inputs(ids, **batch), attention_mask=mask,
-                        max_new_tokens=limit, do_sample=False, eos_token_id=tok.eos_token_id,
+                        max_new_tokens=limit, do_sample=False, eos_token_id=[tok.eos_token_id, *stop_ids],
                         pad_token_id=tok.pad_token_id, streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([_StopWhenClosed()]))[0].tolist()
             except BaseException as e:  # re-raised in the consumer; end the stream so that it does not block
@@ -264,12 +304,23 @@ def stream_answer(model: DNALLMForCausalLM, question: str, windows: tuple[str, s
             raise result["error"]
         return result["ids"]
 
-    row = yield from run(input_ids, attention_mask, max_new_tokens)
-    if tok.eos_token_id in row or max_answer_tokens <= 0:
+    row = yield from run(input_ids, attention_mask, max_new_tokens, [think_end] if constrained else [])
+    row = [t for t in row if t != tok.pad_token_id]
+    closed = bool(row) and row[-1] == think_end
+    if constrained:
+        if row and row[-1] == tok.eos_token_id:
+            row = row[:-1]
+    elif tok.eos_token_id in row or max_answer_tokens <= 0:
         return
-    # Thinking budget spent: append the forced answer prefix and let the model write the label.
-    forced_ids = tok(FORCED_ANSWER, add_special_tokens=False)["input_ids"]
-    yield ForcedAnswer(tok.decode(forced_ids, skip_special_tokens=True))
-    seq = input_ids[0].tolist() + [t for t in row if t != tok.pad_token_id] + forced_ids
-    ids = torch.tensor([seq], device=model.device)
-    yield from run(ids, torch.ones_like(ids), max_answer_tokens)
+    if closed:
+        suffix = tok(AFTER_REASONING, add_special_tokens=False)["input_ids"]
+        yield AppendedText(tok.decode(suffix, skip_special_tokens=True))
+    else:  # thinking budget spent (or the think block never closed): the forced answer prefix
+        suffix = tok(FORCED_ANSWER, add_special_tokens=False)["input_ids"]
+        yield ForcedAnswer(tok.decode(suffix, skip_special_tokens=True))
+    ids = torch.tensor([input_ids[0].tolist() + row + suffix], device=model.device)
+    if constrained:
+        best = int(continuation_label_logprobs(model, ids, torch.ones_like(ids), **batch).argmax(-1))
+        yield tok.decode(tok(f" {KEGG_LABELS[best]}", add_special_tokens=False)["input_ids"], skip_special_tokens=True)
+    else:
+        yield from run(ids, torch.ones_like(ids), max_answer_tokens, [])

@@ -172,13 +172,15 @@ class DNALLMForCausalLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, max_new_tokens: int = 768, do_sample: bool = False,
-                 temperature: float = 1.0, static_cache: bool = False, **dna) -> torch.Tensor:
+                 temperature: float = 1.0, static_cache: bool = False, stop_token_ids: list[int] = (),
+                 **dna) -> torch.Tensor:
         """Greedy (default) or sampled decoding; returns only the new tokens. Batches must be left-padded.
 
         static_cache=True preallocates the KV cache for prompt + max_new_tokens; on CUDA, transformers then
         compiles the decoding step (torch.compile, CUDA graphs), which removes the per-token Python and
         cache-growing overhead that dominates batched decoding. Each new (batch, length) shape compiles once,
-        so callers should keep shapes few (see `generate_answers`).
+        so callers should keep shapes few (see `generate_answers`). Decoding stops at the end-of-turn token and at
+        any of `stop_token_ids` (e.g. `</think>`, where a constrained answer takes over).
         """
         inputs_embeds = self.embed_inputs(input_ids, **dna)
         tok = self.processor.tokenizer
@@ -187,7 +189,8 @@ class DNALLMForCausalLM(nn.Module):
         if static_cache:
             sampling["cache_implementation"] = "static"
         return self.text_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                        max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
+                                        max_new_tokens=max_new_tokens,
+                                        eos_token_id=[tok.eos_token_id, *stop_token_ids],
                                         pad_token_id=tok.pad_token_id, **sampling)
 
     @property

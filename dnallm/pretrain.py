@@ -20,8 +20,11 @@ from dnallm.encoders.genos import build_base_tokenizer, genos_config
 
 
 def _lm_steps(model, batches, lr: float, log_every: int, what: str, bf16: bool = False,
-              device: str = "cpu") -> list[float]:
-    """Plain AdamW next-token training with warmup + cosine decay; returns the loss curve."""
+              device: str = "cpu", stop_after: int | None = None) -> list[float]:
+    """Plain AdamW next-token training with warmup + cosine decay; returns the loss curve.
+
+    stop_after ends the run early with the schedule of the full run (the tests replay the first steps).
+    """
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     total = len(batches)
@@ -29,7 +32,7 @@ def _lm_steps(model, batches, lr: float, log_every: int, what: str, bf16: bool =
         opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)) * 0.5 * (1 + math.cos(math.pi * s / total)))
     model.train()
     losses, start = [], time.time()
-    for step, batch in enumerate(batches):
+    for step, batch in enumerate(batches[:stop_after]):
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             loss = model(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)).loss
@@ -44,7 +47,8 @@ def _lm_steps(model, batches, lr: float, log_every: int, what: str, bf16: bool =
 
 
 def pretrain_dna_encoder(windows: list[str], out_dir: str | Path, steps: int = 120, batch_size: int = 16,
-                         lr: float = 2e-3, seed: int = 0, device: str = "cpu", **layout) -> list[float]:
+                         lr: float = 2e-3, seed: int = 0, device: str = "cpu", stop_after: int | None = None,
+                         **layout) -> list[float]:
     """Train a tiny Genos-layout DNA LM on `windows` by next-base prediction and save it to `out_dir`."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -57,7 +61,7 @@ def pretrain_dna_encoder(windows: list[str], out_dir: str | Path, steps: int = 1
     for _ in range(steps):
         chunk = rng.sample(windows, min(batch_size, len(windows)))
         batches.append(dict(tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)))
-    losses = _lm_steps(model, batches, lr, max(1, steps // 6), "dna pretrain", device=device)
+    losses = _lm_steps(model, batches, lr, max(1, steps // 6), "dna pretrain", device=device, stop_after=stop_after)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return losses
@@ -65,7 +69,7 @@ def pretrain_dna_encoder(windows: list[str], out_dir: str | Path, steps: int = 1
 
 def pretrain_text_model(tokenizer, texts: list[str], out_dir: str | Path, epochs: float = 1.0,
                         batch_size: int = 8, lr: float = 3e-3, max_length: int = 1024, seed: int = 0,
-                        device: str = "cpu", **layout) -> list[float]:
+                        device: str = "cpu", stop_after: int | None = None, **layout) -> list[float]:
     """Train a tiny Qwen3-layout LM on `texts` by next-token prediction; save model and tokenizer."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -82,7 +86,8 @@ def pretrain_text_model(tokenizer, texts: list[str], out_dir: str | Path, epochs
         chunk = [texts[j] + tokenizer.eos_token for j in order[i:i + batch_size]]
         batches.append(dict(tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
                                       max_length=max_length, add_special_tokens=False)))
-    losses = _lm_steps(model, batches, lr, max(1, len(batches) // 8), "text pretrain", device=device)
+    losses = _lm_steps(model, batches, lr, max(1, len(batches) // 8), "text pretrain", device=device,
+                       stop_after=stop_after)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return losses

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from importlib import resources
 from pathlib import Path
@@ -24,15 +25,20 @@ from dnallm.processing import DNALLMProcessor, format_answer
 from dnallm.training import SFTConfig, train_sft
 
 
+# The two tiny stand-ins, pretrained with `build_tiny_models` on the official train split (see its README.md).
+SHIPPED_STAND_INS = Path(__file__).parent / "assets" / "tiny"
+
+
 def load_preset(name: str = "tiny") -> dict:
     return yaml.safe_load(resources.files("dnallm.presets").joinpath(f"{name}.yaml").read_text())
 
 
-def build_tiny_models(out: Path, train, preset: dict, device: str = "cpu") -> dict:
+def build_tiny_models(out: Path, train, preset: dict, device: str = "cpu", stop_after: int | None = None) -> dict:
     """Steps 1-2: the two small pretrained models the tiny preset stands on.
 
     Writes OUT/encoder, OUT/text-model and OUT/pretrain_log.json (the settings and both loss curves, which the
-    tests use to check that this function still reproduces the shipped stand-ins' first steps).
+    tests use to check that this function still reproduces the shipped stand-ins' first steps; `stop_after`
+    ends each pretraining after that many steps, with the full run's schedule).
     """
     from dnallm.data import HARD_QUESTION
     from dnallm.encoders import build_encoder
@@ -43,7 +49,7 @@ def build_tiny_models(out: Path, train, preset: dict, device: str = "cpu") -> di
     p = preset["dna_pretrain"]
     dna_losses = pretrain_dna_encoder(list(train["ref_window"]) + list(train["variant_window"]), out / "encoder",
                                       steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"], device=device,
-                                      **p["layout"])
+                                      stop_after=stop_after, **p["layout"])
     # The processor adds the DNA span tokens; the pruned vocabulary keeps them and every piece of the
     # rendered training conversations (chat markup, questions, reasoning, answer lines).
     encoder = build_encoder("genos", str(out / "encoder"))
@@ -56,7 +62,8 @@ def build_tiny_models(out: Path, train, preset: dict, device: str = "cpu") -> di
     # no DNA: the LM learns the language and the answer format before it ever sees a DNA token.
     text_losses = pretrain_text_model(
         tokenizer, [f"{r['question']}\n\n{format_answer(r['reasoning'], r['label'])}" for r in train],
-        out / "text-model", epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], device=device, **p["layout"])
+        out / "text-model", epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], device=device,
+        stop_after=stop_after, **p["layout"])
     log = {"dna_pretrain": preset["dna_pretrain"], "text_pretrain": preset["text_pretrain"], "train_rows": len(train),
            "device": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu",
            "torch": torch.__version__, "dna_losses": dna_losses, "text_losses": text_losses}
@@ -64,14 +71,38 @@ def build_tiny_models(out: Path, train, preset: dict, device: str = "cpu") -> di
     return log
 
 
-def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "tiny", skip_pretrain: bool = False,
-                   limit: int | None = None, splits: str = "official") -> dict:
+def summary_table(evaluations: dict[str, dict]) -> list[dict]:
+    """Rows (system, mode, accuracy per split) that put the model next to its controls and baselines."""
+    splits = list(evaluations)
+    rows: dict[tuple[str, str], dict] = {}
+
+    def add(system: str, mode: str, split: str, m: dict) -> None:
+        rows.setdefault((system, mode), {"system": system, "mode": mode})[split] = m["accuracy"]
+
+    for split, metrics in evaluations.items():
+        for mode, m in metrics["modes"].items():
+            if mode != "mode_agreement":
+                add("model", mode + (" (constrained answer)" if mode == "generate" and metrics.get("constrained")
+                                     else ""), split, m)
+        for control, result in metrics.get("controls", {}).items():
+            for mode in ("generate", "score"):
+                if mode in result:
+                    add(f"control: {control}", mode, split, result[mode])
+        for name, m in metrics.get("baselines", {}).items():
+            add(f"baseline: {name}", m.get("kind", ""), split, m)
+    return [{**{s: None for s in splits}, **row} for row in rows.values()]
+
+
+def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "tiny", pretrain: bool = False,
+                   reuse: bool = False, limit: int | None = None, splits: str = "official") -> dict:
     """Run the embedded default end to end; `limit` keeps only the first rows of each split (smoke runs).
 
+    Stand-ins: the shipped pretrained ones (dnallm/assets/tiny, copied to DIR) unless `pretrain` (build them anew
+    from the preset, ~40 min on 2 CPU cores) or `reuse` (keep DIR/encoder and DIR/text-model from an earlier run).
     splits="official": the published train/val/test; splits="grouped": the leak-free grouped split (pretraining,
-    SFT and selection on grouped-train/val only, evaluation on grouped-test).
+    always anew, SFT and selection on grouped-train/val only, evaluation on grouped-test).
     """
-    from dnallm.evaluation import evaluate_split
+    from dnallm.evaluation import evaluate_split, split_spec
     from dnallm.inference import explain_variant
 
     out = Path(out)
@@ -84,8 +115,12 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
     if splits not in ("official", "grouped"):
         raise ValueError(f"unknown splits {splits!r}; expected 'official' or 'grouped'")
     prefix = "grouped-" if splits == "grouped" else ""
-    if not (skip_pretrain and (out / "encoder").exists() and (out / "text-model").exists()):
+    if pretrain or splits == "grouped":
+        # The shipped stand-ins were pretrained on the official train split, which holds grouped-test variants.
         build_tiny_models(out, take(load_kegg(prefix + "train")), preset)
+    elif not (reuse and (out / "encoder").exists() and (out / "text-model").exists()):
+        for part in ("encoder", "text-model"):  # copies, so that DIR holds everything its checkpoint needs
+            shutil.copytree(SHIPPED_STAND_INS / part, out / part, dirs_exist_ok=True)
     views = training_views(preset)
     train, val = (load_views(prefix + s, views, limit=limit) for s in ("train", "val"))
     timings["pretrain_s"] = round(time.time() - t, 1)
@@ -102,9 +137,16 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
 
     t = time.time()
     best = DNALLMForCausalLM.from_pretrained(out / "model").eval()  # the val-selected checkpoint, as users load it
+    evaluations = {}
+    for split in (prefix + "test", "hard-" + prefix + "test"):
+        name, view = split_spec(split)
+        # Controls in score mode only: on 2 CPU cores each generation pass costs a minute or more.
+        evaluations[split] = evaluate_split(
+            best, take(load_kegg(name, view=view)), split, out / "eval" / split, batch_size=preset["eval"]["batch_size"],
+            max_new_tokens=preset["eval"]["max_new_tokens"], controls=("text-only", "shuffled-dna"),
+            controls_generate=False, probe_cache_dir=out / "probe-cache")
+    metrics = evaluations[prefix + "test"]
     test = take(load_kegg(prefix + "test"))
-    metrics = evaluate_split(best, test, prefix + "test", out / "eval" / (prefix + "test"), batch_size=preset["eval"]["batch_size"],
-                             max_new_tokens=preset["eval"]["max_new_tokens"])
     timings["eval_s"] = round(time.time() - t, 1)
 
     example = test[0]
@@ -112,7 +154,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
     explanation = explain_variant(example["question"], example["reference_sequence"], example["variant_sequence"],
                                   model=best)
     timings["explain_s"] = round(time.time() - t, 1)
-    result = {"metrics": metrics, "best_val_loss": summary["best_val_loss"], "timings": timings,
+    result = {"metrics": metrics, "summary": summary_table(evaluations), "best_val_loss": summary["best_val_loss"], "timings": timings,
               "example": {"row": example["row"], "gold": example["label"], **explanation.to_dict()}}
     (out / "quickstart.json").write_text(json.dumps(result, indent=2))
     return result

@@ -63,7 +63,7 @@ def comparison_table(metrics: dict) -> list[str]:
             if mode in result:
                 lines.append(_row(f"control: {control}", mode, result[mode]))
     for name, result in metrics.get("baselines", {}).items():
-        lines.append(_row(f"baseline: {name}", "text classifier" if name != "majority" else "constant", result))
+        lines.append(_row(f"baseline: {name}", result.get("kind", ""), result))
     return lines
 
 
@@ -73,8 +73,8 @@ def write_report(metrics: dict, out_dir: str | Path, gold: list[str], predicted:
     mode = metrics["mode"]
     confusion_matrix_png(gold, predicted, out_dir / CONFUSION_PNG, f"{metrics['split']} ({mode} mode)")
     lines = [f"# Evaluation on `{metrics['split']}`", "",
-             f"n = {metrics['n']}; headline mode: **{mode}** (decoding: {metrics['decoding']}, strict final "
-             f"`Answer:` line; an answer that does not parse counts as wrong); baselines trained on "
+             f"n = {metrics['n']}; headline mode: **{mode}** (decoding: {metrics['decoding']}; only the final "
+             f"`Answer:` line counts); baselines trained on "
              f"{metrics['baselines_trained_on']}; {metrics['seconds']} s.", "",
              f"**Accuracy {_pct(metrics['accuracy'])}** (95 % Wilson interval [{_pct(metrics['accuracy_ci_low'])}, "
              f"{_pct(metrics['accuracy_ci_high'])}]), macro-F1 over the 37 labels {metrics['macro_f1']:.3f}.", ""]

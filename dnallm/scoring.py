@@ -40,13 +40,42 @@ def _cache_argument(lm) -> str:
 
 
 @torch.no_grad()
-def label_logprobs(model, questions: list[str], windows: list[tuple[str, str]], batch_size: int = 8) -> torch.Tensor:
-    """Total log-likelihood of each label string: [n_questions, 37]."""
-    proc = model.processor
-    tree = LabelTree(proc.tokenizer, model.device)
+def continuation_label_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, tree: LabelTree | None = None,
+                                **dna) -> torch.Tensor:
+    """Log-likelihood of each label string after each row of a left-padded batch that ends in `Answer:`: [n, 37].
+
+    The prefix runs once; all 37 labels' remaining tokens run as one packed, tree-masked continuation of its
+    KV cache. Used by label scoring (prefix = prompt) and by constrained answers (prefix = prompt + reasoning).
+    """
+    tree = tree or LabelTree(model.processor.tokenizer, model.device)
     n_fed = tree.ids.shape[0]
     lm = model.text_model
-    cache_argument = _cache_argument(lm)
+    n = input_ids.shape[0]
+    # Positions follow the real tokens, so left padding does not shift them.
+    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    # logits_to_keep=1: only the last prefix position needs the 151k-wide output layer.
+    inputs_embeds = model.embed_inputs(input_ids, **dna)
+    prefix = lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                logits_to_keep=1)
+    first = torch.log_softmax(prefix.logits[:, -1].float(), -1)[:, tree.first]  # [n, 37]
+    # The packed continuation: prefix (minus its padding) + the tree over the label tokens, as an additive mask.
+    allowed = torch.cat([attention_mask.bool()[:, None, :].expand(n, n_fed, -1),
+                         tree.tree.expand(n, -1, -1)], -1)                       # [n, T, prefix + T]
+    mask = torch.zeros(allowed.shape, dtype=inputs_embeds.dtype, device=model.device)
+    mask = mask.masked_fill(~allowed, torch.finfo(inputs_embeds.dtype).min)[:, None]
+    cache = prefix["cache"] if "cache" in prefix else prefix["past_key_values"]
+    logits = lm(input_ids=tree.ids.expand(n, -1), attention_mask=mask,
+                position_ids=positions[:, -1:] + 1 + tree.offset, **{_cache_argument(lm): cache}).logits
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, tree.targets.expand(n, -1)[..., None]).squeeze(-1)
+    rest = torch.zeros(n, len(KEGG_LABELS), device=model.device).index_add_(1, tree.owner, logp)
+    return (first + rest).cpu()
+
+
+@torch.no_grad()
+def label_logprobs(model, questions: list[str], windows: list[tuple[str, str]], batch_size: int = 8) -> torch.Tensor:
+    """Total log-likelihood of each label string after the non-thinking prompt and `Answer:`: [n_questions, 37]."""
+    proc = model.processor
+    tree = LabelTree(proc.tokenizer, model.device)
     out = torch.empty(len(questions), len(KEGG_LABELS))
     order = proc.length_order(questions)
     for i in range(0, len(questions), batch_size):
@@ -54,26 +83,7 @@ def label_logprobs(model, questions: list[str], windows: list[tuple[str, str]], 
         prompts = [proc.prompt(questions[j], thinking=False) + ANSWER_PREFIX for j in idx]
         batch = proc(prompts, [list(windows[j]) for j in idx], padding_side="left")
         batch = {k: v.to(model.device) for k, v in batch.items()}
-        input_ids, attention_mask = batch.pop("input_ids"), batch.pop("attention_mask")
-        n = input_ids.shape[0]
-        # Positions follow the real tokens, so left padding does not shift them.
-        positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
-        # logits_to_keep=1: only the last prompt position needs the 151k-wide output layer.
-        inputs_embeds = model.embed_inputs(input_ids, **batch)
-        prefix = lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=1)
-        first = torch.log_softmax(prefix.logits[:, -1].float(), -1)[:, tree.first]  # [n, 37]
-        # The packed continuation: prompt (minus its padding) + the tree over the label tokens, as an additive mask.
-        allowed = torch.cat([attention_mask.bool()[:, None, :].expand(n, n_fed, -1),
-                             tree.tree.expand(n, -1, -1)], -1)                       # [n, T, prompt + T]
-        mask = torch.zeros(allowed.shape, dtype=inputs_embeds.dtype, device=model.device)
-        mask = mask.masked_fill(~allowed, torch.finfo(inputs_embeds.dtype).min)[:, None]
-        cache = prefix["cache"] if "cache" in prefix else prefix["past_key_values"]
-        logits = lm(input_ids=tree.ids.expand(n, -1), attention_mask=mask,
-                    position_ids=positions[:, -1:] + 1 + tree.offset, **{cache_argument: cache}).logits
-        logp = torch.log_softmax(logits.float(), -1).gather(-1, tree.targets.expand(n, -1)[..., None]).squeeze(-1)
-        rest = torch.zeros(n, len(KEGG_LABELS), device=model.device).index_add_(1, tree.owner, logp)
-        out[idx] = (first + rest).cpu()
+        out[idx] = continuation_label_logprobs(model, batch.pop("input_ids"), batch.pop("attention_mask"), tree, **batch)
     return out
 
 

@@ -15,6 +15,18 @@ def test_quickstart_writes_checkpoint_metrics_and_explanation(quickstart_dir):
     metrics = json.loads((out / "eval" / "test" / "metrics.json").read_text())
     assert metrics == result["metrics"]
     assert metrics["split"] == "test" and metrics["n"] == 24
+    # test and hard-test, each with the model's two modes, its controls and every baseline incl. the probe
+    hard = json.loads((out / "eval" / "hard-test" / "metrics.json").read_text())
+    assert hard["n"] == 24 and set(hard["controls"]) == {"text-only", "shuffled-dna"}
+    assert set(hard["baselines"]) == {"majority", "tfidf-logreg", "kmer-logreg", "encoder alone"}
+    assert metrics["invalid_answers"] == 0 and metrics["constrained"]  # constrained answers are always labels
+    systems = {(r["system"], r["mode"]) for r in result["summary"]}
+    assert {("model", "score"), ("model", "generate (constrained answer)"), ("control: shuffled-dna", "score"),
+            ("baseline: encoder alone", "DNA only (frozen encoder)")} <= systems
+    for row in result["summary"]:
+        assert row["test"] is not None and row["hard-test"] is not None
+    by_name = {(r["system"], r["mode"]): r for r in result["summary"]}
+    assert by_name[("model", "score")]["test"] == metrics["modes"]["score"]["accuracy"]
     assert 0.0 <= metrics["accuracy_ci_low"] <= metrics["accuracy"] <= metrics["accuracy_ci_high"] <= 1.0
     predictions = [json.loads(line) for line in open(out / "eval" / "test" / "predictions.jsonl")]
     assert len(predictions) == 24 and sum(p["correct"] for p in predictions) == metrics["correct"]
@@ -49,8 +61,11 @@ def test_thinking_budget_forces_the_answer_line(quickstart_dir):
     model = load_model(str((out / "model").resolve()))
     rows = load_kegg("test").select(range(3))
     windows = list(zip(rows["ref_window"], rows["variant_window"]))
-    budgeted = generate_answers(model, list(rows["question"]), windows, max_new_tokens=4, max_answer_tokens=6)
-    free = generate_answers(model, list(rows["question"]), windows, max_new_tokens=4, max_answer_tokens=0)
+    # free decoding of the answer line (the constrained default is tested in test_scoring.py)
+    budgeted = generate_answers(model, list(rows["question"]), windows, max_new_tokens=4, max_answer_tokens=6,
+                                constrained=False)
+    free = generate_answers(model, list(rows["question"]), windows, max_new_tokens=4, max_answer_tokens=0,
+                            constrained=False)
     forced = [(b, f) for b, f in zip(budgeted, free) if b != f]
     assert forced  # a 4-token budget cuts the reasoning of (at least) one of the three
     for b, f in forced:

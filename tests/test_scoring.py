@@ -52,3 +52,42 @@ def test_probabilities_and_top_k(scored_model, kegg_train):
     best = top_k(probs, 3)[0]
     assert len(best) == 3 and best[0][1] >= best[1][1] >= best[2][1]
     assert best[0][0] == KEGG_LABELS[int(probs.argmax())]
+
+
+@torch.no_grad()
+def full_forward_label_logprob(model, prefix_ids, dna, label):
+    """log p(" label<|im_end|>" | prefix) by one plain forward: the reference for the constrained answer."""
+    tok = model.processor.tokenizer
+    label_ids = tok(f" {label}{tok.eos_token}", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prefix_ids + label_ids])
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **dna).logits[0]
+    n = len(label_ids)
+    logp = torch.log_softmax(logits[-n - 1:-1].float(), -1)
+    return float(logp[torch.arange(n), torch.tensor(label_ids)].sum())
+
+
+@pytest.mark.parametrize("budget", [3, 40])
+def test_constrained_answer_is_the_most_likely_label_after_the_reasoning(scored_model, kegg_train, budget):
+    from dnallm.inference import AFTER_REASONING, FORCED_ANSWER, generate_answers, parse_answer
+
+    model, proc = scored_model, scored_model.processor
+    tok = proc.tokenizer
+    rows = [kegg_train[i] for i in (0, 5)]
+    questions = [r["question"] for r in rows]
+    windows = [(r["ref_window"], r["variant_window"]) for r in rows]
+    texts = generate_answers(model, questions, windows, batch_size=2, max_new_tokens=budget)
+    free = generate_answers(model, questions, windows, batch_size=2, max_new_tokens=budget, constrained=False,
+                            max_answer_tokens=0)
+    for q, w, text, reasoning in zip(questions, windows, texts, free):
+        label = parse_answer(text)
+        assert label in KEGG_LABELS  # never an invalid answer
+        # the text is the model's greedy reasoning (as free decoding writes it), the appended prefix and the label
+        suffix = next(x for x in (FORCED_ANSWER, AFTER_REASONING) if text.endswith(f"{x} {label}"))
+        before = text[: -len(f"{suffix} {label}")]
+        assert reasoning.startswith(before) and (suffix == FORCED_ANSWER or before.endswith("</think>"))
+        # golden: the chosen label maximises the full-forward likelihood after prompt + reasoning + suffix
+        b = proc([proc.prompt(q)], [list(w)])
+        dna = {"dna_input_ids": b["dna_input_ids"], "dna_attention_mask": b["dna_attention_mask"]}
+        prefix = b["input_ids"][0].tolist() + tok(text[: text.rindex(" " + label)], add_special_tokens=False)["input_ids"]
+        scores = [full_forward_label_logprob(model, prefix, dna, lab) for lab in KEGG_LABELS]
+        assert KEGG_LABELS[max(range(len(scores)), key=scores.__getitem__)] == label

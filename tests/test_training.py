@@ -55,3 +55,27 @@ def test_stage1_projector_only_then_stage2_from_it(tiny_dir, tmp_path):
         lr_projector=0.0, lr_lora=0.0)
     stage2 = trained_weights(tmp_path / "stage2/last")
     assert torch.equal(stage2["net.1.weight"], stage1["net.1.weight"])
+
+
+def test_examples_per_view_follow_the_thinking_and_direct_settings(tiny_dir):
+    from dnallm.data import load_views
+    from dnallm.training import encode_examples
+    from test_model import build
+
+    model = build(tiny_dir)
+    records = load_views("val", {"kegg": 1.0, "kegg_hard": 1.0}, limit=3)
+    examples = encode_examples(model, records, 8192, direct_answers={"kegg": 2, "kegg_hard": 5},
+                               thinking_answers={"kegg": 1, "kegg_hard": 0})
+    assert len(examples) == 3 * (1 + 2) + 3 * 5
+    tok = model.processor.tokenizer
+    think = tok.convert_tokens_to_ids("<think>")
+    # reasoning examples carry the reasoning as their answer; direct ones only the label line
+    answers = [tok.decode(e["input_ids"][e["labels"] != -100]) for e in examples]
+    reasoning = [a for a in answers if "Step 1" in a]
+    assert len(reasoning) == 3
+    prompts = [tok.decode(e["input_ids"][e["labels"] == -100]) for e in examples]
+    assert sum("What disease does this contribute to?" in p for p in prompts) == 15  # hard: direct only
+    assert all(think in e["input_ids"].tolist() for e in examples)  # both modes render the Qwen3 think markup
+    # booleans keep the old meaning: one reasoning example, plus one direct example per record
+    assert len(encode_examples(model, records, 8192, direct_answers=True)) == 12
+    assert len(encode_examples(model, records, 8192)) == 6

@@ -1,0 +1,78 @@
+"""The encoder-alone probe and the shipped tiny stand-ins it measures."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dnallm.data import load_kegg
+from dnallm.encoders import build_encoder
+from dnallm.probe import pooled_window_states, run_probe, window_features
+from dnallm.quickstart import SHIPPED_STAND_INS, build_tiny_models, load_preset
+
+
+@pytest.fixture(scope="module")
+def shipped_encoder():
+    return build_encoder("genos", str(SHIPPED_STAND_INS / "encoder"), layer=load_preset("tiny")["model"]["encoder_layer"])
+
+
+@pytest.fixture(scope="module")
+def splits():
+    # a cut of the official splits keeps the encoding to a few hundred windows on CI's 2 cores
+    return load_kegg("train").select(range(0, 1159, 3)), load_kegg("val").select(range(0, 144, 2)), load_kegg("test")
+
+
+def test_pooled_states_are_the_mean_over_dna_positions_and_cached(shipped_encoder, tmp_path, monkeypatch):
+    windows = list(load_kegg("test").select(range(3))["ref_window"])
+    pooled = pooled_window_states(shipped_encoder, windows, cache_dir=tmp_path)
+    hidden, mask = shipped_encoder.encode(windows[:1])
+    assert np.allclose(pooled[windows[0]], hidden[0][mask[0]].mean(0).numpy(), atol=1e-5)
+    # a second call reads the cache file and never runs the encoder
+    monkeypatch.setattr(shipped_encoder, "encode", lambda *a, **k: pytest.fail("encoder ran despite the cache"))
+    again = pooled_window_states(shipped_encoder, windows, cache_dir=tmp_path)
+    assert all(np.array_equal(again[w], pooled[w]) for w in windows)
+
+
+def test_feature_sets():
+    ds = load_kegg("test").select(range(2))
+    pooled = {w: np.full(2, float(i)) for i, w in enumerate(list(ds["ref_window"]) + list(ds["variant_window"]))}
+    diff = window_features(pooled, ds, "diff")
+    assert diff.shape == (2, 2) and np.array_equal(diff, window_features(pooled, ds, "variant") -
+                                                   window_features(pooled, ds, "ref"))
+    assert window_features(pooled, ds, "ref+variant+diff").shape == (2, 6)
+    with pytest.raises(ValueError, match="unknown feature set"):
+        window_features(pooled, ds, "sum")
+
+
+def test_probe_finds_the_locus_signal_in_the_shipped_encoder(shipped_encoder, splits, tmp_path):
+    train, val, test = splits
+    result = run_probe(shipped_encoder, train, val, test, cache_dir=tmp_path, c_grid=(1.0, 10.0),
+                       feature_sets=("ref", "ref+variant+diff"))
+    accuracy = np.mean([p == g for p, g in zip(result["predicted"], test["label"])])
+    assert accuracy > 0.6  # a third of the training split; the full probe reaches 86-87 % (docs/benchmarks.md)
+    assert len(result["selection"]) == 4 and result["val_accuracy"] == max(s["val_accuracy"] for s in result["selection"])
+    assert result["probabilities"].shape == (146, 37) and np.allclose(result["probabilities"].sum(1), 1)
+    # control: the same encoder states with the training labels shuffled carry no usable signal
+    rng = np.random.default_rng(0)
+    shuffled = train.add_column("shuffled", list(rng.permutation(train["label"]))).remove_columns("label") \
+        .rename_column("shuffled", "label")
+    control = run_probe(shipped_encoder, shuffled, val, test, cache_dir=tmp_path, c_grid=(1.0,), feature_sets=("ref",))
+    assert np.mean([p == g for p, g in zip(control["predicted"], test["label"])]) < 0.3
+
+
+def test_shipped_stand_ins_match_the_preset_and_their_first_pretraining_steps_reproduce(tmp_path):
+    """The shipped weights come from build_tiny_models with the tiny preset (assets/tiny/README.md); replaying
+    its first steps here gives the recorded losses."""
+    preset = load_preset("tiny")
+    log = json.loads((SHIPPED_STAND_INS / "pretrain_log.json").read_text())
+    assert log["dna_pretrain"] == preset["dna_pretrain"] and log["text_pretrain"] == preset["text_pretrain"]
+    config = json.loads((SHIPPED_STAND_INS / "encoder" / "config.json").read_text())
+    assert {k: config[k] for k in preset["dna_pretrain"]["layout"]} == preset["dna_pretrain"]["layout"]
+    assert len(log["dna_losses"]) == preset["dna_pretrain"]["steps"]
+    replay = build_tiny_models(tmp_path, load_kegg("train"), preset, stop_after=3)
+    # recorded on a GPU (fp32): the CPU replay agrees to rounding
+    assert replay["dna_losses"] == pytest.approx(log["dna_losses"][:3], rel=2e-3)
+    assert replay["text_losses"] == pytest.approx(log["text_losses"][:3], rel=2e-3)
+    # the loss fell over the full run: these are trained models, not initialisations
+    assert np.mean(log["dna_losses"][-20:]) < log["dna_losses"][0] - 3.0
+    assert np.mean(log["text_losses"][-20:]) < log["text_losses"][0] - 5.0
