@@ -102,7 +102,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
     splits="official": the published train/val/test; splits="grouped": the leak-free grouped split (pretraining,
     always anew, SFT and selection on grouped-train/val only, evaluation on grouped-test).
     """
-    from dnallm.evaluation import evaluate_split, split_spec
+    from dnallm.evaluation import evaluate_split, split_spec, training_split
     from dnallm.inference import explain_variant
 
     out = Path(out)
@@ -141,10 +141,12 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
     for split in (prefix + "test", "hard-" + prefix + "test"):
         name, view = split_spec(split)
         # Controls in score mode only: on 2 CPU cores each generation pass costs a minute or more.
+        # Baselines and the probe train on the matching training split (cut like the rest in smoke runs).
+        train_records = take(load_kegg(*split_spec(training_split(split)))) if limit else None
         evaluations[split] = evaluate_split(
             best, take(load_kegg(name, view=view)), split, out / "eval" / split, batch_size=preset["eval"]["batch_size"],
             max_new_tokens=preset["eval"]["max_new_tokens"], controls=("text-only", "shuffled-dna"),
-            controls_generate=False, probe_cache_dir=out / "probe-cache")
+            controls_generate=False, probe_cache_dir=out / "probe-cache", train_records=train_records)
     metrics = evaluations[prefix + "test"]
     test = take(load_kegg(prefix + "test"))
     timings["eval_s"] = round(time.time() - t, 1)

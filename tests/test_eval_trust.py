@@ -202,7 +202,7 @@ def test_cli_eval_writes_metrics_predictions_report_and_pngs(quickstart_dir, tmp
     for control in CONTROLS:
         assert {"generate", "score"} <= set(metrics["controls"][control])
     assert metrics["controls"]["shuffled-dna"]["inputs_unchanged"] < 6
-    assert set(metrics["baselines"]) == {"majority", "tfidf-logreg"}
+    assert set(metrics["baselines"]) == {"majority", "tfidf-logreg", "kmer-logreg", "encoder alone"}
     assert metrics["baselines_trained_on"].startswith("grouped-train")
     assert metrics["rows_with_variant_in_train"] == 0                        # the grouped split does not leak
     assert len(metrics["per_label"]) == 37 and metrics["calibration"]["n_bins"] == 15

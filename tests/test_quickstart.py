@@ -76,7 +76,7 @@ def test_cli_eval_and_explain(quickstart_dir, tmp_path):
     out, _ = quickstart_dir
     runner = CliRunner()
     res = runner.invoke(app, ["eval", "--model", str(out / "model"), "--split", "hard-val", "--out", str(tmp_path),
-                              "--max-new-tokens", "8", "--batch-size", "48"])
+                              "--max-new-tokens", "8", "--batch-size", "48", "--no-probe"])
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["split"] == "hard-val" and metrics["n"] == 144
