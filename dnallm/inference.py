@@ -186,7 +186,7 @@ def explain_variant(question: str | None = None, reference_sequence: str | None 
                     model: str | Path | DNALLMForCausalLM = "runs/quickstart/model", mode: str = "generate",
                     max_new_tokens: int = 1024, k: int = 3, *, chrom: str | None = None, pos: int | None = None,
                     ref: str | None = None, alt: str | None = None, fasta: str | Path | None = None,
-                    gene: str | None = None) -> Explanation:
+                    gene: str | None = None, constrained: bool = True) -> Explanation:
     """Ask the model about one variant, given as sequences or as coordinates in a genome FASTA.
 
     Sequences: `reference_sequence` / `variant_sequence` are two 1024 bp windows or KEGG-layout sequences.
@@ -196,7 +196,8 @@ def explain_variant(question: str | None = None, reference_sequence: str | None 
     `question=None` builds a question from `gene` and `chrom` (dnallm.variants.build_question; the kegg_hard
     question when no gene is known).
 
-    mode="generate": greedy reasoning, then the label from the strict final `Answer:` line.
+    mode="generate": greedy reasoning, then the final `Answer:` line: constrained to the 37 labels by default,
+    else (constrained=False) decoded freely and parsed strictly (label None when it does not parse).
     mode="score": no reasoning; the label is the most likely of the 37 under label scoring (fast).
     Both return the 37 label probabilities and the top k.
     """
@@ -227,7 +228,8 @@ def explain_variant(question: str | None = None, reference_sequence: str | None 
     else:
         windows = prepare_windows(reference_sequence, variant_sequence, model.config.window_size)
         padded = warnings = None
-    result = explain_many(model, [question], [windows], mode=mode, max_new_tokens=max_new_tokens, k=k)[0]
+    result = explain_many(model, [question], [windows], mode=mode, max_new_tokens=max_new_tokens, k=k,
+                          constrained=constrained)[0]
     result.padded, result.warnings = padded, warnings
     return result
 

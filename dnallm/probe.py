@@ -69,15 +69,7 @@ def _fit(x: np.ndarray, y: list[int], c: float):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-
-    # 300 lbfgs iterations: weakly regularised fits (large C) stop short of full convergence; selection on val
-    # judges the result, and more iterations cost minutes on 2 cores without changing the chosen model.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=300)).fit(x, y)
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=300)).fit(x, y)
 
 
 def _probabilities(clf, x: np.ndarray) -> np.ndarray:
@@ -111,14 +103,24 @@ def run_probe(encoder, train_records, val_records, eval_records, feature_sets=FE
         x_train, x_val = features[fs]
         return {"feature_set": fs, "C": c, "val_accuracy": float((_fit(x_train, y_train, c).predict(x_val) == y_val).mean())}
 
+    import warnings
+
     from joblib import Parallel, delayed
+    from sklearn.exceptions import ConvergenceWarning
 
     # Threads: the fits spend their time in numpy/scipy, and the features need not be copied to workers.
-    selection = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(candidate)(fs, c) for fs in feature_sets
-                                                          for c in c_grid)
+    # 300 lbfgs iterations: weakly regularised fits (large C) stop short of full convergence; selection on val
+    # judges the result, and more iterations cost minutes on 2 cores without changing the chosen model. (The
+    # filter is set here, around all fits: warning filters are process-wide, not per thread.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        selection = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(candidate)(fs, c) for fs in feature_sets
+                                                              for c in c_grid)
     # Ties go to the first candidate: the simpler feature set, the stronger regularisation.
     best = max(selection, key=lambda s: s["val_accuracy"])
-    clf = _fit(features[best["feature_set"]][0], y_train, best["C"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = _fit(features[best["feature_set"]][0], y_train, best["C"])
     probs = _probabilities(clf, window_features(pooled, eval_records, best["feature_set"]))
     return {**best, "pooling": "mean over DNA positions", "layer": encoder.layer, "selection": selection,
             "predicted": [KEGG_LABELS[j] for j in probs.argmax(1)], "probabilities": probs,

@@ -272,7 +272,7 @@ def read_variants(path: str | Path, fmt: str) -> Iterator[VariantRecord]:
 # ---- asking the model -----------------------------------------------------------------------------------------
 
 def explain_many(model, questions: list[str], windows: list[tuple[str, str]], mode: str = "score",
-                 max_new_tokens: int = 1024, k: int = 3, batch_size: int = 8) -> list:
+                 max_new_tokens: int = 1024, k: int = 3, batch_size: int = 8, constrained: bool = True) -> list:
     """Explanations for many (question, windows) pairs: batched label scoring, plus batched generation in
     generate mode. `explain_variant` is this with one pair."""
     from dnallm.inference import Explanation, generate_answers, parse_answer, split_reasoning
@@ -285,7 +285,8 @@ def explain_many(model, questions: list[str], windows: list[tuple[str, str]], mo
         return []
     probs = label_probabilities(model, questions, windows, batch_size=batch_size)
     bests = top_k(probs, k)
-    raws = (generate_answers(model, questions, windows, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    raws = (generate_answers(model, questions, windows, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                             constrained=constrained)
             if mode == "generate" else [None] * len(questions))
     out = []
     for p, best, raw in zip(probs.tolist(), bests, raws):

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from dnallm.cli import app
 from dnallm.data import load_kegg
-from dnallm.inference import explain_variant
+from dnallm.inference import explain_variant, parse_answer
 
 
 def test_quickstart_writes_checkpoint_metrics_and_explanation(quickstart_dir):
@@ -46,6 +46,11 @@ def test_explain_variant_from_saved_checkpoint(quickstart_dir):
     again = explain_variant(row["question"], row["ref_window"], row["variant_window"], model=out / "model",
                             max_new_tokens=24)
     assert first.raw_text == again.raw_text  # KEGG-layout input and pre-cut windows are the same question
+    # the default answer line is constrained to the 37 labels; constrained=False decodes it freely
+    assert first.label in first.label_probabilities and first.raw_text.endswith(f"Answer: {first.label}")
+    free = explain_variant(row["question"], row["ref_window"], row["variant_window"], model=out / "model",
+                           max_new_tokens=24, constrained=False)
+    assert free.label == parse_answer(free.raw_text)
     assert first.to_dict().keys() == {"label", "reasoning", "raw_text", "label_probabilities", "top_k"}
     assert sum(first.label_probabilities.values()) == pytest.approx(1.0, abs=1e-4)
     scored = explain_variant(row["question"], row["ref_window"], row["variant_window"], model=out / "model",
