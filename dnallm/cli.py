@@ -129,8 +129,7 @@ def probe(encoder: Optional[str] = typer.Option(None, help="Encoder hub id or lo
 
     from dnallm.data import load_kegg
     from dnallm.encoders import build_encoder
-    from dnallm.evaluation import classification_metrics, selection_split, split_spec, training_split
-    from dnallm.probe import run_probe
+    from dnallm.evaluation import probe_metrics, split_spec, training_split
 
     if (encoder is None) == (model is None):
         raise typer.BadParameter("give --encoder (with --encoder-type, --layer) or --model, not both")
@@ -147,15 +146,12 @@ def probe(encoder: Optional[str] = typer.Option(None, help="Encoder hub id or lo
         encoder = _resolve(config.encoder_name_or_path, model.resolve())
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dna_encoder = build_encoder(encoder_type, encoder, layer=layer).to(device)
-    train = load_kegg(*split_spec(training_split(split)))
-    records = load_kegg(name, view=view)
-    result = run_probe(dna_encoder, train, load_kegg(selection_split(split)), records, batch_size=batch_size,
-                       cache_dir=cache_dir, progress=True)
     metrics = {"split": split, "encoder": encoder, "encoder_type": encoder_type,
-               **classification_metrics(list(records["label"]), result["predicted"]),
-               **{k: result[k] for k in ("feature_set", "C", "val_accuracy", "pooling", "layer", "selection", "seconds")}}
-    console.print(_metrics_table(metrics, f"encoder alone: {encoder} (layer {result['layer']}, {result['feature_set']}, "
-                                          f"C={result['C']}, val {result['val_accuracy']:.3f})"))
+               **probe_metrics(dna_encoder, load_kegg(*split_spec(training_split(split))), load_kegg(name, view=view),
+                               split, cache_dir=cache_dir, batch_size=batch_size, progress=True)}
+    p = metrics["probe"]
+    console.print(_metrics_table(metrics, f"encoder alone: {encoder} (layer {p['layer']}, {p['feature_set']}, "
+                                          f"C={p['C']}, val {p['val_accuracy']:.3f})"))
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(metrics, indent=2))

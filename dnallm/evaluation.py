@@ -217,16 +217,19 @@ def selection_split(split: str) -> str:
     return "grouped-val" if name.startswith("grouped-") else "val"
 
 
-def probe_metrics(model, train_records, records, split: str, cache_dir: str | Path | None = None) -> dict:
-    """The encoder-alone row: the frozen encoder's pooled states -> logistic regression (`dnallm.probe`)."""
+def probe_metrics(encoder, train_records, records, split: str, cache_dir: str | Path | None = None,
+                  batch_size: int = 16, progress: bool = False) -> dict:
+    """The encoder-alone row: a frozen encoder's pooled states -> logistic regression (`dnallm.probe`),
+    fitted on `train_records`, selected on the val split that matches `split`."""
     from dnallm.data import load_kegg
     from dnallm.probe import run_probe
 
-    result = run_probe(model.encoder, train_records, load_kegg(selection_split(split)), records, batch_size=16,
-                       cache_dir=cache_dir)
+    result = run_probe(encoder, train_records, load_kegg(selection_split(split)), records, batch_size=batch_size,
+                       cache_dir=cache_dir, progress=progress)
     return {**_scored(list(records["label"]), "DNA only (frozen encoder)", result["predicted"],
                       result["probabilities"]),
-            "probe": {k: result[k] for k in ("feature_set", "C", "val_accuracy", "pooling", "layer", "seconds")},
+            "probe": {k: result[k] for k in ("feature_set", "C", "val_accuracy", "pooling", "layer", "seconds",
+                                             "selection")},
             "selected_on": selection_split(split)}
 
 
@@ -325,7 +328,8 @@ def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: 
         train_records = load_kegg(name, view=view)
     metrics["baselines"] = baseline_metrics(train_records, records)
     if probe:
-        metrics["baselines"]["encoder alone"] = probe_metrics(model, train_records, records, split, probe_cache_dir)
+        metrics["baselines"]["encoder alone"] = probe_metrics(model.encoder, train_records, records, split,
+                                                              probe_cache_dir)
     metrics["baselines_trained_on"] = f"{trained_on} (n={len(train_records)})"
     seen = set(train_records["variant_sequence"])
     metrics["rows_with_variant_in_train"] = sum(v in seen for v in records["variant_sequence"])

@@ -89,3 +89,17 @@ def test_cli_eval_and_explain(quickstart_dir, tmp_path):
     res = runner.invoke(app, ["explain", "--model", str(out / "model"), "--question", row["question"],
                               "--reference", row["ref_window"], "--variant", row["variant_window"][:-1] + "Z"])
     assert res.exit_code == 2 and "invalid base 'Z' at position 1023" in res.output
+
+
+def test_cli_probe_on_a_checkpoints_encoder(quickstart_dir, tmp_path):
+    out, _ = quickstart_dir
+    runner = CliRunner()
+    res = runner.invoke(app, ["probe", "--model", str(out / "model"), "--split", "hard-test",
+                              "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "probe.json")])
+    assert res.exit_code == 0, res.output
+    probe = json.loads((tmp_path / "probe.json").read_text())
+    assert (probe["split"], probe["n"], probe["probe"]["layer"], probe["selected_on"]) == ("hard-test", 146, 2, "val")
+    assert probe["accuracy"] > 0.8  # the shipped stand-in knows loci (87.0 % on the full training split)
+    assert len(probe["probe"]["selection"]) == 9 and list((tmp_path / "cache").glob("pooled-genos-*.npz"))
+    res = runner.invoke(app, ["probe", "--model", str(out / "model"), "--encoder", "x"])
+    assert res.exit_code == 2 and "Invalid value" in res.output  # --encoder and --model are exclusive
