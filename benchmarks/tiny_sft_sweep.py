@@ -32,6 +32,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--stand-ins", type=Path, default=None, help="reuse this folder's encoder/ and text-model/")
+    parser.add_argument("--limit", type=int, default=None, help="first N rows of each split (smoke runs)")
+    parser.add_argument("--generate", action="store_true",
+                        help="also generate (reasoning + constrained answer) on both splits")
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), default=[])
     args = parser.parse_args()
     base = load_preset("tiny")
@@ -54,17 +57,23 @@ def main() -> None:
         model.to(args.device)
         views = training_views(preset)
         t = time.time()
-        summary = train_sft(model, load_views("train", views), load_views("val", views),
+        summary = train_sft(model, load_views("train", views, limit=args.limit), load_views("val", views, limit=args.limit),
                             SFTConfig.from_dict({**preset["sft"], "tensorboard": False}), out / "model")
         sft_s = time.time() - t
         best = DNALLMForCausalLM.from_pretrained(out / "model").to(args.device).eval()
         row = {"variant": name, "overrides": json.loads(overrides), "sft_s": round(sft_s, 1),
-               "best_val_loss": summary["best_val_loss"],
+               "best_val_loss": summary["best_val_loss"], "train_tokens": summary["train_tokens_per_epoch"],
                "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}
         for split, view in (("test", "kegg"), ("hard-test", "kegg_hard")):
-            m = evaluate_split(best, load_kegg("test", view=view), split, out / "eval" / split, generate=False,
-                               controls=("shuffled-dna",), score_batch_size=32, report=False)
-            row[split] = round(m["accuracy"], 4)
+            records = load_kegg("test", view=view)
+            records = records.select(range(min(args.limit or len(records), len(records))))
+            m = evaluate_split(best, records, split, out / "eval" / split,
+                               generate=args.generate, batch_size=146, max_new_tokens=preset["eval"]["max_new_tokens"],
+                               controls=("shuffled-dna",), controls_generate=False, probe=False,
+                               score_batch_size=32, report=False)
+            row[split] = round(m["modes"]["score"]["accuracy"], 4)
+            if args.generate:
+                row[f"{split} generate"] = round(m["accuracy"], 4)
             row[f"{split} shuffled-dna"] = round(m["controls"]["shuffled-dna"]["score"]["accuracy"], 4)
         print(json.dumps(row), flush=True)
         rows.append(row)

@@ -30,11 +30,12 @@ def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="Output fo
                                                          "instead of using the shipped ones"),
                reuse: bool = typer.Option(False, help="Reuse DIR/encoder and DIR/text-model from an earlier run"),
                splits: str = typer.Option("official", help="official | grouped (leak-free: no shared variant; "
-                                                           "pretrains the stand-ins on grouped-train)")):
+                                                           "pretrains the stand-ins on grouped-train)"),
+               device: str = typer.Option("cpu", help="cpu | cuda (same recipe; a GPU makes --pretrain fast)")):
     """Train the tiny embedded default on CPU, evaluate it on test and hard-test, explain one variant."""
     from dnallm.quickstart import run_quickstart
 
-    result = run_quickstart(out, pretrain=pretrain, reuse=reuse, splits=splits)
+    result = run_quickstart(out, pretrain=pretrain, reuse=reuse, splits=splits, device=device)
     rows = result["summary"]
     splits_shown = [k for k in rows[0] if k not in ("system", "mode")]
     table = Table(title="tiny default: accuracy (n = 146 per split; hard-* = no pathway context in the question)")

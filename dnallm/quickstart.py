@@ -94,13 +94,15 @@ def summary_table(evaluations: dict[str, dict]) -> list[dict]:
 
 
 def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "tiny", pretrain: bool = False,
-                   reuse: bool = False, limit: int | None = None, splits: str = "official") -> dict:
+                   reuse: bool = False, limit: int | None = None, splits: str = "official",
+                   device: str = "cpu") -> dict:
     """Run the embedded default end to end; `limit` keeps only the first rows of each split (smoke runs).
 
     Stand-ins: the shipped pretrained ones (dnallm/assets/tiny, copied to DIR) unless `pretrain` (build them anew
     from the preset, ~40 min on 2 CPU cores) or `reuse` (keep DIR/encoder and DIR/text-model from an earlier run).
     splits="official": the published train/val/test; splits="grouped": the leak-free grouped split (pretraining,
     always anew, SFT and selection on grouped-train/val only, evaluation on grouped-test).
+    device: where pretraining, SFT and evaluation run ("cpu" is the embedded default; "cuda" for the grouped run).
     """
     from dnallm.evaluation import evaluate_split, split_spec, training_split
     from dnallm.inference import explain_variant
@@ -117,7 +119,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
     prefix = "grouped-" if splits == "grouped" else ""
     if pretrain or splits == "grouped":
         # The shipped stand-ins were pretrained on the official train split, which holds grouped-test variants.
-        build_tiny_models(out, take(load_kegg(prefix + "train")), preset)
+        build_tiny_models(out, take(load_kegg(prefix + "train")), preset, device=device)
     elif not (reuse and (out / "encoder").exists() and (out / "text-model").exists()):
         for part in ("encoder", "text-model"):  # copies, so that DIR holds everything its checkpoint needs
             shutil.copytree(SHIPPED_STAND_INS / part, out / part, dirs_exist_ok=True)
@@ -132,11 +134,12 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
     (out / "model").mkdir(exist_ok=True)
     model = DNALLMForCausalLM.build(config, base_dir=out / "model")
     model.add_lora()
+    model.to(device)
     summary = train_sft(model, train, val, SFTConfig.from_dict(preset["sft"]), out / "model")
     timings["sft_s"] = round(time.time() - t, 1)
 
     t = time.time()
-    best = DNALLMForCausalLM.from_pretrained(out / "model").eval()  # the val-selected checkpoint, as users load it
+    best = DNALLMForCausalLM.from_pretrained(out / "model").to(device).eval()  # the val-selected checkpoint, as users load it
     evaluations = {}
     for split in (prefix + "test", "hard-" + prefix + "test"):
         name, view = split_spec(split)

@@ -86,13 +86,17 @@ def encode_examples(model: DNALLMForCausalLM, records, max_length: int, direct_a
     for r in records:
         view = r.get("view", "kegg")
         windows = [r["ref_window"], r["variant_window"]]
-        for thinking in [True] * _copies(thinking_answers, view) + [False] * _copies(direct_answers, view):
+        for thinking in (True, False):
+            copies = _copies(thinking_answers if thinking else direct_answers, view)
+            if not copies:
+                continue
+            # Tokenized once; the copies share the tensors (collate only reads them).
             target = proc.target(r["reasoning"] if thinking else None, r["label"])
             b = proc([proc.prompt(r["question"], thinking=thinking)], [windows], targets=[target], dna_ids=False)
             n = b["input_ids"].shape[1]
             if n > max_length:
                 raise ValueError(f"row {r.get('row')}: {n} tokens exceed max_length {max_length}")
-            out.append({"input_ids": b["input_ids"][0], "labels": b["labels"][0], "windows": windows})
+            out += [{"input_ids": b["input_ids"][0], "labels": b["labels"][0], "windows": windows}] * copies
     return out
 
 
@@ -344,6 +348,7 @@ def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConf
         writer.close()
     summary = {"best_val_loss": state["best_val_loss"], "steps": step, "finished": step >= total_steps,
                "train_seconds": round(time.time() - start, 1), "history": state["history"],
+               "train_examples": len(train), "train_tokens_per_epoch": sum(len(e["input_ids"]) for e in train),
                "config": asdict(cfg)}
     if rank == 0:
         (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
