@@ -126,18 +126,19 @@ def generate_answers(model: DNALLMForCausalLM, questions: list[str], windows: li
         new_tokens = model.generate(input_ids, attention_mask, max_new_tokens=max_new_tokens,
                                     static_cache=static_cache, stop_token_ids=[think_end] if constrained else [],
                                     **batch).tolist()
-        stops = {tok.eos_token_id, think_end} if constrained else {tok.eos_token_id}
-        rows = [[t for t in row if t != tok.pad_token_id] for row in new_tokens]
-        rows = [row[: next((k for k, t in enumerate(row) if t in stops), len(row) - 1) + 1] for row in rows]
+        ends = set(proc.end_token_ids)
+        stops = ends | {think_end} if constrained else ends
+        # Cut each row at its first stop: what follows is padding (the pad token may itself be an end token).
+        rows = [row[: next((k for k, t in enumerate(row) if t in stops), len(row) - 1) + 1] for row in new_tokens]
         if constrained:
             # Every row continues: a reasoning the model closed gets `Answer:`; one cut by the budget (or ended
             # without closing its think block) gets the forced `</think>` + `Answer:`.
             suffixes = [after_ids if row and row[-1] == think_end else forced_ids for row in rows]
-            rows = [row[:-1] if row and row[-1] == tok.eos_token_id else row for row in rows]
+            rows = [row[:-1] if row and row[-1] in ends else row for row in rows]
             unfinished = list(range(len(rows)))
         else:
             suffixes = [forced_ids] * len(rows)
-            unfinished = [j for j, row in enumerate(rows) if tok.eos_token_id not in row]
+            unfinished = [j for j, row in enumerate(rows) if not row or row[-1] not in ends]
         # Continue the unfinished rows: prompt + reasoning so far + answer prefix. In chunks of at most TAIL_BATCH
         # rows: these prompts are the longest of the job and a full batch of them would need another prefill as
         # large as the whole reasoning pass.
@@ -283,8 +284,7 @@ def stream_answer(model: DNALLMForCausalLM, question: str, windows: tuple[str, s
                 with torch.no_grad():
                     result["ids"] = model.text_model.generate(
                         inputs_embeds=model.embed_inputs(ids, **batch), attention_mask=mask,
-                        max_new_tokens=limit, do_sample=False, eos_token_id=[tok.eos_token_id, *stop_ids],
-                        pad_token_id=tok.pad_token_id, streamer=streamer,
+                        max_new_tokens=limit, do_sample=False, **model.decoding_kwargs(stop_ids), streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([_StopWhenClosed()]))[0].tolist()
             except BaseException as e:  # re-raised in the consumer; end the stream so that it does not block
                 result["error"] = e
@@ -307,12 +307,13 @@ def stream_answer(model: DNALLMForCausalLM, question: str, windows: tuple[str, s
         return result["ids"]
 
     row = yield from run(input_ids, attention_mask, max_new_tokens, [think_end] if constrained else [])
-    row = [t for t in row if t != tok.pad_token_id]
+    ends = set(proc.end_token_ids)
+    row = row[: next((k for k, t in enumerate(row) if t in ends | {think_end}), len(row) - 1) + 1]
     closed = bool(row) and row[-1] == think_end
     if constrained:
-        if row and row[-1] == tok.eos_token_id:
+        if row and row[-1] in ends:
             row = row[:-1]
-    elif tok.eos_token_id in row or max_answer_tokens <= 0:
+    elif (row and row[-1] in ends) or max_answer_tokens <= 0:
         return
     if closed:
         suffix = tok(AFTER_REASONING, add_special_tokens=False)["input_ids"]

@@ -39,6 +39,20 @@ def load_text_model(name_or_path: str, dtype: torch.dtype | None = None, attn_im
     return model
 
 
+@torch.no_grad()
+def init_added_rows(text_model: nn.Module, token_ids: list[int]) -> None:
+    """Set the embedding rows of tokens the processor added to the mean of the other rows.
+
+    Needed with or without a resize: real Qwen3 has 151,936 embedding rows for 151,669 tokens, so the DNA
+    markers land on spare rows that were never trained (no resize happens, so no mean-resizing either).
+    """
+    if not token_ids:
+        return
+    embeddings = text_model.get_input_embeddings().weight
+    # Added tokens get the ids after the tokenizer's own; the rows before them are the trained vocabulary.
+    embeddings[token_ids] = embeddings[:min(token_ids)].float().mean(0).to(embeddings.dtype)
+
+
 class DNALLMForCausalLM(nn.Module):
     def __init__(self, config: DNALLMConfig, encoder: DNAEncoder, text_model: nn.Module, projector: nn.Module,
                  processor: DNALLMProcessor):
@@ -76,8 +90,8 @@ class DNALLMForCausalLM(nn.Module):
                                     dna_start_token=config.dna_start_token, dna_pad_token=config.dna_pad_token,
                                     dna_end_token=config.dna_end_token)
         if len(tokenizer) > text_model.get_input_embeddings().num_embeddings:
-            # New DNA tokens start at the mean embedding; they are markers, their rows stay frozen.
-            text_model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+            text_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        init_added_rows(text_model, processor.added_token_ids)
         text_model.requires_grad_(False)
         projector = build_projector(config.projector_type, encoder.hidden_size, text_model.config.hidden_size,
                                     stride=config.projector_stride)
@@ -87,8 +101,11 @@ class DNALLMForCausalLM(nn.Module):
 
     def add_lora(self) -> None:
         c = self.config
+        # The <|dna_start|>/<|dna_end|> rows train with the adapter (peft's trainable tokens: only those rows
+        # get gradients and are saved in the adapter); <|dna_pad|> rows are always replaced by DNA embeddings.
         lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                          target_modules=c.lora_target_modules, task_type="CAUSAL_LM")
+                          target_modules=c.lora_target_modules, task_type="CAUSAL_LM",
+                          trainable_token_indices=list(self.processor.dna_marker_ids))
         self.text_model = get_peft_model(self.text_model, lora)
 
     def merge_lora(self) -> "DNALLMForCausalLM":
@@ -183,15 +200,22 @@ class DNALLMForCausalLM(nn.Module):
         any of `stop_token_ids` (e.g. `</think>`, where a constrained answer takes over).
         """
         inputs_embeds = self.embed_inputs(input_ids, **dna)
-        tok = self.processor.tokenizer
         sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if do_sample else {
             "do_sample": False}
         if static_cache:
             sampling["cache_implementation"] = "static"
         return self.text_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                        max_new_tokens=max_new_tokens,
-                                        eos_token_id=[tok.eos_token_id, *stop_token_ids],
-                                        pad_token_id=tok.pad_token_id, **sampling)
+                                        max_new_tokens=max_new_tokens, **self.decoding_kwargs(stop_token_ids),
+                                        **sampling)
+
+    def decoding_kwargs(self, stop_token_ids=()) -> dict:
+        """Options every generation shares: stop at every end token (and `stop_token_ids`); never emit a DNA
+        token (`<|dna_start|>`/`<|dna_pad|>`/`<|dna_end|>`): text that is fed back to the model (the answer
+        tail, streaming, GRPO log-probs) must hold exactly the placeholders of its DNA windows."""
+        proc = self.processor
+        return {"eos_token_id": [*proc.end_token_ids, *stop_token_ids],
+                "pad_token_id": proc.tokenizer.pad_token_id,
+                "suppress_tokens": [*proc.dna_marker_ids, proc.dna_pad_id]}
 
     @property
     def device(self) -> torch.device:

@@ -44,7 +44,15 @@ class DNALLMProcessor:
         missing = [t for t in (dna_start_token, dna_pad_token, dna_end_token) if t not in tokenizer.get_vocab()]
         if missing:
             tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        # Ids this processor added to the tokenizer: their embedding rows hold nothing trained yet.
+        self.added_token_ids = tokenizer.convert_tokens_to_ids(missing)
         self.dna_pad_id = tokenizer.convert_tokens_to_ids(dna_pad_token)
+        self.dna_marker_ids = tokenizer.convert_tokens_to_ids([dna_start_token, dna_end_token])
+        # Every token that ends a Qwen3 answer: <|im_end|> (end of turn, the tokenizer's eos) and <|endoftext|>
+        # (end of document, which Qwen3 also emits); generation stops at whichever comes first.
+        vocab = tokenizer.get_vocab()
+        self.end_token_ids = list(dict.fromkeys(
+            [tokenizer.eos_token_id] + [vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]))
         self.include_dna = True  # False only inside without_dna()
 
     @contextmanager

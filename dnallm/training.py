@@ -142,10 +142,9 @@ def answer_loss(model: DNALLMForCausalLM, examples: list[dict], cache: Embedding
 
 
 def _optimizer(model: DNALLMForCausalLM, cfg: SFTConfig, total_updates: int):
-    if not cfg.train_lora:  # stage 1: projector only
-        for n, p in model.text_model.named_parameters():
-            if "lora_" in n:
-                p.requires_grad_(False)
+    if not cfg.train_lora:  # stage 1: projector only (LoRA and the DNA marker rows stay as initialised)
+        for p in model.text_model.parameters():
+            p.requires_grad_(False)
     lora_params = [p for p in model.text_model.parameters() if p.requires_grad]
     groups = [g for g in ({"params": list(model.projector.parameters()), "lr": cfg.lr_projector},
                           {"params": lora_params, "lr": cfg.lr_lora}) if g["params"]]

@@ -41,7 +41,7 @@ def test_resume_mid_epoch_matches_uninterrupted_run(tiny_dir, tmp_path):
 
 def test_stage1_projector_only_then_stage2_from_it(tiny_dir, tmp_path):
     initial = build(tiny_dir)
-    lora_before = {n: p.detach().clone() for n, p in initial.text_model.named_parameters() if "lora_" in n}
+    lora_before = {n: p.detach().clone() for n, p in initial.text_model.named_parameters() if p.requires_grad}
     run(tiny_dir, tmp_path / "stage1", epochs=1.0, train_lora=False)
     stage1 = trained_weights(tmp_path / "stage1/last")
     lora_after = {k.removeprefix("lora."): v for k, v in stage1.items() if k.startswith("lora.")}

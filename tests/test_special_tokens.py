@@ -1,0 +1,116 @@
+"""DNA marker rows, end tokens and DNA-token suppression in generation (issue 13, items 2-4)."""
+
+import pytest
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from dnallm.configuration import DNALLMConfig
+from dnallm.inference import generate_answers
+from dnallm.modeling import DNALLMForCausalLM
+from dnallm.tokenization import BUNDLED_QWEN3_TOKENIZER, load_text_tokenizer
+from dnallm.training import SFTConfig, train_sft
+
+
+def build(tiny_dir, text_model=None, **overrides):
+    torch.manual_seed(0)
+    cfg = DNALLMConfig(encoder_type="genos", encoder_name_or_path=str(tiny_dir / "encoder"),
+                       text_model_name_or_path=str(text_model or tiny_dir / "text-model"), projector_type="mlp",
+                       projector_stride=32, lora_r=4, lora_alpha=8, lora_dropout=0.0, **overrides)
+    model = DNALLMForCausalLM.build(cfg)
+    model.add_lora()
+    return model
+
+
+@pytest.fixture(scope="module")
+def spare_rows_lm(tmp_path_factory):
+    """A tiny Qwen3 with more embedding rows than its tokenizer has tokens, like the real one (151,936 rows
+    for 151,669 tokens): the DNA markers then fit in spare rows and no resize happens."""
+    out = tmp_path_factory.mktemp("spare-rows-lm")
+    tok = load_text_tokenizer(str(BUNDLED_QWEN3_TOKENIZER))
+    assert "<|dna_start|>" not in tok.get_vocab()
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=len(tok) + 64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=8, tie_word_embeddings=True,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = Qwen3ForCausalLM(config)
+    with torch.no_grad():  # spare rows far from the trained ones, as untrained rows can be
+        model.get_input_embeddings().weight[len(tok):] = 5.0
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out, len(tok)
+
+
+def test_added_dna_markers_start_at_the_mean_embedding_without_a_resize(tiny_dir, spare_rows_lm):
+    path, n_tokens = spare_rows_lm
+    model = build(tiny_dir, text_model=path)
+    proc = model.processor
+    embeddings = model.text_model.get_input_embeddings().weight
+    assert embeddings.shape[0] == n_tokens + 64  # no resize: the markers took spare rows
+    assert sorted(proc.added_token_ids) == [n_tokens, n_tokens + 1, n_tokens + 2]
+    mean = embeddings[:n_tokens].float().mean(0)
+    for token_id in proc.added_token_ids:
+        torch.testing.assert_close(embeddings[token_id].float(), mean)
+    assert (embeddings[n_tokens + 3:] == 5.0).all()  # the other spare rows are left alone
+
+
+def test_dna_marker_rows_train_and_are_saved_in_the_checkpoint(tiny_dir, kegg_train, tmp_path):
+    model = build(tiny_dir)
+    markers = model.processor.dna_marker_ids
+    embed = model.text_model.get_input_embeddings()
+    ids = torch.tensor([markers + [0]])
+    before = embed(ids).detach().clone()
+    records = kegg_train.select(range(8))
+    train_sft(model, records, records, SFTConfig(epochs=1.0, batch_size=4, lr_projector=1e-2, lr_lora=1e-2,
+                                                  tensorboard=False, log_every=1000), tmp_path)
+    after = embed(ids).detach()
+    assert not torch.allclose(after[0, :2], before[0, :2])  # <|dna_start|>, <|dna_end|> rows trained
+    assert torch.equal(after[0, 2], before[0, 2])           # an ordinary token's row did not move
+    loaded = DNALLMForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(loaded.text_model.get_input_embeddings()(ids), after)
+
+
+def _force_logit(model, token_id: int, bonus: float = 100.0):
+    """Make `token_id` the model's greedy choice at every step (a hook on the LM head's output)."""
+    base = model.text_model.get_base_model()
+
+    def hook(module, inputs, output):
+        output = output.clone()
+        output[..., token_id] += bonus
+        return output
+
+    return base.lm_head.register_forward_hook(hook)
+
+
+def _batch(model, records):
+    proc = model.processor
+    b = proc([proc.prompt(r["question"]) for r in records], [[r["ref_window"], r["variant_window"]] for r in records],
+             padding_side="left")
+    return b.pop("input_ids"), b.pop("attention_mask"), b
+
+
+def test_generation_never_emits_dna_tokens(tiny_dir, kegg_train):
+    model = build(tiny_dir).eval()
+    records = [kegg_train[i] for i in range(2)]
+    handle = _force_logit(model, model.processor.dna_pad_id)
+    ids, mask, dna = _batch(model, records)
+    new = model.generate(ids, mask, max_new_tokens=6, **dna)
+    assert new.shape[1] == 6
+    dna_ids = {*model.processor.dna_marker_ids, model.processor.dna_pad_id}
+    assert not dna_ids & set(new.flatten().tolist())
+    # The constrained answer re-embeds prompt + reasoning: it must see only its own windows' placeholders.
+    texts = generate_answers(model, [r["question"] for r in records],
+                             [(r["ref_window"], r["variant_window"]) for r in records], max_new_tokens=6)
+    handle.remove()
+    assert all("Answer:" in t for t in texts)
+
+
+def test_generation_stops_at_endoftext_as_well_as_im_end(tiny_dir, kegg_train):
+    model = build(tiny_dir).eval()
+    tok = model.processor.tokenizer
+    endoftext = tok.convert_tokens_to_ids("<|endoftext|>")
+    assert endoftext != tok.eos_token_id and endoftext in model.processor.end_token_ids
+    handle = _force_logit(model, endoftext)
+    ids, mask, dna = _batch(model, [kegg_train[0]])
+    new = model.generate(ids, mask, max_new_tokens=8, **dna)
+    handle.remove()
+    assert new.tolist() == [[endoftext]]
