@@ -34,6 +34,8 @@ ALLELE_BASES = frozenset("ACGTN")
 IUPAC_CODES = {"A": "A", "C": "C", "G": "G", "T": "T", "R": "AG", "Y": "CT", "K": "GT", "M": "AC",
                "S": "CG", "W": "AT", "B": "CGT", "D": "AGT", "H": "ACT", "V": "ACG", "N": "ACGT"}
 _MITO = ("chrM", "MT", "M", "chrMT")
+# KEGG (and dnallm's questions) number the sex chromosomes: 23 is X, 24 is Y.
+KEGG_SEX_CHROMOSOMES = {"23": "X", "24": "Y"}
 
 
 class VariantError(ValueError):
@@ -72,14 +74,23 @@ def check_allele(allele: str | None, what: str, where: str) -> str:
     return a
 
 
+def kegg_chromosome(chrom: str) -> str:
+    """A chromosome name without `chr`, with KEGG's numbers for the sex chromosomes read as X / Y (23 -> X)."""
+    bare = re.sub(r"^chr", "", str(chrom).strip(), flags=re.I)
+    return KEGG_SEX_CHROMOSOMES.get(bare, bare)
+
+
 def contig_candidates(chrom: str) -> list[str]:
-    """Names to try for `chrom`, in order: itself, then the chr-prefix toggled, then mitochondrial synonyms."""
+    """Names to try for `chrom`, in order: itself, then the chr-prefix toggled, then mitochondrial synonyms, or
+    for KEGG's 23 / 24 the X / Y contig (a FASTA with a contig literally named 23 still gets that one)."""
     c = chrom.strip()
     names = [c]
     bare = re.sub(r"^chr", "", c, flags=re.I)
     names += [bare, f"chr{bare}"]
     if bare.upper() in ("M", "MT"):
         names += list(_MITO)
+    if bare in KEGG_SEX_CHROMOSOMES:
+        names += [KEGG_SEX_CHROMOSOMES[bare], f"chr{KEGG_SEX_CHROMOSOMES[bare]}"]
     return list(dict.fromkeys(names))
 
 

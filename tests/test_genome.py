@@ -85,6 +85,18 @@ def test_contig_aliases(genome):
         g.windows("chr22", 100, "A", "G")
 
 
+def test_kegg_chromosome_23_is_x(tmp_path):
+    # KEGG (and the questions) number X as 23; a record or header saying 23 resolves to X / chrX
+    (tmp_path / "x.fa").write_text(">chrX\n" + "ACGT" * 300 + "\n>Y\n" + "ACGT" * 300 + "\n")
+    g = Genome(tmp_path / "x.fa")
+    assert g.resolve("23", "x") == g.resolve("chr23", "x") == "chrX" and g.resolve("24", "x") == "Y"
+    assert g.windows("23", 601, "A", "T").contig == "chrX"
+    assert contig_candidates("23") == ["23", "chr23", "X", "chrX"]
+    # a FASTA with a contig literally named 23 keeps it
+    (tmp_path / "n.fa").write_text(">23\n" + "ACGT" * 300 + "\n>X\n" + "ACGT" * 300 + "\n")
+    assert Genome(tmp_path / "n.fa").resolve("23", "x") == "23"
+
+
 def test_ref_must_match_the_fasta(genome):
     g, placed, _ = genome
     p = next(p for p in placed if len(p["ref"]) == 1)
