@@ -1,9 +1,12 @@
-"""The grouped KEGG split: no variant sequence (and no reference window) shared across train/val/test.
+"""The grouped KEGG split: no locus shared across train/val/test (no two rows in different splits whose windows
+overlap).
 
 The official split leaks (94 of 146 test variant sequences also occur in training). The grouped split pools
-all 1449 official rows and groups them: two rows belong to the same group when they share the exact variant
-sequence or the exact 1024 bp reference window (connected components; in the shipped data every group is
-one reference window, i.e. one locus with all its alleles). Groups are then assigned whole to splits:
+all 1449 official rows and groups them: two rows belong to the same group when their 1024 bp reference windows
+overlap - found from the sequences (identical windows, or a suffix of one window equal to a prefix of the other
+over at least MIN_OVERLAP bp) or from the coordinates the reasoning text states (same chromosome, positions
+less than a window apart) - or when they share the exact variant sequence (connected components: a group is one
+stretch of genome with every variant whose window touches it). Groups are then assigned whole to splits:
 
 1. order the groups by size (largest first), then by their key (SHA-256 of the group's smallest
    reference window), so the order depends on the data alone;
@@ -24,18 +27,24 @@ import io
 from collections import Counter
 from pathlib import Path
 
-from dnallm.data import SPLITS, data_dir, load_kegg
+from dnallm.data import SPLITS, WINDOW_SIZE, data_dir, load_kegg
+from dnallm.genome import kegg_chromosome, parse_kegg_coordinates
 from dnallm.labels import LABEL_TO_ID
 
 GROUPED_DIR = "kegg_grouped"
 ASSIGNMENTS_FILE = "assignments.csv"
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 COLUMNS = ("source_split", "row", "split", "group")
+# Shortest shared stretch that counts as an overlap when only sequences are known. For random sequence the
+# chance that any two of the 428 distinct windows match over >= 20 bp by accident is about 2e-7 (every one of
+# the 318 overlaps between rows that both state coordinates agrees with them); shorter overlaps are still
+# found from the coordinates of the 1202 rows whose reasoning states them.
+MIN_OVERLAP = 20
 
 
-def _components(keys: list[tuple[str, ...]]) -> list[int]:
-    """Union-find: rows sharing any key value land in one component; returns a root index per row."""
-    parent = list(range(len(keys)))
+def _components(n: int, pairs) -> list[int]:
+    """Union-find: rows joined by any (i, j) pair land in one component; returns a root index per row."""
+    parent = list(range(n))
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -43,21 +52,77 @@ def _components(keys: list[tuple[str, ...]]) -> list[int]:
             i = parent[i]
         return i
 
-    for field in range(len(keys[0]) if keys else 0):
-        first: dict[str, int] = {}
-        for i, k in enumerate(keys):
-            if k[field] in first:
-                parent[find(i)] = find(first[k[field]])
-            else:
-                first[k[field]] = i
-    return [find(i) for i in range(len(keys))]
+    for i, j in pairs:
+        parent[find(i)] = find(j)
+    return [find(i) for i in range(n)]
+
+
+def same_value_pairs(values: list[str]) -> list[tuple[int, int]]:
+    """(i, first index with the same value) for every repeated value."""
+    first: dict[str, int] = {}
+    pairs = []
+    for i, v in enumerate(values):
+        if v in first:
+            pairs.append((i, first[v]))
+        else:
+            first[v] = i
+    return pairs
+
+
+def overlapping_windows(windows: list[str], min_overlap: int = MIN_OVERLAP) -> list[tuple[int, int]]:
+    """(i, j) for every two windows cut from overlapping stretches of one genome: the end of window i, from some
+    offset on, is the start of window j, over at least `min_overlap` bp (identical windows are not listed)."""
+    starts: dict[str, list[int]] = {}
+    for j, w in enumerate(windows):
+        starts.setdefault(w[:min_overlap], []).append(j)
+    pairs = []
+    for i, w in enumerate(windows):
+        for offset in range(1, len(w) - min_overlap + 1):
+            for j in starts.get(w[offset:offset + min_overlap], ()):
+                if windows[j].startswith(w[offset:]):  # the seed matched; the whole rest of w must match too
+                    pairs.append((i, j))
+    return pairs
+
+
+def nearby_coordinates(coordinates: list[tuple[str, int] | None],
+                       window: int = WINDOW_SIZE) -> list[tuple[int, int]]:
+    """(i, j) for rows on the same chromosome whose windows overlap (positions less than `window` apart);
+    rows without coordinates (None) are left out."""
+    by_chrom: dict[str, list[tuple[int, int]]] = {}
+    for i, c in enumerate(coordinates):
+        if c is not None:
+            by_chrom.setdefault(c[0], []).append((c[1], i))
+    pairs = []
+    for placed in by_chrom.values():
+        placed.sort()
+        for a, (pos, i) in enumerate(placed):
+            for other_pos, j in placed[a + 1:]:
+                if other_pos - pos >= window:
+                    break
+                pairs.append((i, j))
+    return pairs
+
+
+def kegg_locus(reasoning: str) -> tuple[str, int] | None:
+    """(chromosome, position) a KEGG row's reasoning states (chromosome 23 read as X), or None."""
+    c = parse_kegg_coordinates(reasoning)
+    return None if c is None else (kegg_chromosome(c.chrom), c.pos)
 
 
 def grouped_assignments(root: str | Path | None = None) -> list[dict]:
     """One dict per official row (train, val, test order, then row): source_split, row, split, group."""
-    rows = [(split, r["row"], r["label"], r["variant_sequence"], r["ref_window"])
-            for split in SPLITS for r in load_kegg(split, root=root)]
-    roots = _components([(variant, ref) for *_, variant, ref in rows])
+    records = [(split, r) for split in SPLITS for r in load_kegg(split, root=root)]
+    rows = [(split, r["row"], r["label"], r["variant_sequence"], r["ref_window"]) for split, r in records]
+    # overlaps are searched among distinct windows (428, not 1449), then mapped back to the first row of each
+    windows = [ref for *_, ref in rows]
+    first_row: dict[str, int] = {}
+    for i, w in enumerate(windows):
+        first_row.setdefault(w, i)
+    distinct = list(first_row)
+    pairs = (same_value_pairs([variant for *_, variant, _ in rows]) + same_value_pairs(windows)
+             + [(first_row[distinct[i]], first_row[distinct[j]]) for i, j in overlapping_windows(distinct)]
+             + nearby_coordinates([kegg_locus(r["reasoning"]) for _, r in records]))
+    roots = _components(len(rows), pairs)
     members: dict[int, list[int]] = {}
     for i, g in enumerate(roots):
         members.setdefault(g, []).append(i)
