@@ -4,15 +4,20 @@ A variant is `chrom, pos, ref, alt` with `pos` the 1-based position of REF's fir
 follow the KEGG window rule of `dnallm.data.centred_windows`, with
 
     upstream   = genome[pos - 512 : pos)           (the 512 bp before REF, 0-based half-open)
-    allele     = REF (reference window) / ALT (variant window), used exactly as given (no left-trimming)
+    allele     = REF (reference window) / ALT (variant window)
     downstream = genome[pos + len(REF) : ...)      (as much as the window needs)
 
-so a variant placed at its KEGG coordinates gives exactly the dataset's windows. VCF indels keep their padding
-base (REF=TA, ALT=T puts the shared T at index 512 of both windows); an empty REF (an insertion written as
-`-`) inserts ALT before `pos`.
+after the variant is normalised (`Genome.normalize`): bases REF and ALT share at either end are trimmed (VCF's
+padding base too) and an indel is moved left as far as the FASTA repeats it. One change can be written many
+ways (VCF-anchored `100 AT>A`, KEGG-style `101 T>-`, or `102 T>-` when base 102 is T too); normalised, all give
+the same windows, with the first changed base at index 512. An empty REF (an insertion written as `-`) inserts
+ALT before `pos`. A KEGG row placed at its coordinates gives exactly the dataset's windows: KEGG's indels are
+left-aligned already, and the padding base they keep (T>TT, CTCT>CT) is also the indel's last base, so
+trimming it moves no window. `normalize=False` uses the alleles exactly as given.
 
 Checks (each error names the variant and the problem): REF must match the FASTA (a mismatch usually means a
-different genome build), the contig must exist after alias resolution (chr1 <-> 1, chrM <-> MT <-> M), alleles
+different genome build), the contig must exist after alias resolution (chr1 <-> 1, chrM <-> MT <-> M, KEGG's
+23 / 24 -> X / Y), alleles
 must be A/C/G/T/N (IUPAC ambiguity codes and non-IUPAC characters are rejected, symbolic and breakend ALTs are
 not supported), and a window that runs off a contig end is padded with N and flagged.
 
@@ -101,6 +106,9 @@ class VariantWindows:
     contig: str               # the FASTA contig the chromosome name resolved to
     padded: bool              # True when N was added because the window runs off a contig end
     warnings: tuple[str, ...]
+    pos: int                  # the variant the windows show: normalised (see Genome.normalize) unless
+    ref: str                  # normalize=False; ref holds the FASTA's bases
+    alt: str
 
 
 class Genome:
@@ -140,8 +148,35 @@ class Genome:
         start, end = max(0, start), min(end, self.lengths[contig])
         return self._fasta[contig][start:end] if end > start else ""
 
+    def _bases_before(self, contig: str, pos: int, chunk: int = 512):
+        """The FASTA's bases before 1-based `pos`, nearest first (read a chunk at a time)."""
+        end = pos - 1
+        while end > 0:
+            start = max(0, end - chunk)
+            yield from reversed(self.fetch(contig, start, end))
+            end = start
+
+    def normalize(self, contig: str, pos: int, ref: str, alt: str) -> tuple[int, str, str]:
+        """One change, one form: (pos, ref, alt) with the bases REF and ALT share at either end trimmed (the
+        padding base of a VCF indel among them, so an allele may become empty) and an indel moved left while
+        the base before it equals its last base (deleting or inserting the same sequence one base earlier: the
+        left-alignment of `bcftools norm`, without the padding base). `ref` must be the FASTA's bases at `pos`;
+        the shift stops at an N and at the contig start."""
+        while ref and alt and ref[-1] == alt[-1]:
+            ref, alt = ref[:-1], alt[:-1]
+        while ref and alt and ref[0] == alt[0]:
+            ref, alt, pos = ref[1:], alt[1:], pos + 1
+        if bool(ref) == bool(alt):  # a substitution (nothing to shift), or no change at all
+            return pos, ref, alt
+        indel = ref or alt
+        for base in self._bases_before(contig, pos):
+            if base != indel[-1] or base == "N":
+                break
+            indel, pos = base + indel[:-1], pos - 1
+        return (pos, indel, "") if ref else (pos, "", indel)
+
     def windows(self, chrom: str, pos: int, ref: str, alt: str, where: str | None = None,
-                window: int = WINDOW_SIZE) -> VariantWindows:
+                window: int = WINDOW_SIZE, normalize: bool = True) -> VariantWindows:
         """The reference and variant windows of one variant (see the module docstring)."""
         where = where or describe(chrom, pos, ref, alt)
         ref, alt = check_allele(ref, "REF", where), check_allele(alt, "ALT", where)
@@ -162,6 +197,11 @@ class Genome:
                                    f"genome FASTA, which has {shown} at {contig}:{pos} (first difference at "
                                    f"{contig}:{pos + i}); this usually means the variants and the FASTA are from "
                                    "different genome builds (e.g. GRCh37 vs GRCh38)")
+        same = ref == alt or genome_ref == alt
+        if normalize and not same:  # the REF check above is on the variant as given; the windows on its normal form
+            pos, ref, alt = self.normalize(contig, pos, genome_ref, alt)
+            start = pos - 1
+            genome_ref = self.fetch(contig, start, start + len(ref))
         half = window // 2
         need_down = max(0, window - half - min(len(ref), len(alt)))
         up = self.fetch(contig, start - half, start)
@@ -185,10 +225,11 @@ class Genome:
         if len(alt) > window - half or len(ref) > window - half:
             warnings.append(f"{where}: an allele is longer than {window - half} bp; the windows show only its first "
                             f"{window - half} bp")
-        if ref == alt:
+        if same:
             warnings.append(f"{where}: ALT equals REF; the reference and variant windows are identical")
         ref_window, variant_window = centred_windows("N" * pad_up + up, genome_ref, alt, down + "N" * pad_down, window)
-        return VariantWindows(ref_window, variant_window, contig, bool(pad_up or pad_down), tuple(warnings))
+        return VariantWindows(ref_window, variant_window, contig, bool(pad_up or pad_down), tuple(warnings),
+                              pos, genome_ref, alt)
 
     @staticmethod
     def _window_bases(seq: str, contig: str, offset: int, where: str) -> tuple[str, int]:

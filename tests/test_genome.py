@@ -5,6 +5,7 @@ so windows rebuilt from coordinates can be compared with the dataset's own windo
 """
 
 import gzip
+import random
 import re
 import shutil
 
@@ -39,11 +40,11 @@ def other(base: str) -> str:
     return "C" if base == "A" else "A"
 
 
-def windows_match(g: Genome, placed: list[dict]) -> list[dict]:
+def windows_match(g: Genome, placed: list[dict], normalize: bool = True) -> list[dict]:
     """The placed rows whose rebuilt windows differ from the dataset's (or are padded)."""
     bad = []
     for p in placed:
-        w = g.windows(p["chrom"], p["pos"], p["ref"], p["alt"])
+        w = g.windows(p["chrom"], p["pos"], p["ref"], p["alt"], normalize=normalize)
         if (w.reference, w.variant) != (p["ref_window"], p["variant_window"]) or w.padded or w.warnings:
             bad.append(p)
     return bad
@@ -54,6 +55,9 @@ def test_windows_from_coordinates_equal_the_kegg_windows_for_every_row(all_rows,
     kinds = {(len(p["ref"]) == 1, len(p["alt"]) == 1) for p in placed}
     assert len(placed) == 1449 and kinds == {(True, True), (True, False), (False, True), (False, False)}
     assert windows_match(Genome(tmp_path / "kegg.fa"), placed) == []  # SNVs, indels, MNVs, empty ALT
+    # KEGG's indels keep a padding base only where it is also the indel's last base (T>TT, CTCT>CT), i.e. they
+    # are already left-aligned, so normalising them moves no window (and the alleles as given agree too)
+    assert windows_match(Genome(tmp_path / "kegg.fa"), placed, normalize=False) == []
 
 
 def test_bgzip_fasta_gives_the_same_windows_and_plain_gzip_is_refused(tmp_path):
@@ -157,21 +161,57 @@ def test_positions_and_contig_ends(genome):
     w = g.windows("chrM", 350, CHRM[349], other(CHRM[349]))
     assert w.reference == "N" * 163 + CHRM + "N" * 161 and len(w.warnings) == 2
     # an insertion (empty REF) after the last base is allowed
-    w = g.windows("chrM", 701, "", "GG")
-    assert w.variant == CHRM[-512:] + "GG" + "N" * 510 and w.reference == CHRM[-512:] + "N" * 512
+    w = g.windows("chrM", 701, "", "AA")
+    assert w.variant == CHRM[-512:] + "AA" + "N" * 510 and w.reference == CHRM[-512:] + "N" * 512
+    # ... and one that repeats the last base moves left (normalised): GG after ...CTG is GG before its G
+    assert CHRM[-2:] == "TG" and g.windows("chrM", 701, "", "GG").pos == 700
 
 
-def test_vcf_style_indel_keeps_its_padding_base(genome):
-    g, placed, _ = genome
-    p = next(p for p in placed if len(p["ref"]) == len(p["alt"]) == 1)
-    seq = p["ref_window"]  # a SNV row: seq[512] is REF, seq[513:] the downstream
-    pos = p["pos"]
-    # deletion of the 2 bases after REF, written VCF-style with REF as the padding base
-    w = g.windows("1", pos, seq[512:515], seq[512])
-    assert w.reference == seq and w.variant[:513] == seq[:513] and w.variant[513:1022] == seq[515:1024]
-    # insertion after REF
-    w = g.windows("1", pos, seq[512], seq[512] + "TTT")
-    assert w.reference == seq and w.variant == (seq[:513] + "TTT" + seq[513:])[:1024]
+def test_vcf_anchored_and_kegg_style_indels_give_the_same_windows(tmp_path):
+    """One change, written with VCF's padding base, without it (KEGG style, `-` or empty), or at another place in
+    a repeat, gives the same windows; its first changed base sits at index 512."""
+    rng = random.Random(13)
+    flank = "".join(rng.choice("ACGT") for _ in range(1200))
+    # 1-based: 1201 C, 1202 A, 1203-1206 TTTT, 1207 G, 1208-1216 CAGCAGCAG, 1217 A; then a 1500 bp A run
+    seq = flank + "CATTTTGCAGCAGCAGA" + flank + "G" + "A" * 1500 + "C" + flank
+    (tmp_path / "g.fa").write_text(">chr1\n" + seq + "\n>chr2\nNTTTG" + flank + "\n>chr3\nTTTG" + flank + "\n")
+    g = Genome(tmp_path / "g.fa")
+
+    def same(forms, pos, ref, alt, chrom="chr1"):
+        got = {(w.pos, w.ref, w.alt, w.reference, w.variant)
+               for w in (g.windows(chrom, *form) for form in forms)}
+        assert len(got) == 1, forms
+        (w_pos, w_ref, w_alt, reference, variant), = got
+        assert (w_pos, w_ref, w_alt) == (pos, ref, alt)
+        up = g.fetch(chrom, pos - 1 - 512, pos - 1).rjust(512, "N")  # N before a contig start
+        assert reference == (up + g.fetch(chrom, pos - 1, pos + 1024))[:1024]
+        assert variant == (up + alt + g.fetch(chrom, pos - 1 + len(ref), pos + 1024))[:1024]
+        return reference, variant
+
+    # deletion of A (1202), no repeat: VCF-anchored 1201 CA>C, KEGG-style 1202 A>- / A>''
+    reference, variant = same([(1201, "CA", "C"), (1202, "A", "-"), (1202, "A", "")], 1202, "A", "")
+    assert reference[511:514] == "CAT" and variant[511:514] == "CTT"  # the change starts at index 512
+    # insertion of GG after 1202
+    same([(1202, "A", "AGG"), (1203, "", "GG"), (1203, "-", "GG")], 1203, "", "GG")
+    # deletion of one T of TTTT: anchored at A, anchored inside the run, KEGG-style at its last T
+    same([(1202, "AT", "A"), (1204, "TT", "T"), (1206, "T", ""), (1205, "TTG", "TG")], 1203, "T", "")
+    # insertion of CAG into G|CAGCAGCAG, written at three places and as a duplication of the last CAG: left-aligned
+    # it is GCA inserted before the G
+    same([(1207, "G", "GCAG"), (1210, "G", "GCAG"), (1217, "", "CAG"), (1214, "CAG", "CAGCAG")], 1207, "", "GCA")
+    # an MNV sharing its outer bases with REF is the SNV inside
+    same([(1207, "GCA", "GTA"), (1208, "C", "T")], 1208, "C", "T")
+    # a deletion in a 1500 bp run moves to its first base (read in several 512 bp chunks)
+    run = 2 * 1200 + 17 + 2  # 1-based position of its first A
+    same([(run + 1498, "AA", "A"), (run + 1499, "A", ""), (run, "A", "")], run, "A", "")
+    # the shift stops at an N and at the contig start
+    same([(4, "T", ""), (3, "TT", "T")], 2, "T", "", chrom="chr2")
+    same([(3, "T", ""), (2, "TT", "T")], 1, "T", "", chrom="chr3")
+    # normalize=False uses the alleles as given: the padding base stays at index 512 of both windows
+    w = g.windows("chr1", 1201, "CA", "C", normalize=False)
+    assert (w.pos, w.ref, w.alt) == (1201, "CA", "C") and w.reference[512:514] == "CA" and w.variant[512:514] == "CT"
+    # REF is still checked as given, before normalising
+    with pytest.raises(VariantError, match=r"chr1:1201 CG>C: REF CG does not match the genome FASTA, which has CA"):
+        g.windows("chr1", 1201, "CG", "C")
 
 
 def test_iupac_codes_in_the_fasta_become_n_with_a_warning(genome, tmp_path):
