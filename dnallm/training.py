@@ -183,22 +183,88 @@ def _save_model(model, path: Path, engine, rank: int) -> None:
             model.save_pretrained(path)
 
 
+def _save_best(model, out: Path, engine, rank: int) -> None:
+    """The selected checkpoint, at the top of `out` (where users load it from): written whole to a staging
+    folder and synced first, then each file moved into place with an atomic rename, so a crash mid-save never
+    leaves a truncated file (it can at worst leave files of two consecutive best steps, for milliseconds)."""
+    import shutil
+
+    staging = out / ".best-staging"
+    if rank == 0 and staging.exists():
+        shutil.rmtree(staging)
+    _barrier()
+    _save_model(model, staging, engine, rank)
+    _barrier()
+    if rank == 0:
+        _fsync_tree(staging)
+        for src in sorted(p for p in staging.rglob("*") if p.is_file()):
+            dst = out / src.relative_to(staging)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+        shutil.rmtree(staging)
+    _barrier()
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")) + [path]:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _save_state(out: Path, model, engine, optimizer, schedule, state: dict, rank: int) -> None:
-    """Everything a resume needs, in out/last: weights, optimizer, scheduler, counters, RNG states."""
-    last = out / "last"
-    _save_model(model, last, engine, rank)
+    """Everything a resume needs, in out/last: weights, optimizer, scheduler, counters, RNG states.
+
+    Atomic: the state is written to a new folder `.last-step<N>` and synced to disk; then the symlink `last`
+    is switched to it in one rename, and the previous folder deleted. A crash mid-save leaves `last` pointing
+    at the previous state, whole.
+    """
+    import shutil
+
+    staging = out / f".last-step{state['step']}"  # the same name on every rank
+    if (out / "last").resolve() == staging.resolve():  # saving the step `last` already holds: keep it until done
+        staging = out / f".last-step{state['step']}-again"
+    if rank == 0 and staging.exists():  # left by a crash during an earlier save of this step
+        shutil.rmtree(staging)
+    _barrier()
+    _save_model(model, staging, engine, rank)
     if engine is not None:
         # collective: every rank writes its shard; the info lets ds_to_universal reshard for another world size
-        engine.save_checkpoint(str(last / "deepspeed"), tag="last",
+        engine.save_checkpoint(str(staging / "deepspeed"), tag="last",
                                client_state={"universal_checkpoint_info": {"universal_checkpoint_version": 0.2}})
-    if rank != 0:
-        return
-    if engine is None:
-        torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, last / "optimizer.pt")
-    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    torch.save(rng, last / "rng.pt")
-    (last / "trainer_state.json").write_text(json.dumps({**state, "world_size": int(os.environ.get("WORLD_SIZE", 1))},
-                                                       indent=2))
+    if rank == 0:
+        if engine is None:
+            torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()},
+                       staging / "optimizer.pt")
+        rng = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        torch.save(rng, staging / "rng.pt")
+        (staging / "trainer_state.json").write_text(
+            json.dumps({**state, "world_size": int(os.environ.get("WORLD_SIZE", 1))}, indent=2))
+    _barrier()  # every rank's shard is written
+    if rank == 0:
+        _fsync_tree(staging)
+        last = out / "last"
+        previous = last.resolve() if last.is_symlink() else None
+        if last.exists() and not last.is_symlink():  # a folder from an older dnallm: move it out of the way
+            last.rename(out / ".last-old")
+            previous = out / ".last-old"
+        link = out / ".last-link"
+        link.unlink(missing_ok=True)
+        link.symlink_to(staging.name)
+        os.replace(link, last)  # the one atomic step
+        if previous is not None and previous.exists() and previous != staging.resolve():
+            shutil.rmtree(previous)
+    _barrier()
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _to_universal(ds_dir: Path, rank: int) -> None:
@@ -295,7 +361,10 @@ def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConf
 
     bar = tqdm(total=total_steps, initial=state["step"], desc="sft", unit="step", disable=rank != 0 or not cfg.progress)
     eval_every = max(1, steps_per_epoch // max(1, cfg.evals_per_epoch))
-    stop_at = min(total_steps, cfg.stop_after_steps or total_steps)
+    # Stops and saves happen at optimizer-step boundaries only (a saved state holds no half-accumulated
+    # gradients), so a requested stop inside an accumulation moves to the end of that accumulation.
+    stop_at = min(total_steps, math.ceil((cfg.stop_after_steps or total_steps) / cfg.grad_accum) * cfg.grad_accum)
+    save_due = False
     pad_id = model.processor.tokenizer.pad_token_id
     start = time.time()
     step = state["step"]
@@ -309,14 +378,18 @@ def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConf
                 break
             model.train()
             batch = {k: v.to(device) for k, v in collate(batch_examples, cache, pad_id).items()}
+            # The last micro-batch of the run closes its accumulation even when it is a partial one.
+            boundary = (step + 1) % cfg.grad_accum == 0 or step + 1 == total_steps
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and engine is None):
                 loss = (engine or model)(**batch)["loss"]
             if engine is not None:
+                if boundary:
+                    engine.set_gradient_accumulation_boundary(True)
                 engine.backward(loss)
                 engine.step()
             else:
                 (loss / cfg.grad_accum).backward()
-                if (step + 1) % cfg.grad_accum == 0:
+                if boundary:
                     torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.max_grad_norm)
                     optimizer.step(), schedule.step(), optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -334,14 +407,16 @@ def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConf
                 improved = val_loss < state["best_val_loss"]
                 if improved:
                     state["best_val_loss"] = val_loss
-                    _save_model(model, out_dir, engine, rank)
+                    _save_best(model, out_dir, engine, rank)
                 if writer:
                     writer.add_scalar("val/answer_loss", val_loss, step)
                 if rank == 0:
                     tqdm.write(f"[sft] step {step}: val answer loss {val_loss:.4f}{' (best, saved)' if improved else ''}")
-            if step % (cfg.save_every or eval_every) == 0 or step == stop_at:
+            save_due = save_due or step % (cfg.save_every or eval_every) == 0 or step == stop_at
+            if save_due and boundary:
                 state["step"] = step
                 _save_state(out_dir, model, engine, optimizer, schedule, state, rank)
+                save_due = False
     bar.close()
     if writer:
         writer.close()

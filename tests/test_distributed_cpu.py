@@ -1,4 +1,5 @@
-"""Two DeepSpeed ranks on CPU (gloo) train, stop mid-epoch, and the run resumes on one rank (and back)."""
+"""Two DeepSpeed ranks on CPU (gloo) train, stop mid-epoch, and the run resumes on one rank (resharded) or on two
+(then with the weights of an uninterrupted run)."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +35,7 @@ def _run(ranks: int, preset: Path, out: Path):
     return json.loads((out / "train_summary.json").read_text())
 
 
-@pytest.mark.parametrize("first,second", [(2, 1), (1, 2)])
+@pytest.mark.parametrize("first,second", [(2, 1), (2, 2)])
 def test_checkpoint_moves_between_world_sizes(first, second, tiny_dir, tmp_path):
     zero = json.loads((ROOT / "train/configs/zero2.json").read_text())
     zero["bf16"] = {"enabled": False}
@@ -53,3 +55,18 @@ def test_checkpoint_moves_between_world_sizes(first, second, tiny_dir, tmp_path)
     # 16 examples / batch 2 = 8 batches per epoch, shared by the ranks
     assert done["finished"] and done["steps"] == 8 // second
     assert json.loads((out / "last/trainer_state.json").read_text())["world_size"] == second
+    if first == second:  # same world size: the resumed run ends with the weights of an uninterrupted one
+        (tmp_path / "full.yaml").write_text(yaml.safe_dump({"model": model, "sft": sft}))
+        _run(first, tmp_path / "full.yaml", tmp_path / "full")
+        resumed, full = _weights(out / "last"), _weights(tmp_path / "full/last")
+        assert resumed.keys() == full.keys() and len(full) > 1
+        for k in full:
+            assert torch.equal(resumed[k], full[k]), k
+
+
+def _weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    weights = dict(load_file(path / "projector.safetensors"))
+    weights.update({f"lora.{k}": v for k, v in load_file(path / "adapter" / "adapter_model.safetensors").items()})
+    return weights

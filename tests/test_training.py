@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -79,3 +80,49 @@ def test_examples_per_view_follow_the_thinking_and_direct_settings(tiny_dir):
     # booleans keep the old meaning: one reasoning example, plus one direct example per record
     assert len(encode_examples(model, records, 8192, direct_answers=True)) == 12
     assert len(encode_examples(model, records, 8192)) == 6
+
+
+def test_resume_with_gradient_accumulation_matches_uninterrupted_run(tiny_dir, tmp_path):
+    # 9 records, batch 2 -> 5 micro-batches per epoch, 2 epochs = 10; accumulation 4 -> updates after
+    # micro-batches 4 and 8, and the partial accumulation of 9-10 is stepped too.
+    train, val = load_kegg("train").select(range(9)), load_kegg("val").select(range(2))
+
+    def go(out, **kw):
+        cfg = SFTConfig(**{"epochs": 2.0, "batch_size": 2, "grad_accum": 4, "save_every": 1, "log_every": 1000,
+                           "lr_projector": 1e-2, "lr_lora": 1e-2, "tensorboard": False, **kw})
+        return train_sft(build(tiny_dir), train, val, cfg, out)
+
+    full = go(tmp_path / "full")
+    assert full["steps"] == 10
+    part = go(tmp_path / "resumed", stop_after_steps=5)  # inside the second accumulation
+    assert part["steps"] == 8  # moved to the end of that accumulation: nothing half-accumulated is saved
+    at_8 = trained_weights(tmp_path / "resumed/last")
+    go(tmp_path / "resumed", resume=True)
+    a, b = trained_weights(tmp_path / "full/last"), trained_weights(tmp_path / "resumed/last")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not torch.equal(a["net.1.weight"], at_8["net.1.weight"])  # the final partial accumulation stepped
+
+
+def test_a_crash_during_a_save_leaves_the_previous_state_whole(tiny_dir, tmp_path, monkeypatch):
+    full = run(tiny_dir, tmp_path / "full", epochs=1.0)
+    real_save, calls = torch.save, []
+
+    def crashing_save(obj, path, *a, **kw):
+        calls.append(path)
+        if len(calls) == 3:  # the first file of the second state (step 2): "killed" after weights were written
+            raise KeyboardInterrupt("killed mid-save")
+        return real_save(obj, path, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_dir, tmp_path / "crashed", epochs=1.0)
+    monkeypatch.setattr(torch, "save", real_save)
+    last = tmp_path / "crashed/last"
+    assert json.loads((last / "trainer_state.json").read_text())["step"] == 1
+    assert {p.name for p in last.iterdir()} >= {"projector.safetensors", "optimizer.pt", "rng.pt", "adapter"}
+    resumed = run(tiny_dir, tmp_path / "crashed", epochs=1.0, resume=True)
+    assert resumed["finished"]
+    a, b = trained_weights(tmp_path / "full/last"), trained_weights(last)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

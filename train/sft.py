@@ -39,6 +39,7 @@ def main() -> None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
     dtype = torch.bfloat16 if sft.bf16 and device.type == "cuda" else None
+    torch.manual_seed(sft.seed)  # the fresh projector and LoRA weights: the same on every rank and every run
     model = DNALLMForCausalLM.build(DNALLMConfig(**preset["model"]), dtype=dtype)
     model.add_lora()
     model.to(device)
