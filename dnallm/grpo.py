@@ -47,6 +47,18 @@ def _completion_mask(completions: torch.Tensor, eos_id: int) -> torch.Tensor:
     return (~after).long()
 
 
+def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(reward - group mean) / (group std + 1e-4) for consecutive groups of `group_size` completions (trl's)."""
+    r = rewards.view(-1, group_size)
+    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).view(-1)
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(policy || reference): exp(d) - d - 1 with d = ref - policy log-prob."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
 def _completion_logprobs(model: DNALLMForCausalLM, prompt_ids, prompt_mask, completions, completion_mask, dna):
     """Log-probabilities of the completion tokens; the LM head runs on completion positions only, in chunks."""
     from peft import PeftModel
@@ -96,8 +108,8 @@ def grpo_train(model: DNALLMForCausalLM, records, cfg: GRPOConfig, out_dir: str 
         texts = tok.batch_decode(completions * completion_mask + tok.pad_token_id * (1 - completion_mask),
                                  skip_special_tokens=True)
         rewards = [reward_fn(t, r, int(n)) for t, r, n in zip(texts, rows, completion_mask.sum(1).tolist())]
-        total = torch.tensor([x["total"] for x in rewards], device=model.device).view(-1, G)
-        advantages = ((total - total.mean(1, keepdim=True)) / (total.std(1, keepdim=True) + 1e-4)).view(-1, 1)
+        total = torch.tensor([x["total"] for x in rewards], device=model.device)
+        advantages = group_advantages(total, G).view(-1, 1)
 
         model.train()
         logp = _completion_logprobs(model, prompt_ids, prompt_mask, completions, completion_mask, batch)
@@ -113,7 +125,7 @@ def grpo_train(model: DNALLMForCausalLM, records, cfg: GRPOConfig, out_dir: str 
             for n, p in model.text_model.named_parameters():  # set_adapter re-enables grads; keep the reference frozen
                 if ".reference." in n:
                     p.requires_grad_(False)
-            kl = torch.exp(ref - logp) - (ref - logp) - 1
+            kl = k3_kl(logp, ref)
             per_token = per_token + cfg.beta * kl
         mask = completion_mask.float()
         loss = (per_token * mask).sum() / mask.sum().clamp(min=1)

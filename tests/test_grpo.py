@@ -1,10 +1,22 @@
+import math
+
 import pytest
 import torch
 
 from dnallm.data import load_kegg
-from dnallm.grpo import GRPOConfig, _completion_mask, grpo_train
+from dnallm.grpo import GRPOConfig, _completion_logprobs, _completion_mask, group_advantages, grpo_train, k3_kl
 from dnallm.rewards import correctness_reward, format_reward, length_reward, total_reward
-from test_model import build
+from test_model import batch_for, build
+
+
+def vowel_share(text, record, n):
+    """A reward that varies between samples of the random tiny model, so advantages are non-zero."""
+    return {"total": sum(c in "aeiou" for c in text) / max(1, len(text))}
+
+
+def trainable(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
 
 GOOD = "<think>\nStep 1: TARDBP G>T.\nStep 2: TDP-43 aggregates.\n</think>\n\nAnswer: amyotrophic lateral sclerosis"
 
@@ -43,15 +55,16 @@ def test_grpo_runs_two_steps_on_the_tiny_model(tiny_dir, tmp_path, beta):
     model = build(tiny_dir)
     sft = tmp_path / "sft"
     model.save_pretrained(sft)
-    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    before = trainable(model)
     cfg = GRPOConfig(steps=2, prompts_per_step=2, num_generations=4, max_new_tokens=12, lr=1e-2, beta=beta,
                      length_target=4, length_limit=12)
     records = load_kegg("train").select(range(8))
-    # built-in rewards: a random tiny model never writes a valid answer, so every total is the same
-    grpo_train(build(tiny_dir), records, GRPOConfig(steps=1, prompts_per_step=1, num_generations=2,
-                                                    max_new_tokens=4), tmp_path / "builtin")
-    # a custom reward that varies between samples, so advantages are non-zero and the weights must move
-    vowel_share = lambda text, record, n: {"total": sum(c in "aeiou" for c in text) / max(1, len(text))}
+    # built-in rewards: a random tiny model never writes a valid answer or a think block, so every completion
+    # (<= 4 tokens, under the length target) scores only the length part: 0.1 x 1; equal rewards, zero loss
+    builtin = grpo_train(build(tiny_dir), records, GRPOConfig(steps=1, prompts_per_step=1, num_generations=2,
+                                                              max_new_tokens=4), tmp_path / "builtin")
+    assert builtin[0]["reward"] == pytest.approx(0.1) and builtin[0]["accuracy"] == 0.0
+    assert builtin[0]["loss"] == 0.0
     log = grpo_train(model, records, cfg, tmp_path / "grpo", reference_adapter=sft / "adapter" if beta else None,
                      reward_fn=vowel_share)
     assert [e["step"] for e in log] == [1, 2] and all(torch.isfinite(torch.tensor(e["loss"])) for e in log)
@@ -59,4 +72,45 @@ def test_grpo_runs_two_steps_on_the_tiny_model(tiny_dir, tmp_path, beta):
     assert changed
     assert (tmp_path / "grpo" / "adapter" / "adapter_model.safetensors").exists()
     if beta:
-        assert log[-1]["kl"] >= 0.0
+        # the reference is the SFT adapter the policy starts from: no divergence in step 1, some after an update
+        assert log[0]["kl"] == pytest.approx(0.0, abs=1e-7)
+        assert log[1]["kl"] > 1e-6
+    else:
+        assert all(e["kl"] == 0.0 for e in log)
+
+
+def test_k3_kl_matches_hand_computed_values():
+    logp = torch.log(torch.tensor([0.5, 0.2, 0.9]))
+    ref = torch.log(torch.tensor([0.25, 0.2, 0.3]))
+    # exp(d) - d - 1 with d = log(ref / policy) = log(1/2), 0, log(1/3)
+    expected = [0.5 + math.log(2) - 1, 0.0, 1 / 3 + math.log(3) - 1]
+    assert k3_kl(logp, ref).tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_group_advantages_are_group_normalised_rewards():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.3, 0.3, 0.3, 0.3])
+    s = math.sqrt(1 / 3) + 1e-4  # sample std of (1, 0, 0, 1) plus trl's 1e-4
+    assert group_advantages(rewards, 4).tolist() == pytest.approx([0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s, 0, 0, 0, 0])
+    # groups are consecutive runs of G completions: (1, 0), (0, 1), ...
+    s = math.sqrt(0.5) + 1e-4
+    assert group_advantages(rewards, 2).tolist() == pytest.approx([0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s, 0, 0, 0, 0])
+
+
+def test_completion_logprobs_equal_log_softmax_of_the_full_logits(tiny_dir, kegg_train):
+    model = build(tiny_dir).eval()
+    model.loss_chunk_size = 5  # several LM-head chunks
+    b = batch_for(model, [kegg_train[i] for i in range(4)], targets=False, padding_side="left")
+    prompt_ids, prompt_mask = b.pop("input_ids"), b.pop("attention_mask")
+    assert len(set(prompt_mask.sum(1).tolist())) > 1  # prompts of different lengths: left padding is exercised
+    eos = model.processor.tokenizer.eos_token_id
+    completions = torch.randint(0, 200, (4, 9), generator=torch.Generator().manual_seed(0))
+    completions[0, 3] = eos  # one completion ends early; padding follows
+    completions[0, 4:] = model.processor.tokenizer.pad_token_id
+    completion_mask = _completion_mask(completions, eos)
+    with torch.no_grad():
+        got = _completion_logprobs(model, prompt_ids, prompt_mask, completions, completion_mask, b)
+        ids, mask = torch.cat([prompt_ids, completions], 1), torch.cat([prompt_mask, completion_mask], 1)
+        logits = model(ids, mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0), **b).logits
+    # the logits at position t predict token t + 1: completion token j comes from position prompt_len + j - 1
+    reference = logits.float().log_softmax(-1)[:, prompt_ids.shape[1] - 1:-1].gather(-1, completions[..., None])[..., 0]
+    torch.testing.assert_close(got, reference, atol=1e-5, rtol=1e-5)
