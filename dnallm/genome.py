@@ -19,7 +19,8 @@ Checks (each error names the variant and the problem): REF must match the FASTA 
 different genome build), the contig must exist after alias resolution (chr1 <-> 1, chrM <-> MT <-> M, KEGG's
 23 / 24 -> X / Y), alleles
 must be A/C/G/T/N (IUPAC ambiguity codes and non-IUPAC characters are rejected, symbolic and breakend ALTs are
-not supported), and a window that runs off a contig end is padded with N and flagged.
+not supported), and a window that runs off a contig end is padded with N and flagged. For a whole VCF,
+`Genome.check_build` compares the header's `##contig` lengths and `##reference` with the FASTA first.
 
 FASTA files are read with pyfaidx, plain or bgzip-compressed (bgzip needs biopython); pyfaidx writes its
 `.fai` (and `.gzi`) index next to the FASTA on first use.
@@ -45,6 +46,23 @@ KEGG_SEX_CHROMOSOMES = {"23": "X", "24": "Y"}
 
 class VariantError(ValueError):
     """A variant that cannot be turned into windows; the message names the variant and the problem."""
+
+
+class GenomeBuildError(ValueError):
+    """A variant file whose header says it is from another genome build than the FASTA (a whole-file error:
+    its REF checks would fail record by record, or worse, pass by chance at shifted positions)."""
+
+
+# The length of chromosome 1 tells the two human builds apart; _BUILD_NAME reads a build from a ##reference value
+# such as GRCh38, hg19, b37, hs37d5.fa, human_g1k_v37.fasta or Homo_sapiens_assembly38.fasta.
+CHR1_LENGTHS = {"GRCh37": 249250621, "GRCh38": 248956422}
+_BUILD_NAME = re.compile(r"(?<![a-z0-9])(?:grch|hg|hs|b|v|ncbi|build|assembly)[ _.-]?(19|37|38)(?!\d)", re.I)
+
+
+def build_named(text: str) -> str | None:
+    """GRCh37 or GRCh38 when `text` (a ##reference value, a file name) names one of them, else None."""
+    m = _BUILD_NAME.search(text)
+    return None if m is None else "GRCh38" if m.group(1) == "38" else "GRCh37"
 
 
 def describe(chrom, pos, ref, alt) -> str:
@@ -142,6 +160,34 @@ class Genome:
         tried = ", ".join(contig_candidates(str(chrom)))
         raise VariantError(f"{where}: contig {chrom!r} is not in the genome FASTA {self.path.name} (tried {tried}; "
                            f"the FASTA has {shown}) - is it the same genome build as the variants?")
+
+    def build(self) -> str | None:
+        """GRCh37 or GRCh38 when the FASTA's chromosome 1 has that build's length, else None (unknown)."""
+        contig = next((c for c in contig_candidates("1") if c in self.lengths), None)
+        return next((b for b, n in CHR1_LENGTHS.items() if contig and self.lengths[contig] == n), None)
+
+    def check_build(self, contigs: dict[str, tuple[int, int]], reference: tuple[str, int] | None,
+                    source: str) -> None:
+        """Raise GenomeBuildError when a variant file's header contradicts the FASTA: a `##contig` length (given
+        as name -> (length, line)) differs from the FASTA's contig of that name (after aliases), or
+        `##reference` (value, line) names GRCh37 / GRCh38 while the FASTA's chromosome 1 has the other build's
+        length. Contigs the FASTA lacks are left to the records on them."""
+        differ = []
+        for name, (length, line) in contigs.items():
+            contig = next((c for c in contig_candidates(name) if c in self.lengths), None)
+            if contig is not None and self.lengths[contig] != length:
+                differ.append(f"{source} line {line}: ##contig {name} has length={length}, but {contig} in the "
+                              f"genome FASTA {self.path.name} has {self.lengths[contig]} bp")
+        if differ:
+            more = f" (and {len(differ) - 1} more contig(s) differ)" if len(differ) > 1 else ""
+            raise GenomeBuildError(f"{differ[0]}{more} - the VCF and the FASTA are from different genome builds "
+                                   "(e.g. GRCh37 vs GRCh38); use the FASTA the variants were called on")
+        named, fasta_build = build_named(reference[0]) if reference else None, self.build()
+        if named and fasta_build and named != fasta_build:
+            raise GenomeBuildError(f"{source} line {reference[1]}: ##reference={reference[0]} names {named}, but "
+                                   f"the genome FASTA {self.path.name} is {fasta_build} (its chromosome 1 has "
+                                   f"{CHR1_LENGTHS[fasta_build]} bp, {named}'s has {CHR1_LENGTHS[named]}); use "
+                                   "the FASTA the variants were called on")
 
     def fetch(self, contig: str, start: int, end: int) -> str:
         """Bases [start, end) of a contig (0-based), clamped to the contig."""

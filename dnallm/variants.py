@@ -6,7 +6,9 @@ asks the model in batches.
 
 Reading (`read_variants`): a small strict reader, not pysam, so that every problem names its line number and a
 bad line does not stop the file (pysam reports a non-numeric POS or a short line only as "truncated file").
-Multi-allelic records give one record per ALT (key `LINE:ALT_NUMBER`).
+Multi-allelic records give one record per ALT (key `LINE:ALT_NUMBER`). A VCF header whose `##contig` lengths
+or `##reference` contradict the FASTA (another genome build) stops `explain_file` before any work
+(`Genome.check_build`); a bad record only gets its error.
 
 TSV input: a header row with columns chrom, pos, ref, alt (required; `-` or an empty cell is an empty allele)
 and optionally id, gene, question, network, genes_in_pathway; one variant (or comma-separated ALTs) per row.
@@ -182,6 +184,27 @@ def parse_vcf_line(line: str, number: int, source: str = "VCF") -> list[VariantR
                           id=None if vid in (".", "") else vid, gene=gene_from_info(info_map, alt),
                           n_alts=len(alt_list))
             for i, alt in enumerate(alt_list, 1)]
+
+
+_CONTIG_ID = re.compile(r"^##contig=<(?:[^>]*?,)?ID=([^,>]+)")
+_CONTIG_LENGTH = re.compile(r"[<,]length=(\d+)\s*[,>]")
+
+
+def read_vcf_header(path: str | Path) -> tuple[dict[str, tuple[int, int]], tuple[str, int] | None]:
+    """The genome build a VCF states: its ##contig lengths (ID -> (length, line number); contigs without a
+    numeric length are left out) and its ##reference (value, line number) or None. Reads the ## lines only."""
+    path = Path(path)
+    contigs: dict[str, tuple[int, int]] = {}
+    reference = None
+    for number, line in _numbered_lines(path):
+        if not line.startswith("##"):
+            break
+        if line.startswith("##reference="):
+            reference = (line.removeprefix("##reference=").strip(), number)
+        name, length = _CONTIG_ID.match(line), _CONTIG_LENGTH.search(line)
+        if name and length:
+            contigs[name.group(1).strip()] = (int(length.group(1)), number)
+    return contigs, reference
 
 
 def read_vcf(path: str | Path) -> Iterator[VariantRecord]:
@@ -392,6 +415,8 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
     meta_path = out.with_name(out.name + ".meta.json")
     genome = open_genome(fasta)
     total = sum(1 for _ in read_variants(variants, fmt))  # also surfaces file-level errors before any work
+    if fmt == "vcf":  # a header from another build than the FASTA stops the run before any work
+        genome.check_build(*read_vcf_header(variants), source=variants.name)
 
     done: list[str] = []
     if out.exists() and out.stat().st_size and not resume:

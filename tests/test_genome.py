@@ -13,8 +13,8 @@ import datasets
 import pytest
 
 from dnallm.data import HARD_QUESTION, load_kegg
-from dnallm.genome import (Genome, VariantError, check_allele, contig_candidates, open_genome,
-                           parse_kegg_coordinates, write_kegg_contigs)
+from dnallm.genome import (CHR1_LENGTHS, Genome, GenomeBuildError, VariantError, build_named, check_allele,
+                           contig_candidates, open_genome, parse_kegg_coordinates, write_kegg_contigs)
 from dnallm.variants import build_question
 
 CHRM = "GATCACAGGTCTATCACCCTATTAACCACTCACGGGAGCTCTCCATGCATTTGGTATTTTCGTCTGGGGGGTATGCACGCGATAGCATTGCGAGACGCTG" * 7
@@ -99,6 +99,37 @@ def test_kegg_chromosome_23_is_x(tmp_path):
     # a FASTA with a contig literally named 23 keeps it
     (tmp_path / "n.fa").write_text(">23\n" + "ACGT" * 300 + "\n>X\n" + "ACGT" * 300 + "\n")
     assert Genome(tmp_path / "n.fa").resolve("23", "x") == "23"
+
+
+def test_vcf_header_from_another_build_is_an_error_naming_the_contig_and_both_lengths(genome, tmp_path):
+    _, _, d = genome
+    g = Genome(d / "genome.fa")  # not the cached one: its lengths are changed below
+    n = g.lengths["chr1"]
+    # equal lengths (after aliases) pass; contigs the FASTA lacks are left to their records
+    g.check_build({"1": (n, 3), "chrM": (700, 4), "chr22": (50818468, 5)}, None, "in.vcf")
+    with pytest.raises(GenomeBuildError, match=rf"in\.vcf line 3: ##contig 1 has length={n + 1}, but chr1 in the "
+                                               rf"genome FASTA genome\.fa has {n} bp - the VCF and the FASTA are "
+                                               r"from different genome builds"):
+        g.check_build({"1": (n + 1, 3), "chrM": (700, 4)}, None, "in.vcf")
+    with pytest.raises(GenomeBuildError, match=r"##contig MT has length=16569, but chrM .* has 700 bp \(and 1 more"):
+        g.check_build({"MT": (16569, 6), "chr2": (1, 7)}, None, "in.vcf")
+    (tmp_path / "x.fa").write_text(">chrX\n" + "ACGT" * 300 + "\n")
+    with pytest.raises(GenomeBuildError, match=r"##contig 23 has length=156040895, but chrX .* has 1200 bp"):
+        Genome(tmp_path / "x.fa").check_build({"23": (156040895, 2)}, None, "k.vcf")
+    # ##reference: checked when it names a build and the FASTA's chromosome 1 has a known build's length
+    assert [build_named(t) for t in ("GRCh38", "file:///ref/hs37d5.fa", "hg19", "human_g1k_v37.fasta",
+                                     "Homo_sapiens_assembly38.fasta", "b37", "file:///data/genome.fa",
+                                     "/runs/run38/ref.fa")] == \
+        ["GRCh38", "GRCh37", "GRCh37", "GRCh37", "GRCh38", "GRCh37", None, None]
+    assert g.build() is None
+    g.check_build({}, ("file:///ref/hs37d5.fa", 2), "in.vcf")  # an unknown FASTA build cannot be compared
+    g.lengths["chr1"] = CHR1_LENGTHS["GRCh38"]
+    assert g.build() == "GRCh38"
+    g.check_build({}, ("GRCh38.p14", 2), "in.vcf")
+    with pytest.raises(GenomeBuildError, match=r"in\.vcf line 2: ##reference=file:///ref/hs37d5\.fa names GRCh37, but "
+                                               r"the genome FASTA genome\.fa is GRCh38 \(its chromosome 1 has "
+                                               r"248956422 bp, GRCh37's has 249250621\)"):
+        g.check_build({}, ("file:///ref/hs37d5.fa", 2), "in.vcf")
 
 
 def test_ref_must_match_the_fasta(genome):

@@ -17,7 +17,7 @@ from dnallm.genome import write_kegg_contigs
 from dnallm.inference import explain_variant
 from dnallm.labels import KEGG_LABELS
 from dnallm.variants import (KILL_HOOK, OUT_COLUMNS, VariantFileError, build_question, parse_vcf_line,
-                             read_results, read_tsv, read_vcf)
+                             read_results, read_tsv, read_vcf, read_vcf_header)
 
 CHRM = "GATCACAGGTCTATCACCCTATTAACCACTCACGGGAGCTCTCCATGCATTTGGTATTTTCGTCTGGGGGGTATGCACGCGATAGCATTGCGAGACGCTG" * 7
 HEADER = ("##fileformat=VCFv4.2\n" + "".join(f"##contig=<ID={c}>\n" for c in ("1", "chr1", "chr2", "chr22", "chrM"))
@@ -117,6 +117,29 @@ def test_vcf_line_checks_and_file_level_errors(tmp_path):
     (tmp_path / "c.vcf").write_text("##fileformat=VCFv4.2\n")
     with pytest.raises(VariantFileError, match="no #CHROM header line"):
         list(read_vcf(tmp_path / "c.vcf"))
+
+
+def test_vcf_from_another_genome_build_stops_the_run_naming_the_contig_and_both_lengths(files, tmp_path):
+    d, p = files
+    n = sum(len(line.strip()) for line in (d / "genome.fa").read_text().split(">chr2")[0].splitlines()[1:])
+    record = vcf_line("chr1", p[0]["pos"], "v0", p[0]["ref"], p[0]["alt"], ".", ".", ".")
+    header = ("##fileformat=VCFv4.2\n##reference=file:///refs/GRCh38.fa\n"
+              f'##contig=<ID=1,length={n + 310},assembly=B,species="Homo sapiens, test">\n'
+              "##contig=<ID=chrM,length=700>\n##contig=<ID=chr9>\n##contig=<ID=chr2,length=x>\n"
+              "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n")
+    (tmp_path / "b37.vcf").write_text(header + record)
+    assert read_vcf_header(tmp_path / "b37.vcf") == ({"1": (n + 310, 3), "chrM": (700, 4)},
+                                                     ("file:///refs/GRCh38.fa", 2))
+    args = ["explain", "--vcf", str(tmp_path / "b37.vcf"), "--fasta", str(d / "genome.fa"), "--model",
+            str(tmp_path / "no-model"), "--out", str(tmp_path / "out.tsv")]
+    res = CliRunner().invoke(app, args)  # refused before the model is loaded or any output is written
+    assert res.exit_code == 2 and not (tmp_path / "out.tsv").exists(), res.output
+    assert (f"b37.vcf line 3: ##contig 1 has length={n + 310}, but chr1 in the genome FASTA genome.fa has {n} bp "
+            "- the VCF and the FASTA are from different genome builds") in flat(res.output)
+    # with the FASTA's length the header passes (and the run goes on to load the model, missing here)
+    (tmp_path / "ok.vcf").write_text(header.replace(str(n + 310), str(n)) + record)
+    res = CliRunner().invoke(app, args[:2] + [str(tmp_path / "ok.vcf")] + args[3:])
+    assert res.exit_code == 2 and "is not a dnallm checkpoint" in flat(res.output), res.output
 
 
 def test_tsv_reader(tmp_path):
