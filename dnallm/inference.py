@@ -59,11 +59,26 @@ def prepare_windows(reference_sequence: str, variant_sequence: str, window: int 
         raise ValueError(f"{where}: {e}") from None
 
 
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
+    """Inference dtype by name: "auto" (or None) = bfloat16 on CUDA, float32 on the CPU (where bf16 matmuls
+    are no faster on most CPUs and cost precision)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
 @lru_cache(maxsize=2)
-def load_model(path: str, device: str | None = None, dtype: str | None = None) -> DNALLMForCausalLM:
-    """Load a checkpoint once per process (the API, CLI and app share it)."""
+def load_model(path: str, device: str | None = None, dtype: str | torch.dtype | None = "auto") -> DNALLMForCausalLM:
+    """Load a checkpoint once per process (the API, CLI and app share it), in `dtype` (see resolve_dtype)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = DNALLMForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype) if dtype else None)
+    model = DNALLMForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device))
     model.merge_lora()  # inference only: LoRA folded into the weights, no adapter kernels in every layer
     model.to(device).eval()
     return model
@@ -187,7 +202,7 @@ def explain_variant(question: str | None = None, reference_sequence: str | None 
                     model: str | Path | DNALLMForCausalLM = "runs/quickstart/model", mode: str = "generate",
                     max_new_tokens: int = 1024, k: int = 3, *, chrom: str | None = None, pos: int | None = None,
                     ref: str | None = None, alt: str | None = None, fasta: str | Path | None = None,
-                    gene: str | None = None, constrained: bool = True) -> Explanation:
+                    gene: str | None = None, constrained: bool = True, dtype: str = "auto") -> Explanation:
     """Ask the model about one variant, given as sequences or as coordinates in a genome FASTA.
 
     Sequences: `reference_sequence` / `variant_sequence` are two 1024 bp windows or KEGG-layout sequences.
@@ -201,6 +216,8 @@ def explain_variant(question: str | None = None, reference_sequence: str | None 
     else (constrained=False) decoded freely and parsed strictly (label None when it does not parse).
     mode="score": no reasoning; the label is the most likely of the 37 under label scoring (fast).
     Both return the 37 label probabilities and the top k.
+    `dtype` ("auto" | "bfloat16" | "float16" | "float32") applies when `model` is a path: "auto" is bf16 on
+    CUDA and fp32 on the CPU.
     """
     from dnallm.genome import open_genome
     from dnallm.variants import build_question, explain_many
@@ -220,7 +237,7 @@ def explain_variant(question: str | None = None, reference_sequence: str | None 
         raise ValueError(f"ALT {alt!r} lists several alleles; explain one ALT per call (a VCF file with "
                          "multi-allelic records is split by `dnallm explain --vcf`)")
     if not isinstance(model, DNALLMForCausalLM):
-        model = load_model(str(Path(model).resolve()))
+        model = load_model(str(Path(model).resolve()), dtype=dtype)
     if question is None:
         question = build_question(gene=gene, chrom=chrom)
     if by_coords:

@@ -1,0 +1,32 @@
+"""Inference dtype (issue 13, item 5): --dtype auto|bfloat16|float16|float32; auto = bf16 on CUDA, fp32 on CPU."""
+
+import pytest
+import torch
+
+from dnallm.data import load_kegg
+from dnallm.inference import explain_variant, load_model, resolve_dtype
+
+
+def test_auto_is_bfloat16_on_cuda_and_float32_on_cpu():
+    assert resolve_dtype("auto", "cuda") == torch.bfloat16
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("float16", "cpu") == torch.float16
+    with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
+        resolve_dtype("fp8", "cpu")
+
+
+def test_bfloat16_model_scores_like_the_float32_one(quickstart_dir):
+    out, _ = quickstart_dir
+    model_fp32 = load_model(str(out / "model"), device="cpu")  # auto on the CPU
+    model_bf16 = load_model(str(out / "model"), device="cpu", dtype="bfloat16")
+    for model, dtype in ((model_fp32, torch.float32), (model_bf16, torch.bfloat16)):
+        assert {p.dtype for p in model.parameters()} == {dtype}  # encoder, projector and LM alike
+    r = load_kegg("test")[0]
+    a = explain_variant(r["question"], r["ref_window"], r["variant_window"], model=model_fp32, mode="score")
+    b = explain_variant(r["question"], r["ref_window"], r["variant_window"], model=model_bf16, mode="score")
+    assert a.label == b.label
+    for label, p in a.label_probabilities.items():
+        assert abs(b.label_probabilities[label] - p) < 0.05, label
+    by_path = explain_variant(r["question"], r["ref_window"], r["variant_window"], model=out / "model",
+                              mode="score", dtype="bfloat16")
+    assert by_path.label_probabilities == b.label_probabilities  # the path is loaded in the dtype asked for
