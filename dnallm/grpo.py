@@ -5,6 +5,10 @@ trl's trainer generates from text prompts with a plain causal LM; our model spli
 advantages (reward - mean) / (std + 1e-4), the clipped surrogate with epsilon, an optional k3 KL penalty
 (beta, default 0 as in trl >= 0.19) against the frozen SFT adapter, and a token-level mean over all
 completion tokens (trl's "dapo" loss). One optimisation pass per generation batch, so old = current logprobs.
+
+The trainable weights (projector, LoRA) are kept in fp32 while a bf16 model computes in bf16 under autocast;
+the policy forward/backward runs in micro-batches whose gradients add up to the full batch's; out/last holds a
+resumable state (same files as SFT's, see dnallm.training) and `resume` continues it to the same result.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from dnallm.losses import chunked_token_logprobs
 from dnallm.modeling import DNALLMForCausalLM
 from dnallm.rewards import total_reward
+from dnallm.training import _load_trainable
 
 
 @dataclass
@@ -36,8 +41,15 @@ class GRPOConfig:
     reward_weights: dict = field(default_factory=lambda: {"correct": 1.0, "format": 0.2, "length": 0.1})
     length_target: int = 512
     length_limit: int = 1024
+    # Sequences per policy forward/backward (None: the whole step at once). The gradients of the micro-batches
+    # add up to the full batch's; 4 prompts x 8 completions of a 4B model in one pass run out of GPU memory.
+    micro_batch_size: int | None = 8
+    gradient_checkpointing: bool = False
     seed: int = 0
     log_every: int = 1
+    save_every: int | None = 10       # steps between resumable states in out/last (None: only at the end)
+    resume: bool = False              # continue from out/last if it exists
+    stop_after_steps: int | None = None  # end early (a later resume continues to `steps`); for staged runs/tests
 
 
 def _completion_mask(completions: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -67,10 +79,39 @@ def _completion_logprobs(model: DNALLMForCausalLM, prompt_ids, prompt_mask, comp
     mask = torch.cat([prompt_mask, completion_mask], 1)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     base = model.text_model.get_base_model() if isinstance(model.text_model, PeftModel) else model.text_model
-    hidden = base.model(inputs_embeds=model.embed_inputs(ids, **dna), attention_mask=mask,
-                        position_ids=positions).last_hidden_state
+    hidden = base.model(inputs_embeds=model.embed_inputs(ids, **dna), attention_mask=mask, position_ids=positions,
+                        use_cache=False).last_hidden_state  # no KV cache: nothing decodes after this pass
     return chunked_token_logprobs(hidden[:, prompt_ids.shape[1] - 1:-1], base.lm_head, completions,
                                   model.loss_chunk_size)
+
+
+def _encode_dna(model: DNALLMForCausalLM, windows: list[list[str]], copies: int):
+    """Encoder outputs for `copies` consecutive rows per prompt, in the processor's order (row by row, each
+    row's windows in turn); the frozen encoder runs once per distinct prompt, not once per copy."""
+    dna = {k: v.to(model.device) for k, v in model.processor.tokenize_dna([w for ws in windows for w in ws]).items()}
+    hidden, mask = model.encoder(dna["dna_input_ids"], dna["dna_attention_mask"])
+    return tuple(x.unflatten(0, (len(windows), -1)).repeat_interleave(copies, 0).flatten(0, 1) for x in (hidden, mask))
+
+
+def _save_state(last: Path, model: DNALLMForCausalLM, optimizer, rng: random.Random, state: dict) -> None:
+    """Everything a resume needs, in out/last: weights, optimizer, step and log, RNG states (prompt sampling
+    uses `rng`, generation torch's). There is no scheduler: the learning rate is constant."""
+    model.save_pretrained(last)
+    torch.save({"optimizer": optimizer.state_dict()}, last / "optimizer.pt")
+    torch.save({"python": rng.getstate(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, last / "rng.pt")
+    (last / "trainer_state.json").write_text(json.dumps(state, indent=2))
+
+
+def _load_state(last: Path, model: DNALLMForCausalLM, optimizer, rng: random.Random) -> dict:
+    _load_trainable(model, last)
+    optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=False)["optimizer"])
+    saved = torch.load(last / "rng.pt", weights_only=False)
+    rng.setstate(saved["python"])
+    torch.set_rng_state(saved["torch"])
+    if saved["cuda"]:
+        torch.cuda.set_rng_state_all(saved["cuda"])
+    return json.loads((last / "trainer_state.json").read_text())
 
 
 def grpo_train(model: DNALLMForCausalLM, records, cfg: GRPOConfig, out_dir: str | Path,
@@ -79,6 +120,8 @@ def grpo_train(model: DNALLMForCausalLM, records, cfg: GRPOConfig, out_dir: str 
 
     reward_fn(completion, record, n_tokens) -> dict with at least "total" (and optionally "correct", "format")
     replaces the built-in weighted correctness/format/length reward, as trl's custom reward functions do.
+    out_dir/last holds the latest training state; `cfg.resume` continues from it and gives the same weights as an
+    uninterrupted run.
     """
     reward_fn = reward_fn or (lambda text, record, n: total_reward(text, record["label"], n, cfg.reward_weights,
                                                                   cfg.length_target, cfg.length_limit))
@@ -91,58 +134,108 @@ def grpo_train(model: DNALLMForCausalLM, records, cfg: GRPOConfig, out_dir: str 
             raise ValueError("beta > 0 needs reference_adapter (the SFT checkpoint's adapter folder)")
         model.text_model.load_adapter(str(reference_adapter), adapter_name="reference", is_trainable=False)
         model.text_model.set_adapter("default")
+    if cfg.gradient_checkpointing:
+        model.text_model.gradient_checkpointing_enable()
+        model.text_model.enable_input_require_grads()
     params = [p for n, p in model.named_parameters() if p.requires_grad and "reference" not in n]
+    # fp32 master weights: an Adam step moves a weight by about lr (1e-6), far below bf16's resolution (2^-8
+    # relative), so bf16 trainable weights would never change. A bf16 model still computes in bf16 (autocast).
+    given_dtypes = [p.dtype for p in params]
+    for p in params:
+        p.data = p.data.float()
+    half = {p.dtype for p in model.parameters() if not p.requires_grad} & {torch.bfloat16, torch.float16}
+    compute_dtype = next(iter(half), None)
+
+    def amp():  # a half-precision model computes in its dtype; fp32 weights are cast per op, gradients stay fp32
+        return torch.autocast(model.device.type, dtype=compute_dtype or torch.bfloat16, enabled=bool(compute_dtype))
+
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    G, log, start = cfg.num_generations, [], time.time()
-    for step in range(1, cfg.steps + 1):
+    last = out_dir / "last"
+    state = {"step": 0, "log": []}
+    if cfg.resume and (last / "trainer_state.json").exists():
+        state = _load_state(last, model, optimizer, rng)
+        print(f"[grpo] resumed from {last} at step {state['step']}", flush=True)
+    G, log, start = cfg.num_generations, state["log"], time.time()
+    stop_at = min(cfg.steps, cfg.stop_after_steps or cfg.steps)
+    for step in range(state["step"] + 1, stop_at + 1):
         chosen = [records[i] for i in rng.sample(range(len(records)), cfg.prompts_per_step)]
         rows = [r for r in chosen for _ in range(G)]
-        batch = proc([proc.prompt(r["question"]) for r in rows], [[r["ref_window"], r["variant_window"]] for r in rows],
-                     padding_side="left")
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        prompt_ids, prompt_mask = batch.pop("input_ids"), batch.pop("attention_mask")
+        windows = [[r["ref_window"], r["variant_window"]] for r in chosen]
+        batch = proc([proc.prompt(r["question"]) for r in rows], [w for w in windows for _ in range(G)],
+                     padding_side="left", dna_ids=False)
+        prompt_ids, prompt_mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
         model.eval()
-        completions = model.generate(prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens, do_sample=True,
-                                     temperature=cfg.temperature, **batch)
+        with torch.no_grad(), amp():
+            hidden, dna_mask = _encode_dna(model, windows, G)  # every forward of this step reuses these
+            completions = model.generate(prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens, do_sample=True,
+                                         temperature=cfg.temperature, dna_hidden_states=hidden,
+                                         dna_positions_mask=dna_mask)
         completion_mask = _completion_mask(completions, tok.eos_token_id)
         texts = tok.batch_decode(completions * completion_mask + tok.pad_token_id * (1 - completion_mask),
                                  skip_special_tokens=True)
         rewards = [reward_fn(t, r, int(n)) for t, r, n in zip(texts, rows, completion_mask.sum(1).tolist())]
         total = torch.tensor([x["total"] for x in rewards], device=model.device)
-        advantages = group_advantages(total, G).view(-1, 1)
+        advantages = group_advantages(total, G)
 
-        model.train()
-        logp = _completion_logprobs(model, prompt_ids, prompt_mask, completions, completion_mask, batch)
-        ratio = torch.exp(logp - logp.detach())
-        surrogate = torch.min(ratio * advantages, ratio.clamp(1 - cfg.epsilon, 1 + cfg.epsilon) * advantages)
-        per_token = -surrogate
-        kl = torch.zeros_like(logp)
+        per_row = hidden.shape[0] // len(rows)  # DNA windows per sequence
+        size = cfg.micro_batch_size or len(rows)
+
+        def micro_batch(i):
+            """Rows i..i+size; completion columns after every row's end are dropped (causal: they change nothing)."""
+            s = slice(i, i + size)
+            width = int(completion_mask[s].sum(1).max())
+            dna = {"dna_hidden_states": hidden[i * per_row:(i + size) * per_row],
+                   "dna_positions_mask": dna_mask[i * per_row:(i + size) * per_row]}
+            return prompt_ids[s], prompt_mask[s], completions[s, :width], completion_mask[s, :width], dna
+
+        starts = range(0, len(rows), size)
+        refs = [None] * len(starts)
         if cfg.beta > 0:
-            with torch.no_grad():
-                model.text_model.set_adapter("reference")
-                ref = _completion_logprobs(model, prompt_ids, prompt_mask, completions, completion_mask, batch)
-                model.text_model.set_adapter("default")
+            model.text_model.set_adapter("reference")
+            with torch.no_grad(), amp():  # eval mode (still): the reference is a fixed policy, no dropout
+                refs = [_completion_logprobs(model, *micro_batch(i)) for i in starts]
+            model.text_model.set_adapter("default")
             for n, p in model.text_model.named_parameters():  # set_adapter re-enables grads; keep the reference frozen
                 if ".reference." in n:
                     p.requires_grad_(False)
-            kl = k3_kl(logp, ref)
-            per_token = per_token + cfg.beta * kl
-        mask = completion_mask.float()
-        loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
-        loss.backward()
+
+        model.train()
+        # The token-level mean runs over all completion tokens of the step, so each micro-batch's loss is divided
+        # by the full count and the accumulated gradient equals the full batch's.
+        n_tokens = completion_mask.sum().clamp(min=1)
+        loss_sum, kl_sum = 0.0, 0.0
+        for i, ref in zip(starts, refs):
+            ids, pmask, comp, cmask, dna = micro_batch(i)
+            with amp():
+                logp = _completion_logprobs(model, ids, pmask, comp, cmask, dna)
+            adv = advantages[i:i + size].unsqueeze(1)
+            ratio = torch.exp(logp - logp.detach())
+            per_token = -torch.min(ratio * adv, ratio.clamp(1 - cfg.epsilon, 1 + cfg.epsilon) * adv)
+            if ref is not None:
+                kl = k3_kl(logp, ref)
+                per_token = per_token + cfg.beta * kl
+                kl_sum += (kl.detach() * cmask).sum().item()
+            loss = (per_token * cmask).sum() / n_tokens
+            loss.backward()
+            loss_sum += loss.item()
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        entry = {"step": step, "loss": loss.item(), "reward": total.mean().item(),
+        entry = {"step": step, "loss": loss_sum, "reward": total.mean().item(),
                  "accuracy": sum(x.get("correct", 0.0) for x in rewards) / len(rewards),
                  "format": sum(x.get("format", 0.0) for x in rewards) / len(rewards),
                  "mean_tokens": completion_mask.sum(1).float().mean().item(),
-                 "kl": ((kl * mask).sum() / mask.sum().clamp(min=1)).item(), "seconds": round(time.time() - start, 1)}
+                 "kl": kl_sum / n_tokens.item(), "seconds": round(time.time() - start, 1)}
         log.append(entry)
         if step % cfg.log_every == 0:
             print(f"[grpo] {json.dumps(entry)}", flush=True)
+        if step % (cfg.save_every or stop_at) == 0 or step == stop_at:
+            _save_state(last, model, optimizer, rng, {"step": step, "log": log})
     if cfg.beta > 0:
         model.text_model.delete_adapter("reference")
-    model.save_pretrained(out_dir)
-    (out_dir / "grpo_log.json").write_text(json.dumps({"config": asdict(cfg), "log": log}, indent=2))
+    model.save_pretrained(out_dir)  # fp32 weights; from_pretrained(dtype=...) casts them
+    for p, dtype in zip(params, given_dtypes):  # hand the model back as it came (a bf16 model runs without autocast)
+        p.data = p.data.to(dtype)
+    (out_dir / "grpo_log.json").write_text(json.dumps({"config": asdict(cfg), "log": log,
+                                                       "finished": len(log) >= cfg.steps}, indent=2))
     return log

@@ -1,10 +1,15 @@
+import json
 import math
+import random
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from dnallm.data import load_kegg
-from dnallm.grpo import GRPOConfig, _completion_logprobs, _completion_mask, group_advantages, grpo_train, k3_kl
+from dnallm.grpo import (GRPOConfig, _completion_logprobs, _completion_mask, _encode_dna, group_advantages, grpo_train,
+                         k3_kl)
+from dnallm.modeling import PROJECTOR_FILE, DNALLMForCausalLM
 from dnallm.rewards import correctness_reward, format_reward, length_reward, total_reward
 from test_model import batch_for, build
 
@@ -114,3 +119,72 @@ def test_completion_logprobs_equal_log_softmax_of_the_full_logits(tiny_dir, kegg
     # the logits at position t predict token t + 1: completion token j comes from position prompt_len + j - 1
     reference = logits.float().log_softmax(-1)[:, prompt_ids.shape[1] - 1:-1].gather(-1, completions[..., None])[..., 0]
     torch.testing.assert_close(got, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_dna_encoded_once_per_prompt_equals_encoding_every_row(tiny_dir, kegg_train):
+    model = build(tiny_dir).eval()
+    records = [kegg_train[i] for i in (0, 7)]
+    windows = [[r["ref_window"], r["variant_window"]] for r in records]
+    assert windows[0] != windows[1]
+    with torch.no_grad():
+        hidden, mask = _encode_dna(model, windows, 3)
+        # the processor's batch of 3 copies per prompt, as GRPO samples them
+        dna = batch_for(model, [r for r in records for _ in range(3)], targets=False)
+        expected_hidden, expected_mask = model.encoder(dna["dna_input_ids"], dna["dna_attention_mask"])
+    assert torch.equal(mask, expected_mask)
+    torch.testing.assert_close(hidden, expected_hidden)
+
+
+def test_one_step_trains_the_projector_of_a_bf16_model(tiny_dir, tmp_path, kegg_train):
+    sft = tmp_path / "sft"
+    build(tiny_dir).save_pretrained(sft)
+    model = DNALLMForCausalLM.from_pretrained(sft, dtype=torch.bfloat16, is_trainable=True)  # as train/grpo.py on GPU
+    assert {p.dtype for p in model.projector.parameters()} == {torch.bfloat16}
+    before = {k: v.float() for k, v in model.projector.state_dict().items()}
+    cfg = GRPOConfig(steps=1, prompts_per_step=2, num_generations=4, max_new_tokens=8, lr=1e-6)
+    grpo_train(model, kegg_train.select(range(8)), cfg, tmp_path / "grpo", reward_fn=vowel_share)
+    after = load_file(tmp_path / "grpo" / PROJECTOR_FILE)
+    for k, v in before.items():
+        # Adam's first step moves every weight that has a gradient by ~lr; on bf16 weights these updates round away
+        assert (after[k].float() - v).abs().median().item() == pytest.approx(cfg.lr, rel=0.05), k
+    assert {p.dtype for p in model.projector.parameters()} == {torch.bfloat16}  # handed back as it came
+
+
+def test_micro_batched_step_equals_full_batch_step(tiny_dir, tmp_path, kegg_train):
+    sft = tmp_path / "sft"
+    build(tiny_dir).save_pretrained(sft)
+    records = kegg_train.select(range(8))
+    logs, weights = [], []
+    for micro, checkpointing in ((None, False), (3, True)):  # 8 sequences at once; in micro-batches of 3, 3, 2
+        model = build(tiny_dir)
+        cfg = GRPOConfig(steps=2, prompts_per_step=2, num_generations=4, max_new_tokens=8, lr=1e-3, beta=0.1,
+                         micro_batch_size=micro, gradient_checkpointing=checkpointing)
+        logs.append(grpo_train(model, records, cfg, tmp_path / f"run{micro}", reference_adapter=sft / "adapter",
+                               reward_fn=vowel_share))
+        assert model.text_model.get_base_model().is_gradient_checkpointing == checkpointing
+        weights.append(trainable(model))
+    for full, micro in zip(*logs):
+        assert micro["reward"] == full["reward"]  # same completions
+        assert micro["loss"] == pytest.approx(full["loss"], abs=1e-6)
+        assert micro["kl"] == pytest.approx(full["kl"], abs=1e-6)
+    assert logs[0][1]["kl"] > 0  # the KL term takes part
+    for name, w in weights[0].items():
+        torch.testing.assert_close(weights[1][name], w, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tiny_dir, tmp_path, kegg_train):
+    records = kegg_train.select(range(8))
+    cfg = dict(steps=2, prompts_per_step=2, num_generations=4, max_new_tokens=8, lr=1e-2, save_every=1)
+    model = build(tiny_dir)
+    log = grpo_train(model, records, GRPOConfig(**cfg), tmp_path / "full", reward_fn=vowel_share)
+    first = grpo_train(build(tiny_dir), records, GRPOConfig(**cfg, stop_after_steps=1), tmp_path / "staged",
+                       reward_fn=vowel_share)
+    last = tmp_path / "staged" / "last"
+    assert len(first) == 1 and json.loads((last / "trainer_state.json").read_text())["step"] == 1
+    assert (last / "optimizer.pt").exists() and (last / "rng.pt").exists()
+    resumed = build(tiny_dir)  # a fresh process: new weights, optimizer and RNG states
+    torch.manual_seed(123), random.seed(123)
+    staged = grpo_train(resumed, records, GRPOConfig(**cfg, resume=True), tmp_path / "staged", reward_fn=vowel_share)
+    assert [(e["step"], e["loss"], e["reward"]) for e in staged] == [(e["step"], e["loss"], e["reward"]) for e in log]
+    uninterrupted, continued = trainable(model), trainable(resumed)
+    assert all(torch.equal(continued[n], w) for n, w in uninterrupted.items())

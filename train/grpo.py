@@ -1,6 +1,8 @@
 """GRPO stage on top of an SFT checkpoint: `python train/grpo.py --model SFT_CKPT --config PRESET.yaml --out DIR`.
 
-Reads the preset's `grpo:` section (see dnallm.grpo.GRPOConfig); trains on the train split only.
+Reads the preset's `grpo:` section (see dnallm.grpo.GRPOConfig: micro_batch_size, gradient_checkpointing,
+save_every, resume, ...); trains on the train split only. On a GPU the model loads in bf16 and the trainable
+weights train in fp32. DIR/last holds a resumable state; `--resume` continues from it.
 """
 
 from __future__ import annotations
@@ -22,9 +24,15 @@ def main() -> None:
     parser.add_argument("--config", required=True, help="YAML preset with a grpo: section")
     parser.add_argument("--out", required=True)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N training rows")
+    parser.add_argument("--micro-batch-size", type=int, default=None,
+                        help="sequences per policy forward/backward (overrides the preset's grpo.micro_batch_size)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last (same as grpo.resume: true)")
     args = parser.parse_args()
     preset = yaml.safe_load(Path(args.config).read_text())
     cfg = GRPOConfig(**preset.get("grpo", {}))
+    if args.micro_batch_size:
+        cfg.micro_batch_size = args.micro_batch_size
+    cfg.resume = cfg.resume or args.resume
     cuda = torch.cuda.is_available()
     model = DNALLMForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if cuda else None, is_trainable=True)
     model.to("cuda" if cuda else "cpu")
