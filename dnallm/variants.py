@@ -386,8 +386,10 @@ def _append(f, text: str) -> None:
 
 def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path, fmt: str | None = None,
                  vcf_out: str | Path | None = None, resume: bool = False, batch_size: int = 8, mode: str = "score",
-                 max_new_tokens: int = 1024, progress: bool = True) -> dict:
+                 max_new_tokens: int = 1024, progress: bool = True, dtype: str = "auto") -> dict:
     """Explain every variant of a VCF/TSV file into a TSV (one line per record, appended and fsynced).
+
+    `dtype` (auto | bfloat16 | float16 | float32) applies when `model` is a path (auto: bf16 on CUDA, else fp32).
 
     Records are taken in fixed chunks of `batch_size` (by record order), so a resumed run batches exactly as an
     uninterrupted one and writes the same output. `resume` skips the records already in `out` (settings must
@@ -411,7 +413,8 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
     model_name = "<model object>" if isinstance(model, DNALLMForCausalLM) else str(Path(model).resolve())
     meta = {"variants": str(variants.resolve()), "format": fmt, "fasta": str(Path(fasta).resolve()),
             "model": model_name, "mode": mode, "batch_size": batch_size,
-            "max_new_tokens": max_new_tokens if mode == "generate" else None}
+            "max_new_tokens": max_new_tokens if mode == "generate" else None,
+            "dtype": None if isinstance(model, DNALLMForCausalLM) else dtype}
     meta_path = out.with_name(out.name + ".meta.json")
     genome = open_genome(fasta)
     total = sum(1 for _ in read_variants(variants, fmt))  # also surfaces file-level errors before any work
@@ -436,7 +439,7 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
         os.replace(tmp, meta_path)
     t_load = time.perf_counter()
     if not isinstance(model, DNALLMForCausalLM):
-        model = load_model(model_name)
+        model = load_model(model_name, dtype=dtype)
     load_s = time.perf_counter() - t_load
     window = model.config.window_size
 
