@@ -84,8 +84,8 @@ def split_kegg_sequences(reference: str, variant: str, flank: int = KEGG_FLANK) 
     return SplitVariant(reference[:flank], reference[flank:-flank], variant[flank:-flank], reference[-flank:])
 
 
-def validate_record(record: dict, where: str) -> dict:
-    """Check one raw KEGG row and derive its windows; errors name `where` (split and row)."""
+def validate_record(record: dict, where: str, window: int = WINDOW_SIZE) -> dict:
+    """Check one raw KEGG row and derive its `window` bp windows; errors name `where` (split and row)."""
     try:
         for key in ("question", "answer", "reasoning", "reference_sequence", "variant_sequence"):
             if not isinstance(record.get(key), str) or not record[key].strip():
@@ -97,7 +97,7 @@ def validate_record(record: dict, where: str) -> dict:
         check_bases(record["variant_sequence"], "variant_sequence")
         parts = split_kegg_sequences(record["reference_sequence"], record["variant_sequence"])
         ref_window, variant_window = centred_windows(parts.upstream, parts.ref_allele, parts.alt_allele,
-                                                     parts.downstream)
+                                                     parts.downstream, window)
     except ValueError as e:
         raise KeggRecordError(f"{where}: {e}") from None
     return {"label": label, "label_id": LABEL_TO_ID[label], "ref_window": ref_window,
@@ -123,10 +123,12 @@ def _raw_split(split: str, view: str, root: Path) -> datasets.Dataset:
     return hard_view(ds) if view == "kegg_hard" else ds
 
 
-def load_kegg(split: str, view: str = "kegg", root: str | Path | None = None) -> datasets.Dataset:
+def load_kegg(split: str, view: str = "kegg", root: str | Path | None = None,
+              window: int = WINDOW_SIZE) -> datasets.Dataset:
     """Load one split of the KEGG set as a validated `datasets.Dataset`.
 
-    Added columns: row, label, label_id, ref_window, variant_window (1024 bp each), ref_allele, alt_allele.
+    Added columns: row, label, label_id, ref_window, variant_window (`window` bp each, by the window rule;
+    a model's `config.window_size`), ref_allele, alt_allele.
     The grouped splits (`grouped-train|val|test`) take validated official rows listed in
     data/kegg_grouped/assignments.csv; their `row` is the official row and `source_split` the official split.
     """
@@ -138,22 +140,24 @@ def load_kegg(split: str, view: str = "kegg", root: str | Path | None = None) ->
         assigned = [a for a in read_assignments(root) if a["split"] == split.removeprefix("grouped-")]
         rows = {s: [a["row"] for a in assigned if a["source_split"] == s] for s in SPLITS}
         return datasets.concatenate_datasets([
-            load_kegg(s, view, root).select(rows[s]).add_column("source_split", [s] * len(rows[s]))
+            load_kegg(s, view, root, window).select(rows[s]).add_column("source_split", [s] * len(rows[s]))
             for s in SPLITS if rows[s]])
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS + GROUPED_SPLITS}")
     ds = _raw_split(split, view, Path(root) if root else data_dir())
-    return ds.map(lambda r, i: {"row": i, **validate_record(r, f"{view}/{split} row {i}")}, with_indices=True)
+    return ds.map(lambda r, i: {"row": i, **validate_record(r, f"{view}/{split} row {i}", window)}, with_indices=True)
 
 
 def load_views(split: str, views: dict[str, float] | None = None, seed: int = 0,
-               root: str | Path | None = None, limit: int | None = None) -> datasets.Dataset:
+               root: str | Path | None = None, limit: int | None = None,
+               window: int = WINDOW_SIZE) -> datasets.Dataset:
     """A training mix of views of one split: `views` maps a view to how often each record appears in it.
 
     {"kegg": 1.0, "kegg_hard": 1.0} shows every variant once with its pathway context and once without, so the
     label cannot be read off the question alone and the model has to use the DNA. A weight w keeps
     round(w * n) records of that view (whole copies, then a seeded sample for the fraction). Adds a `view`
-    column. None or {} means {"kegg": 1.0}. `limit` keeps the first rows of the split (smoke runs).
+    column. None or {} means {"kegg": 1.0}. `limit` keeps the first rows of the split (smoke runs); `window`
+    is the window length (the model's `config.window_size`).
     """
     import random
 
@@ -167,7 +171,7 @@ def load_views(split: str, views: dict[str, float] | None = None, seed: int = 0,
         raise ValueError(f"the training mix {views} selects no records")
     parts = []
     for view, weight in views.items():
-        ds = load_kegg(split, view=view, root=root)
+        ds = load_kegg(split, view=view, root=root, window=window)
         if limit:
             ds = ds.select(range(min(limit, len(ds))))
         whole, fraction = divmod(round(weight * len(ds)), len(ds))

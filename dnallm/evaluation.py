@@ -282,6 +282,11 @@ def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: 
 
     if not (generate or score):
         raise ValueError("nothing to evaluate: enable generate and/or score")
+    window = model.config.window_size
+    lengths = {len(w) for w in records["ref_window"]} | {len(w) for w in records["variant_window"]}
+    if lengths != {window}:
+        raise ValueError(f"{split}: the records hold windows of {sorted(lengths)} bp, but the model reads {window} bp "
+                         f"windows (config.window_size); load them with load_kegg(..., window={window})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from dnallm.configuration import DNALLMConfig
-from dnallm.data import load_kegg, load_views, training_views
+from dnallm.data import WINDOW_SIZE, load_kegg, load_views, training_views
 from dnallm.modeling import DNALLMForCausalLM
 from dnallm.processing import DNALLMProcessor, format_answer
 from dnallm.training import SFTConfig, train_sft
@@ -124,7 +124,8 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
         for part in ("encoder", "text-model"):  # copies, so that DIR holds everything its checkpoint needs
             shutil.copytree(SHIPPED_STAND_INS / part, out / part, dirs_exist_ok=True)
     views = training_views(preset)
-    train, val = (load_views(prefix + s, views, limit=limit) for s in ("train", "val"))
+    window = preset["model"].get("window_size", WINDOW_SIZE)
+    train, val = (load_views(prefix + s, views, limit=limit, window=window) for s in ("train", "val"))
     timings["pretrain_s"] = round(time.time() - t, 1)
 
     t = time.time()
@@ -147,11 +148,11 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
         # Baselines and the probe train on the matching training split (cut like the rest in smoke runs).
         train_records = take(load_kegg(*split_spec(training_split(split)))) if limit else None
         evaluations[split] = evaluate_split(
-            best, take(load_kegg(name, view=view)), split, out / "eval" / split, batch_size=preset["eval"]["batch_size"],
+            best, take(load_kegg(name, view=view, window=window)), split, out / "eval" / split, batch_size=preset["eval"]["batch_size"],
             max_new_tokens=preset["eval"]["max_new_tokens"], controls=("text-only", "shuffled-dna"),
             controls_generate=False, probe_cache_dir=out / "probe-cache", train_records=train_records)
     metrics = evaluations[prefix + "test"]
-    test = take(load_kegg(prefix + "test"))
+    test = take(load_kegg(prefix + "test", window=window))
     timings["eval_s"] = round(time.time() - t, 1)
 
     example = test[0]

@@ -82,10 +82,15 @@ def encode_examples(model: DNALLMForCausalLM, records, max_length: int, direct_a
     the number of copies of each mode per view (the records' `view` column; records without one are `kegg`).
     """
     proc = model.processor
+    window = model.config.window_size
     out = []
     for r in records:
         view = r.get("view", "kegg")
         windows = [r["ref_window"], r["variant_window"]]
+        if {len(w) for w in windows} != {window}:
+            raise ValueError(f"row {r.get('row')}: windows of {len(windows[0])}/{len(windows[1])} bp, but the model "
+                             f"reads {window} bp windows (config.window_size); load the data with "
+                             f"load_kegg/load_views(..., window={window})")
         for thinking in (True, False):
             copies = _copies(thinking_answers if thinking else direct_answers, view)
             if not copies:

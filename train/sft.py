@@ -44,7 +44,8 @@ def main() -> None:
     model.add_lora()
     model.to(device)
     views = training_views(preset)
-    train, val = load_views("train", views), load_views("val", views)
+    window = model.config.window_size
+    train, val = load_views("train", views, window=window), load_views("val", views, window=window)
     if args.limit:
         train, val = train.select(range(args.limit)), val.select(range(min(args.limit, len(val))))
     train_sft(model, train, val, sft, args.out)
