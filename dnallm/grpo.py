@@ -41,10 +41,12 @@ class GRPOConfig:
     reward_weights: dict = field(default_factory=lambda: {"correct": 1.0, "format": 0.2, "length": 0.1})
     length_target: int = 512
     length_limit: int = 1024
-    # Sequences per policy forward/backward (None: the whole step at once). The gradients of the micro-batches
-    # add up to the full batch's; 4 prompts x 8 completions of a 4B model in one pass run out of GPU memory.
+    # Sequences per policy forward/backward (None: the whole step at once); the gradients of the micro-batches add
+    # up to the full batch's. Measured on an H200 (Genos-1.2B + Qwen3-4B, bf16, 4 x 8 completions of 768 tokens):
+    # micro-batches of 8 without gradient checkpointing run out of memory; with it, peak 28.6 GiB (53.8 GiB when
+    # all 32 sequences go at once).
     micro_batch_size: int | None = 8
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = True
     seed: int = 0
     log_every: int = 1
     save_every: int | None = 10       # steps between resumable states in out/last (None: only at the end)
