@@ -36,7 +36,7 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     model = DNALLMForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if cuda else None, is_trainable=True)
     model.to("cuda" if cuda else "cpu")
-    records = load_views("train", training_views(preset))
+    records = load_views("train", training_views(preset), window=model.config.window_size)  # windows it was trained on
     if args.limit:
         records = records.select(range(args.limit))
     grpo_train(model, records, cfg, args.out, reference_adapter=Path(args.model) / ADAPTER_DIR if cfg.beta else None)
