@@ -54,9 +54,9 @@ class GRPOConfig:
     stop_after_steps: int | None = None  # end early (a later resume continues to `steps`); for staged runs/tests
 
 
-def _completion_mask(completions: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """1 up to and including the first end-of-turn token, 0 after it."""
-    is_eos = completions == eos_id
+def _completion_mask(completions: torch.Tensor, end_ids: list[int]) -> torch.Tensor:
+    """1 up to and including the first end token (any of `end_ids`: Qwen3's <|im_end|> and <|endoftext|>), 0 after."""
+    is_eos = torch.isin(completions, torch.tensor(end_ids, device=completions.device))
     after = (is_eos.cumsum(1) - is_eos.long()) > 0
     return (~after).long()
 
@@ -172,7 +172,7 @@ def grpo_train(model: DNALLMForCausalLM, records, cfg: GRPOConfig, out_dir: str 
             completions = model.generate(prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens, do_sample=True,
                                          temperature=cfg.temperature, dna_hidden_states=hidden,
                                          dna_positions_mask=dna_mask)
-        completion_mask = _completion_mask(completions, tok.eos_token_id)
+        completion_mask = _completion_mask(completions, model.processor.end_token_ids)
         texts = tok.batch_decode(completions * completion_mask + tok.pad_token_id * (1 - completion_mask),
                                  skip_special_tokens=True)
         rewards = [reward_fn(t, r, int(n)) for t, r, n in zip(texts, rows, completion_mask.sum(1).tolist())]

@@ -50,9 +50,9 @@ def test_length_reward_and_weighted_total():
         total_reward(GOOD, "melanoma", 1, {"brevity": 1.0})
 
 
-def test_completion_mask_stops_after_first_eos():
-    c = torch.tensor([[5, 6, 9, 0, 0], [5, 5, 5, 5, 5]])
-    assert _completion_mask(c, 9).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+def test_completion_mask_stops_after_the_first_end_token_of_either_kind():
+    c = torch.tensor([[5, 6, 9, 0, 0], [5, 5, 5, 5, 5], [5, 8, 5, 9, 0]])
+    assert _completion_mask(c, [9, 8]).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.1])
@@ -111,7 +111,7 @@ def test_completion_logprobs_equal_log_softmax_of_the_full_logits(tiny_dir, kegg
     completions = torch.randint(0, 200, (4, 9), generator=torch.Generator().manual_seed(0))
     completions[0, 3] = eos  # one completion ends early; padding follows
     completions[0, 4:] = model.processor.tokenizer.pad_token_id
-    completion_mask = _completion_mask(completions, eos)
+    completion_mask = _completion_mask(completions, [eos])
     with torch.no_grad():
         got = _completion_logprobs(model, prompt_ids, prompt_mask, completions, completion_mask, b)
         ids, mask = torch.cat([prompt_ids, completions], 1), torch.cat([prompt_mask, completion_mask], 1)
