@@ -26,6 +26,7 @@ class DNALLMConfig(PretrainedConfig):
         lora_alpha: int = 64,
         lora_dropout: float = 0.05,
         lora_target_modules: str | list[str] = "all-linear",
+        answer_modes: list[str] | None = None,
         **kwargs,
     ):
         self.encoder_type = encoder_type
@@ -45,4 +46,7 @@ class DNALLMConfig(PretrainedConfig):
         self.lora_alpha = lora_alpha
         self.lora_dropout = lora_dropout
         self.lora_target_modules = lora_target_modules
+        # Set by SFT: the answer forms the model was trained on, "thinking" (reasoning + answer line) and/or
+        # "direct" (the answer line alone, non-thinking mode). Label scoring reads the direct form.
+        self.answer_modes = answer_modes
         super().__init__(**kwargs)

@@ -8,7 +8,7 @@ The main evaluation and every control go through it; only their inputs differ (`
   dna-only       the question replaced by the kegg_hard sentence (skipped when it already is);
   shuffled-dna   another record's windows (a fixed derangement of the rows);
   ref-as-variant the reference window given as both reference and variant.
-Metrics: accuracy with a 95 % Wilson interval and macro-F1 over the 37 labels (an unparseable answer counts as
+Metrics: accuracy with a 95 % Wilson interval and macro-F1 over the labels present (an unparseable answer counts as
 wrong), a per-label precision/recall/F1 table, ECE (15 bins) of the label probabilities, and accuracy when
 predictions whose top probability is below a threshold abstain. Baselines (majority, TF-IDF + logistic
 regression) are trained on the matching training split and scored by the same metric functions.
@@ -50,14 +50,21 @@ def _ids(labels: list[str | None]) -> list[int]:
 
 
 def classification_metrics(gold: list[str], predicted: list[str | None]) -> dict:
-    """Accuracy and macro-F1 over all 37 labels; an unparseable prediction counts as wrong."""
+    """Accuracy and macro-F1; an unparseable prediction counts as wrong.
+
+    macro_f1 averages over the labels present in the gold labels or the (valid) predictions, scikit-learn's
+    default, so a perfect classifier scores 1.0 whatever labels a split lacks; macro_f1_37 averages over all 37
+    (labels absent from both count 0: at most 26/37 on a test split holding 26 labels).
+    """
     y_true = [LABEL_TO_ID[g] for g in gold]
     y_pred = _ids(predicted)
     n, correct = len(y_true), sum(t == p for t, p in zip(y_true, y_pred))
     low, high = wilson_interval(correct, n)
+    present = sorted((set(y_true) | set(y_pred)) - {-1})
     return {"n": n, "correct": correct, "accuracy": accuracy_score(y_true, y_pred) if n else 0.0,
-            "macro_f1": f1_score(y_true, y_pred, labels=list(range(len(KEGG_LABELS))), average="macro",
-                                 zero_division=0) if n else 0.0,
+            "macro_f1": f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0) if n else 0.0,
+            "macro_f1_37": f1_score(y_true, y_pred, labels=list(range(len(KEGG_LABELS))), average="macro",
+                                    zero_division=0) if n else 0.0,
             "accuracy_ci_low": low, "accuracy_ci_high": high,
             "invalid_answers": sum(p == -1 for p in y_pred)}
 
@@ -305,6 +312,9 @@ def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: 
                "modes": modes,
                "per_label": per_label_table(gold, predicted)}
     if score:
+        from dnallm.scoring import scoring_form_trained
+
+        metrics["score_form_trained"] = scoring_form_trained(model)
         probs = main["probabilities"]
         metrics["calibration"] = calibration_metrics(gold, probs)
         metrics["abstain"] = abstain_metrics(gold, probs, threshold)

@@ -77,7 +77,11 @@ def write_report(metrics: dict, out_dir: str | Path, gold: list[str], predicted:
              f"`Answer:` line counts); baselines trained on "
              f"{metrics['baselines_trained_on']}; {metrics['seconds']} s.", "",
              f"**Accuracy {_pct(metrics['accuracy'])}** (95 % Wilson interval [{_pct(metrics['accuracy_ci_low'])}, "
-             f"{_pct(metrics['accuracy_ci_high'])}]), macro-F1 over the 37 labels {metrics['macro_f1']:.3f}.", ""]
+             f"{_pct(metrics['accuracy_ci_high'])}]), macro-F1 {metrics['macro_f1']:.3f} over the labels present in gold or "
+             f"predictions ({metrics['macro_f1_37']:.3f} over all 37).", ""]
+    if metrics.get("score_form_trained") is False:
+        lines += ["**Warning**: this checkpoint was trained without direct answers; label scoring (score mode, the "
+                  "probabilities) reads the direct-answer form it never learnt.", ""]
     lines += [f"Leakage check: {metrics['rows_with_variant_in_train']} of {metrics['n']} rows have a variant sequence "
               f"that also occurs in {metrics['baselines_trained_on']}"
               + (" (the grouped split is leak-free only for a model trained on `grouped-train`)."

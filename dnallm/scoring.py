@@ -10,6 +10,7 @@ earlier tokens only. Nothing is copied per label, so the cost is one prompt forw
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import torch
 
@@ -71,9 +72,25 @@ def continuation_label_logprobs(model, input_ids: torch.Tensor, attention_mask: 
     return (first + rest).cpu()
 
 
+class UntrainedScoringFormWarning(UserWarning):
+    """Label scoring on a checkpoint that never saw the direct-answer form it reads."""
+
+
+def scoring_form_trained(model) -> bool:
+    """False when the checkpoint records its SFT answer forms and the direct form is not among them (None, as
+    for checkpoints from before this was recorded or untrained models, is not known to be wrong)."""
+    modes = getattr(model.config, "answer_modes", None)
+    return modes is None or "direct" in modes
+
+
 @torch.no_grad()
 def label_logprobs(model, questions: list[str], windows: list[tuple[str, str]], batch_size: int = 8) -> torch.Tensor:
     """Total log-likelihood of each label string after the non-thinking prompt and `Answer:`: [n_questions, 37]."""
+    if not scoring_form_trained(model):
+        warnings.warn(f"this checkpoint was trained on answer forms {model.config.answer_modes} only, without "
+                      "direct answers (sft.direct_answers): label scoring reads the direct-answer form, so its "
+                      "probabilities are not what the model learnt; use generate mode or train with direct answers",
+                      UntrainedScoringFormWarning, stacklevel=2)
     proc = model.processor
     tree = LabelTree(proc.tokenizer, model.device)
     out = torch.empty(len(questions), len(KEGG_LABELS))

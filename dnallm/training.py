@@ -303,6 +303,11 @@ def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConf
         _load_trainable(model, Path(cfg.init_projector_from), projector_only=True)
 
     train = encode_examples(model, train_records, cfg.max_length, cfg.direct_answers, cfg.thinking_answers)
+    views = set(train_records["view"]) if "view" in train_records.column_names else {"kegg"}
+    # Saved with the checkpoint: label scoring warns when it reads a form the model never learnt.
+    model.config.answer_modes = [mode for mode, setting in (("thinking", cfg.thinking_answers),
+                                                            ("direct", cfg.direct_answers))
+                                 if any(_copies(setting, v) for v in views)]
     val = encode_examples(model, val_records, cfg.max_length)  # selection on the reasoning-mode answer loss
     # The frozen encoder runs once per distinct window (many KEGG windows repeat), never per step.
     cache = EmbeddingCache(model.encoder, dtype=torch.bfloat16 if cfg.bf16 else torch.float32, device=device)

@@ -32,15 +32,27 @@ def test_wilson_interval_known_values():
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
 
 
-def test_metrics_count_invalid_as_wrong_and_average_over_37_labels():
+def test_metrics_count_invalid_as_wrong_and_average_over_the_labels_present():
     gold = ["melanoma", "melanoma", "prostate cancer", "gastric cancer"]
     pred = ["melanoma", None, "prostate cancer", "melanoma"]
     m = classification_metrics(gold, pred)
     assert (m["n"], m["correct"], m["invalid_answers"]) == (4, 2, 1)
     assert m["accuracy"] == 0.5
-    # per-label F1: melanoma 2/3 (p=1/2, r=1/2 -> 0.5)... computed over all 37 labels, absent ones count 0
+    # per-label F1: melanoma 0.5 (p=1/2, r=1/2), prostate cancer 1.0, gastric cancer 0.0; the labels present
+    # in gold or predictions are these three; the 37-label figure counts the 34 absent ones as 0
     melanoma_f1 = 2 * 0.5 * 0.5 / (0.5 + 0.5)
-    assert m["macro_f1"] == pytest.approx((melanoma_f1 + 1.0 + 0.0) / len(KEGG_LABELS))
+    assert m["macro_f1"] == pytest.approx((melanoma_f1 + 1.0 + 0.0) / 3)
+    assert m["macro_f1_37"] == pytest.approx((melanoma_f1 + 1.0 + 0.0) / len(KEGG_LABELS))
+
+
+def test_a_perfect_classifier_has_macro_f1_one_on_every_split():
+    from dnallm.data import load_kegg
+
+    for split in ("test", "grouped-test"):
+        gold = list(load_kegg(split)["label"])
+        m = classification_metrics(gold, gold)
+        assert m["macro_f1"] == 1.0 and m["accuracy"] == 1.0
+        assert m["macro_f1_37"] == pytest.approx(len(set(gold)) / len(KEGG_LABELS))  # the old figure's cap
     assert set(m) >= {"n", "accuracy", "macro_f1", "accuracy_ci_low", "accuracy_ci_high"}
 
 

@@ -126,3 +126,27 @@ def test_a_crash_during_a_save_leaves_the_previous_state_whole(tiny_dir, tmp_pat
     a, b = trained_weights(tmp_path / "full/last"), trained_weights(last)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_scoring_warns_on_a_checkpoint_trained_without_direct_answers(tiny_dir, tmp_path):
+    import warnings
+
+    from dnallm.modeling import DNALLMForCausalLM
+    from dnallm.scoring import UntrainedScoringFormWarning, label_probabilities
+
+    train = load_kegg("train").select(range(4))
+    r = train[0]
+    args = ([r["question"]], [(r["ref_window"], r["variant_window"])])
+    for direct, modes in ((False, ["thinking"]), (True, ["thinking", "direct"])):
+        out = tmp_path / str(direct)
+        train_sft(build(tiny_dir), train, train, SFTConfig(epochs=1.0, batch_size=4, direct_answers=direct,
+                                                           tensorboard=False), out)
+        model = DNALLMForCausalLM.from_pretrained(out)
+        assert model.config.answer_modes == modes  # recorded in the checkpoint's config
+        if direct:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", UntrainedScoringFormWarning)
+                label_probabilities(model, *args)
+        else:
+            with pytest.warns(UntrainedScoringFormWarning, match="without direct answers"):
+                label_probabilities(model, *args)
