@@ -8,11 +8,16 @@ against a FASTA, the window rule),
 `stream_answer` (the same prompt, processor and thinking budget as `explain_variant`), `parse_answer` /
 `split_reasoning` (strict answer parsing) and `dnallm.scoring` (label probabilities). Nothing here touches
 the model itself.
+
+Safe to expose: the server binds loopback unless the operator passes `--allow-remote`, and coordinate input
+reads only the genome FASTA files the operator named at start (`--fasta`, `--genome-dir`). Callers pick a
+genome by name from that list; nothing they send is ever used as a path.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 import time
 from pathlib import Path
@@ -29,6 +34,9 @@ DEFAULT_MODEL = "runs/quickstart/model"
 NO_ANSWER = "no valid answer"  # the answer field when the final line is not `Answer: <one of the 37 labels>`
 N_EXAMPLES = 8
 SEQUENCES, COORDINATES = "sequences", "coordinates"
+FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".fa.gz", ".fasta.gz", ".fna.gz")  # what --genome-dir offers
+COORDINATES_OFF = ("coordinate input is off: the server was started without a genome (--fasta or --genome-dir); "
+                   "give the reference and variant sequences instead")
 UPDATE_EVERY_S = 0.05  # streamed text is pushed to the page at most this often
 
 TITLE = """\
@@ -39,9 +47,9 @@ The DNA encoder reads the reference and variant windows; the language model reas
 
 ABOUT = """\
 **Input.** Two 1024 bp windows centred on the variant (the variant at index 512), two KEGG-layout sequences
-(2000 bp flank + allele + 2000 bp flank), or coordinates (CHROM, 1-based POS, REF, ALT) in a genome FASTA on the
-server: REF is checked against the FASTA and the windows are cut by the same rule. Or load an example from the
-KEGG test split.
+(2000 bp flank + allele + 2000 bp flank), or coordinates (CHROM, 1-based POS, REF, ALT) in one of the genomes
+the server was started with (`--fasta`, `--genome-dir`): REF is checked against the FASTA and the windows are cut
+by the same rule. Or load an example from the KEGG test split.
 
 **Follow-ups** stay on the same variant: each message is asked as a new question with the same DNA. The model is
 trained single-turn, so earlier messages are not part of its prompt. Changing the variant starts a new
@@ -57,6 +65,59 @@ CSS = "#error-box { color: #b91c1c; font-weight: 600; }"
 # System fonts only: the app works without internet access (no Google Fonts request).
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "monospace"])
+
+
+class StartError(ValueError):
+    """A server setting refused at start (host, genome files); the message says what to change."""
+
+
+def check_host(host: str, allow_remote: bool = False) -> None:
+    """Refuse to bind anything but loopback unless the operator asked for it: any caller who reaches the server
+    can run the model on the server's hardware."""
+    if allow_remote or host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:  # a host name: it may resolve to any interface
+        pass
+    raise StartError(f"--host {host} is not a loopback address (127.0.0.1, ::1, localhost): the app would be "
+                     "reachable from other machines. Pass --allow-remote to serve beyond loopback on purpose "
+                     "(better behind a proxy with authentication).")
+
+
+def allowed_genomes(fasta=(), genome_dir: str | Path | None = None) -> dict[str, Path]:
+    """The genome FASTA files coordinate input may read, by the name callers pick them with.
+
+    Each `--fasta` file, and each FASTA file directly in `--genome-dir` (by suffix: .fa, .fasta, .fna, each
+    optionally .gz). Every file is opened here, at start: pyfaidx writes its .fai/.gzi index on first open, so
+    indexing now means that no request ever makes the server write a file, and a bad file is an error now
+    rather than for the first caller.
+    """
+    paths = [Path(f).expanduser() for f in fasta]
+    if genome_dir is not None:
+        folder = Path(genome_dir).expanduser()
+        if not folder.is_dir():
+            raise StartError(f"--genome-dir {folder} is not a directory")
+        found = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(FASTA_SUFFIXES))
+        if not found:
+            raise StartError(f"--genome-dir {folder} has no FASTA file ({', '.join(FASTA_SUFFIXES)})")
+        paths += found
+    genomes: dict[str, Path] = {}
+    for path in paths:
+        if not path.is_file():
+            raise StartError(f"--fasta {path} does not exist")
+        name, resolved = path.name, path.resolve()
+        if genomes.get(name, resolved) != resolved:
+            raise StartError(f"two genome FASTA files are named {name} ({genomes[name]}, {resolved}): callers "
+                             "pick genomes by file name, so rename one")
+        genomes[name] = resolved
+    for name, path in genomes.items():
+        try:
+            open_genome(path)
+        except (OSError, ValueError, ImportError) as e:
+            raise StartError(f"genome {name}: {e}") from None
+    return genomes
 
 
 def _clean(seq: str | None) -> str:
@@ -80,38 +141,45 @@ def _examples(n: int) -> tuple[list[list[str]], list[str]]:
     return rows, labels
 
 
-def _variant_key(source, reference, variant, chrom, pos, ref, alt, fasta) -> list:
-    """What identifies the variant in the input fields (a follow-up has the same key); ValueError if incomplete."""
+def _variant_key(source, reference, variant, chrom, pos, ref, alt, genome, genomes: dict[str, Path]) -> list:
+    """What identifies the variant in the input fields (a follow-up has the same key); ValueError if incomplete.
+
+    `genome` is a name from `genomes` (the operator's allow-list), never a path: an unknown name is refused
+    without repeating it, since a caller can send any text there."""
     if source == COORDINATES:
-        chrom, ref, alt, fasta = (str(v or "").strip() for v in (chrom, ref, alt, fasta))
-        if not (chrom and fasta and pos not in (None, "")):
-            raise ValueError("coordinates need CHROM, POS, REF, ALT and the genome FASTA path "
-                             "(use '-' for an empty allele)")
+        if not genomes:
+            raise ValueError(COORDINATES_OFF)
+        if not isinstance(genome, str) or genome not in genomes:
+            raise ValueError(f"unknown genome: pick one of {', '.join(genomes)}")
+        chrom, ref, alt = (str(v or "").strip() for v in (chrom, ref, alt))
+        if not (chrom and pos not in (None, "")):
+            raise ValueError("coordinates need CHROM, POS, REF and ALT (use '-' for an empty allele)")
         if isinstance(pos, float) and pos.is_integer():
             pos = int(pos)
-        return [COORDINATES, chrom, pos, ref.upper(), alt.upper(), str(Path(fasta).expanduser().resolve())]
+        return [COORDINATES, chrom, pos, ref.upper(), alt.upper(), genome]
     key = [SEQUENCES, _clean(reference), _clean(variant)]
     if not key[1] or not key[2]:
         raise ValueError("enter the reference and the variant sequence (or load an example)")
     return key
 
 
-def _variant_windows(key: list, window: int) -> tuple[tuple[str, str], list[str]]:
+def _variant_windows(key: list, window: int, genomes: dict[str, Path]) -> tuple[tuple[str, str], list[str]]:
     """The two windows of a variant key and any notes (padding, ...); errors are readable ValueError/OSError."""
     if key[0] == COORDINATES:
-        _, chrom, pos, ref, alt, fasta = key
-        w = open_genome(fasta).windows(chrom, pos, ref, alt, window=window)
+        _, chrom, pos, ref, alt, name = key
+        w = open_genome(genomes[name]).windows(chrom, pos, ref, alt, window=window)
         return (w.reference, w.variant), list(w.warnings)
     return prepare_windows(key[1], key[2], window, where="sequences"), []
 
 
 def build_app(model_path: str = DEFAULT_MODEL, max_new_tokens: int = 1024, k: int = 5, concurrency_limit: int = 1,
-              n_examples: int = N_EXAMPLES, fasta: str | None = None) -> gr.Blocks:
+              n_examples: int = N_EXAMPLES, genomes: dict[str, Path] | None = None) -> gr.Blocks:
     """The Blocks app for one checkpoint. The model is loaded here, once (load_model is cached per process).
 
-    `fasta` fixes the genome FASTA for coordinate input (the path field is then read-only and ignored); without
-    it, users type a path that the server reads, so fix it when serving beyond loopback.
+    `genomes` (from `allowed_genomes`) are the FASTA files coordinate input may read, by name; without any,
+    coordinate input is off.
     """
+    genomes = dict(genomes or {})
     model = load_model(str(Path(model_path).resolve()))
     window = model.config.window_size
 
@@ -129,16 +197,14 @@ def build_app(model_path: str = DEFAULT_MODEL, max_new_tokens: int = 1024, k: in
             yield fail("Type a question about the variant.", history, state, question)
             return
         notes = []
-        if fasta:
-            genome = fasta
         try:
-            key = _variant_key(source, reference, variant, chrom, pos, ref, alt, genome)
+            key = _variant_key(source, reference, variant, chrom, pos, ref, alt, genome, genomes)
             if not (state and state.get("key") == key):  # a new variant starts a new conversation
-                windows, notes = _variant_windows(key, window)
+                windows, notes = _variant_windows(key, window, genomes)
                 history, state = [], {"key": key, "windows": list(windows)}
                 for note in notes:
                     gr.Warning(note)
-        except (ValueError, OSError, ImportError) as e:  # bad bases, wrong length, REF mismatch, missing FASTA
+        except (ValueError, OSError, ImportError) as e:  # bad bases, wrong length, REF mismatch, unknown genome
             yield fail(str(e), history, state, question)
             return
         windows = tuple(state["windows"])  # a follow-up asks with the same DNA
@@ -199,13 +265,19 @@ def build_app(model_path: str = DEFAULT_MODEL, max_new_tokens: int = 1024, k: in
                     variant = gr.Textbox(label="Variant sequence", lines=2, max_lines=2,
                                          placeholder="the same window with the alternative allele")
                 with gr.Group(visible=False) as coordinate_fields:
-                    with gr.Row():
+                    if not genomes:
+                        gr.Markdown("**Coordinate input is off**: the server was started without a genome "
+                                    "(`--fasta` or `--genome-dir`). Give the sequences instead.")
+                    with gr.Row(visible=bool(genomes)):
                         chrom = gr.Textbox(label="CHROM", placeholder="chr1")
                         pos = gr.Number(label="POS (1-based)", precision=0)
                         ref = gr.Textbox(label="REF", placeholder="G")
                         alt = gr.Textbox(label="ALT", placeholder="T")
-                    genome = gr.Textbox(fasta or "", label="Genome FASTA path (on the server)",
-                                        placeholder="/data/GRCh38.fa or .fa.gz (bgzip)", interactive=not fasta)
+                    # Names only, never a path. allow_custom_value lets `ask` refuse an unknown name itself:
+                    # Gradio's own refusal repeats the sent value in its error message.
+                    genome = gr.Dropdown(list(genomes), value=next(iter(genomes), None), allow_custom_value=True,
+                                         label="Genome (FASTA files the server was started with)",
+                                         visible=bool(genomes))
                 gr.Examples(examples, inputs=[question, source, reference, variant], example_labels=example_labels,
                             label="Examples (KEGG test split)")
                 with gr.Accordion("Settings", open=False):
@@ -238,22 +310,45 @@ def build_app(model_path: str = DEFAULT_MODEL, max_new_tokens: int = 1024, k: in
     return demo
 
 
-def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, **kwargs):
-    """Serve the app (loopback unless `host` says otherwise); kwargs go to `gr.Blocks.launch`."""
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, allow_remote: bool = False,
+           **kwargs):
+    """Serve the app on loopback (another host only with `allow_remote`); kwargs go to `gr.Blocks.launch`."""
+    check_host(host, allow_remote)
     return demo.launch(server_name=host, server_port=port, theme=THEME, css=CSS, **kwargs)
+
+
+def serve(model: str = DEFAULT_MODEL, host: str = "127.0.0.1", port: int | None = 7860, max_new_tokens: int = 1024,
+          concurrency_limit: int = 1, fasta=(), genome_dir: str | Path | None = None, allow_remote: bool = False):
+    """What `python app/app.py` and `dnallm app` run: check the settings, build the app, serve it.
+
+    StartError for a refused host or a bad genome file (checked before the model loads), FileNotFoundError for
+    a missing checkpoint.
+    """
+    check_host(host, allow_remote)
+    genomes = allowed_genomes(fasta, genome_dir)
+    demo = build_app(model, max_new_tokens=max_new_tokens, concurrency_limit=concurrency_limit, genomes=genomes)
+    return launch(demo, host=host, port=port, allow_remote=allow_remote)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="dnallm chat UI")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (loopback unless --allow-remote)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--concurrency-limit", type=int, default=1)
-    parser.add_argument("--fasta", default=None, help="fix the genome FASTA for coordinate input")
+    parser.add_argument("--fasta", action="append", default=[],
+                        help="a genome FASTA coordinate input may read (repeatable); offered by file name")
+    parser.add_argument("--genome-dir", default=None,
+                        help="a folder whose FASTA files (.fa/.fasta/.fna[.gz]) coordinate input may read")
+    parser.add_argument("--allow-remote", action="store_true", help="allow a --host other than loopback")
     args = parser.parse_args(argv)
-    launch(build_app(args.model, max_new_tokens=args.max_new_tokens, concurrency_limit=args.concurrency_limit,
-                     fasta=args.fasta), host=args.host, port=args.port)
+    try:
+        serve(args.model, host=args.host, port=args.port, max_new_tokens=args.max_new_tokens,
+              concurrency_limit=args.concurrency_limit, fasta=args.fasta, genome_dir=args.genome_dir,
+              allow_remote=args.allow_remote)
+    except (StartError, FileNotFoundError) as e:
+        parser.error(str(e))
 
 
 if __name__ == "__main__":

@@ -262,13 +262,16 @@ def _load_app_module():
 
 @app.command("app")
 def serve_app(model: Path = typer.Option(Path("runs/quickstart/model"), help="Checkpoint folder"),
-              host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback unless you ask otherwise)"),
+              host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback unless --allow-remote)"),
               port: int = typer.Option(7860, help="Port"),
               max_new_tokens: int = typer.Option(1024, help="Default thinking budget (adjustable in the UI)"),
               concurrency_limit: int = typer.Option(1, help="Requests the model serves at once (Gradio queue)"),
-              fasta: Optional[Path] = typer.Option(None, help="Fix the genome FASTA for coordinate input (else users "
-                                                              "type a server path; fix it beyond loopback)")):
-    """Start the Gradio chat UI (app/app.py) for one checkpoint."""
+              fasta: Optional[list[Path]] = typer.Option(None, help="A genome FASTA coordinate input may read "
+                                                                    "(repeatable; offered by file name)"),
+              genome_dir: Optional[Path] = typer.Option(None, help="A folder whose FASTA files (.fa/.fasta/.fna"
+                                                                   "[.gz]) coordinate input may read"),
+              allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a --host other than loopback")):
+    """Start the Gradio chat UI (app/app.py) for one checkpoint; the same settings as `python app/app.py`."""
     try:
         ui = _load_app_module()
     except ModuleNotFoundError as e:
@@ -278,12 +281,14 @@ def serve_app(model: Path = typer.Option(Path("runs/quickstart/model"), help="Ch
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     try:
-        demo = ui.build_app(str(model), max_new_tokens=max_new_tokens, concurrency_limit=concurrency_limit,
-                            fasta=str(fasta) if fasta else None)
+        ui.serve(str(model), host=host, port=port, max_new_tokens=max_new_tokens, concurrency_limit=concurrency_limit,
+                 fasta=fasta or [], genome_dir=genome_dir, allow_remote=allow_remote)
+    except ui.StartError as e:  # a refused host or a bad genome file
+        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        raise typer.Exit(2)
     except FileNotFoundError as e:
         console.print(f"[red]error:[/red] {e} (train one with `dnallm quickstart` or pass --model)")
         raise typer.Exit(2)
-    ui.launch(demo, host=host, port=port)
 
 
 if __name__ == "__main__":

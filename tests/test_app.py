@@ -2,6 +2,8 @@
 
 End to end: the app is launched on the tiny checkpoint of the `quickstart_dir` fixture and asked through
 gradio_client; headless Chromium renders the page, and (over the DevTools protocol) loads an example and asks.
+Every answer is checked against the library (`explain_variant`, the API the app must agree with). The settings
+checks that need no model (host, genome allow-list, gradio version) are in test_app_setup.py.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import gradio as gr
 import pytest
 from gradio_client import Client
 from PIL import Image
@@ -22,13 +25,14 @@ from typer.testing import CliRunner
 
 from dnallm.cli import _load_app_module, app as cli_app
 from dnallm.data import load_kegg
+from dnallm.genome import write_kegg_contigs
 from dnallm.inference import FORCED_ANSWER, ForcedAnswer, explain_variant, generate_answers, load_model, stream_answer
-from dnallm.labels import KEGG_LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = 8  # max new tokens: the tiny model then always runs into the thinking budget (fast, and exercises it)
 K = 4
 N_EXAMPLES = 3
+NO_ANSWER = "no valid answer"
 CHROMIUM = shutil.which("chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -52,7 +56,24 @@ def records():
 
 
 @pytest.fixture(scope="module")
-def served(ui, model_path):
+def genome(records, tmp_path_factory):
+    """The operator's genome: a FASTA with records[2] placed on it, and where (chrom, pos, ref, alt)."""
+    path = tmp_path_factory.mktemp("genomes") / "genome.fa"
+    return path, write_kegg_contigs([records[2]], path)[0]
+
+
+@pytest.fixture(scope="module")
+def served(ui, model_path, genome):
+    """The app with one allowed genome (`--fasta genome.fa`)."""
+    demo = ui.build_app(model_path, max_new_tokens=BUDGET, k=K, n_examples=N_EXAMPLES,
+                        genomes=ui.allowed_genomes([genome[0]]))
+    _, url, _ = ui.launch(demo, port=None, prevent_thread_lock=True, quiet=True)
+    yield demo, url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def served_without_genome(ui, model_path):
     demo = ui.build_app(model_path, max_new_tokens=BUDGET, k=K, n_examples=N_EXAMPLES)
     _, url, _ = ui.launch(demo, port=None, prevent_thread_lock=True, quiet=True)
     yield demo, url
@@ -61,9 +82,10 @@ def served(ui, model_path):
 
 def ask(client, question, reference="", variant="", history=(), source="sequences", coordinates=("", None, "", "", ""),
         budget=BUDGET, k=K):
-    chrom, pos, ref, alt, fasta = coordinates
+    chrom, pos, ref, alt, genome_name = coordinates
     history_out, question_box, answer, chart, probabilities, error = client.predict(
-        question, source, reference, variant, chrom, pos, ref, alt, fasta, list(history), budget, k, api_name="/ask")
+        question, source, reference, variant, chrom, pos, ref, alt, genome_name, list(history), budget, k,
+        api_name="/ask")
     return {"history": history_out, "question": question_box, "answer": answer, "chart": chart,
             "probabilities": probabilities, "error": error}
 
@@ -128,38 +150,44 @@ def test_app_answers_with_label_and_probabilities(served, model_path, records):
     out = ask(client, r["question"], r["ref_window"], r["variant_window"])
     assert out["error"] == ""
     assert out["question"] == ""  # the chat box is cleared for the next question
-    assert out["answer"] in KEGG_LABELS or out["answer"] == "no valid answer"
+    # What the library says for the same question and DNA (KEGG layout here, windows in the app): the app must
+    # show its label, its 37 probabilities, its top k and its reasoning.
+    ex = explain_variant(r["question"], r["reference_sequence"], r["variant_sequence"], model=model_path,
+                         max_new_tokens=BUDGET)
+    assert out["answer"] == (ex.label or NO_ANSWER)
     probs = out["probabilities"]
-    assert set(probs) == set(KEGG_LABELS)
-    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
+    assert probs == pytest.approx(ex.label_probabilities, abs=1e-5)
+    ranked = sorted(ex.label_probabilities.items(), key=lambda item: -item[1])
+    assert list(probs) == [name for name, _ in ranked]  # listed most likely first
     chart = [(c["label"], c["confidence"]) for c in out["chart"]["confidences"]]
-    assert chart == sorted(probs.items(), key=lambda item: -item[1])[:K]
+    assert [name for name, _ in chart] == [name for name, _ in ranked[:K]]
+    assert [p for _, p in chart] == pytest.approx([p for _, p in ranked[:K]], abs=1e-5)
     # The chat: the question, the streamed reasoning, the answer message.
     user, reasoning, reply = out["history"]
     assert user["role"] == "user" and text_of(user) == r["question"]
-    assert reasoning["metadata"]["title"] == "Reasoning" and text_of(reasoning)
-    assert (f"Answer: {out['answer']}" if out["answer"] in KEGG_LABELS else "no valid answer") in text_of(reply)
+    assert reasoning["metadata"]["title"] == "Reasoning" and text_of(reasoning) == ex.reasoning
+    assert (f"**Answer: {ex.label}**" if ex.label else f"**{NO_ANSWER}**") in text_of(reply)
     assert "thinking budget" in text_of(reply)  # BUDGET is too small for the tiny model to finish
-    # The same prompt and processing as explain_variant: same label, same probabilities, same reasoning.
-    ex = explain_variant(r["question"], r["reference_sequence"], r["variant_sequence"], model=model_path,
-                         max_new_tokens=BUDGET)
-    assert (ex.label or "no valid answer") == out["answer"]
-    assert probs == pytest.approx(ex.label_probabilities, abs=1e-5)
-    assert text_of(reasoning) == ex.reasoning
+    best, p = max(ex.label_probabilities.items(), key=lambda item: item[1])
+    assert f"Label scoring: {best} ({p:.1%})." in text_of(reply)
 
 
-def test_follow_up_keeps_the_variant_and_a_new_variant_starts_over(served, records):
+def test_follow_up_keeps_the_variant_and_a_new_variant_starts_over(served, model_path, records):
     _, url = served
     a, b = records[0], records[1]
     client = Client(url, verbose=False)
     first = ask(client, a["question"], a["ref_window"], a["variant_window"])
-    follow = ask(client, "Which gene does this variant affect?", a["ref_window"], a["variant_window"],
-                 history=first["history"])
+    follow_up = "Which gene does this variant affect?"
+    follow = ask(client, follow_up, a["ref_window"], a["variant_window"], history=first["history"])
     assert follow["error"] == ""
     assert [text_of(m) for m in follow["history"][:3]] == [text_of(m) for m in first["history"]]
-    assert len(follow["history"]) == 6 and text_of(follow["history"][3]) == "Which gene does this variant affect?"
-    assert set(follow["probabilities"]) == set(KEGG_LABELS)
-    assert follow["probabilities"] != pytest.approx(first["probabilities"])  # a new question on the same DNA
+    assert len(follow["history"]) == 6 and text_of(follow["history"][3]) == follow_up
+    # A follow-up is the new question alone on the same DNA (the model is single-turn): what the library says.
+    ex = explain_variant(follow_up, a["reference_sequence"], a["variant_sequence"], model=model_path,
+                         max_new_tokens=BUDGET)
+    assert follow["answer"] == (ex.label or NO_ANSWER)
+    assert follow["probabilities"] == pytest.approx(ex.label_probabilities, abs=1e-5)
+    assert text_of(follow["history"][4]) == ex.reasoning
     other = ask(client, b["question"], b["ref_window"], b["variant_window"], history=follow["history"])
     assert len(other["history"]) == 3 and text_of(other["history"][0]) == b["question"]
 
@@ -178,27 +206,69 @@ def test_bad_input_is_a_readable_error(served, reference, variant, message):
     assert out["question"] == "What disease does this contribute to?"  # kept, so that it can be fixed and resent
 
 
-def test_coordinates_give_the_same_dna_and_ref_mismatch_is_an_error(served, records, tmp_path):
-    from dnallm.genome import write_kegg_contigs
-
+def test_an_allowed_genome_gives_the_same_dna_and_ref_mismatch_is_an_error(served, records, genome):
     _, url = served
-    placed = write_kegg_contigs([records[2]], tmp_path / "genome.fa")[0]
+    path, placed = genome
+    assert path.with_name("genome.fa.fai").exists()  # indexed at start, not by a request
     r = records[2]
     client = Client(url, verbose=False)
     by_sequence = ask(client, r["question"], r["ref_window"], r["variant_window"])
     by_coordinates = ask(client, r["question"], source="coordinates",
-                         coordinates=(placed["chrom"], placed["pos"], placed["ref"], placed["alt"],
-                                      str(tmp_path / "genome.fa")))
+                         coordinates=(placed["chrom"], placed["pos"], placed["ref"], placed["alt"], "genome.fa"))
     assert by_coordinates["error"] == ""
     assert by_coordinates["answer"] == by_sequence["answer"]
     assert by_coordinates["probabilities"] == pytest.approx(by_sequence["probabilities"], abs=1e-5)
     wrong_ref = "A" if placed["ref"] != "A" else "C"
     bad = ask(client, r["question"], source="coordinates",
-              coordinates=(placed["chrom"], placed["pos"], wrong_ref, placed["alt"], str(tmp_path / "genome.fa")))
+              coordinates=(placed["chrom"], placed["pos"], wrong_ref, placed["alt"], "genome.fa"))
     assert "does not match the genome FASTA" in bad["error"] and bad["answer"] == ""
-    missing = ask(client, r["question"], source="coordinates",
-                  coordinates=(placed["chrom"], placed["pos"], placed["ref"], placed["alt"], str(tmp_path / "no.fa")))
-    assert "does not exist" in missing["error"]
+
+
+@pytest.fixture
+def opened_fasta(monkeypatch):
+    """Every path pyfaidx is asked to open while the test runs (the app runs in this process)."""
+    import pyfaidx
+
+    opened, original = [], pyfaidx.Fasta
+
+    def recording(path, *args, **kwargs):
+        opened.append(str(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(pyfaidx, "Fasta", recording)
+    return opened
+
+
+def test_a_typed_path_is_refused_and_no_file_is_opened_or_written(served, records, genome, tmp_path, opened_fasta):
+    _, url = served
+    path, placed = genome
+    # A valid FASTA the operator did not name: the old app opened it and wrote its .fai next to it.
+    other = tmp_path / "other.fa"
+    other.write_text(path.read_text())
+    before = {p.name for p in (*tmp_path.iterdir(), *path.parent.iterdir())}
+    client = Client(url, verbose=False)
+    for typed in (str(other), "../" + other.name, "/etc/passwd", "genome.fa/../../etc/passwd"):
+        out = ask(client, records[2]["question"], source="coordinates",
+                  coordinates=(placed["chrom"], placed["pos"], placed["ref"], placed["alt"], typed))
+        assert "unknown genome: pick one of genome.fa" in out["error"], typed
+        assert "passwd" not in out["error"] and "other" not in out["error"] and "tmp" not in out["error"]
+        assert out["answer"] == "" and out["probabilities"] == {}
+    assert opened_fasta == []
+    assert {p.name for p in (*tmp_path.iterdir(), *path.parent.iterdir())} == before
+    assert not Path("/etc/passwd.fai").exists()
+
+
+def test_coordinate_input_is_off_without_a_genome(served_without_genome, records, tmp_path, opened_fasta):
+    demo, url = served_without_genome
+    placed = write_kegg_contigs([records[2]], tmp_path / "genome.fa")[0]
+    out = ask(Client(url, verbose=False), records[2]["question"], source="coordinates",
+              coordinates=(placed["chrom"], placed["pos"], placed["ref"], placed["alt"], str(tmp_path / "genome.fa")))
+    assert out["error"].startswith("⚠ coordinate input is off: the server was started without a genome")
+    assert str(tmp_path) not in out["error"] and out["answer"] == ""
+    assert opened_fasta == [] and sorted(p.name for p in tmp_path.iterdir()) == ["genome.fa"]  # no .fai
+    # The page says so where the coordinate fields would be.
+    notes = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown) and isinstance(b.value, str)]
+    assert any(note.startswith("**Coordinate input is off**") for note in notes)
 
 
 def test_app_binds_loopback_and_queues_one_request_at_a_time(served):
@@ -212,14 +282,53 @@ def test_app_binds_loopback_and_queues_one_request_at_a_time(served):
 
 def test_cli_app_command_builds_and_launches(ui, model_path, monkeypatch):
     calls = {}
-    monkeypatch.setattr(ui, "launch", lambda demo, host, port: calls.update(demo=demo, host=host, port=port))
+    monkeypatch.setattr(ui, "launch", lambda demo, **kw: calls.update(demo=demo, **kw))
     result = CliRunner().invoke(cli_app, ["app", "--model", model_path, "--port", "7999", "--concurrency-limit", "2"])
     assert result.exit_code == 0, result.output
-    assert calls["host"] == "127.0.0.1" and calls["port"] == 7999
+    assert calls["host"] == "127.0.0.1" and calls["port"] == 7999 and calls["allow_remote"] is False
     ask_fn = next(fn for fn in calls["demo"].fns.values() if fn.api_name == "ask")
     assert ask_fn.concurrency_limit == 2
     missing = CliRunner().invoke(cli_app, ["app", "--model", "/nonexistent/model"])
     assert missing.exit_code == 2 and "dnallm quickstart" in missing.output
+
+
+def _genome_choices(demo) -> list[str]:
+    (dropdown,) = [b for b in demo.blocks.values() if isinstance(b, gr.Dropdown)]
+    return [value for _, value in dropdown.choices]
+
+
+def test_both_entry_points_take_the_same_genome_and_host_flags(ui, model_path, genome, tmp_path, monkeypatch):
+    """`dnallm app` and `python app/app.py` run ui.serve with the same flags."""
+    folder = tmp_path / "genomes"
+    folder.mkdir()
+    for name in ("hg_a.fa", "hg_b.fasta"):
+        (folder / name).write_text(genome[0].read_text())
+    argv = ["--model", model_path, "--fasta", str(genome[0]), "--genome-dir", str(folder),
+            "--host", "0.0.0.0", "--allow-remote"]
+    launched = []
+    monkeypatch.setattr(ui, "launch", lambda demo, **kw: launched.append((_genome_choices(demo), kw)))
+    result = CliRunner().invoke(cli_app, ["app", *argv])
+    assert result.exit_code == 0, result.output
+    ui.main(argv)
+    expected = (["genome.fa", "hg_a.fa", "hg_b.fasta"],
+                {"host": "0.0.0.0", "port": 7860, "allow_remote": True})
+    assert launched == [expected, expected]
+
+
+def test_a_non_loopback_host_is_refused_without_allow_remote(ui, model_path, served, monkeypatch, capsys):
+    launched = []
+    monkeypatch.setattr(ui, "build_app", lambda *a, **kw: launched.append("built"))
+    for host in ("0.0.0.0", "192.168.1.20", "example.org"):
+        result = CliRunner().invoke(cli_app, ["app", "--model", model_path, "--host", host])
+        assert result.exit_code == 2 and "--allow-remote" in result.output, result.output
+        assert f"--host {host} is not a loopback address" in result.output
+        with pytest.raises(SystemExit) as exit_:
+            ui.main(["--model", model_path, "--host", host])
+        assert exit_.value.code == 2 and "--allow-remote" in capsys.readouterr().err
+    assert launched == []  # refused before the model loads
+    # launch() itself refuses too, before binding, for code that builds the app without the CLI.
+    with pytest.raises(ui.StartError, match="not a loopback address"):
+        ui.launch(served[0], host="0.0.0.0", port=None, prevent_thread_lock=True)
 
 
 def test_library_does_not_import_the_app():
@@ -254,13 +363,15 @@ def test_browser_renders_the_app(served, tmp_path):
 
 
 @needs_chromium
-def test_browser_loads_an_example_and_streams_an_answer(served):
+def test_browser_loads_an_example_and_streams_an_answer(served, ui, model_path):
     spec = importlib.util.spec_from_file_location("dnallm_app_screenshot", ROOT / "app" / "screenshot.py")
     shot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(shot)
     _, url = served
+    question, _, reference, variant = ui._examples(1)[0][0]
+    expected = explain_variant(question, reference, variant, model=model_path, max_new_tokens=BUDGET).label
     with shot.Browser(1000, 700) as browser:
         answer = shot.ask_example(browser, url, 0, timeout=120)
-        assert answer in KEGG_LABELS or answer == "no valid answer"
+        assert answer == (expected or NO_ANSWER)  # example 0 asked in the page: the library's answer
         assert browser.evaluate("document.querySelector('#answer textarea').value") == answer
         assert "Reasoning" in browser.evaluate("document.body.innerText")
