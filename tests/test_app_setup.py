@@ -1,14 +1,20 @@
 """The app's start-up settings, without a model: which hosts it binds, which genome FASTA files coordinate input
-may read (the operator's allow-list). The app itself is tested end to end in test_app.py.
+may read (the operator's allow-list), and the gradio version it declares. The app itself is tested end to end
+in test_app.py.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import tomllib
+from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from dnallm.cli import _load_app_module
 
+ROOT = Path(__file__).resolve().parents[1]
 FASTA = ">chr1 a contig\nACGTACGTAC\nGTACGT\n"
 
 
@@ -62,3 +68,18 @@ def test_bad_genome_settings_are_clear_errors_at_start(ui, tmp_path):
     with pytest.raises(ui.StartError, match="genome not.fa: "):
         ui.allowed_genomes([not_fasta])
 
+
+def _gradio_requirement(requirements: list[str]) -> Requirement:
+    (gradio,) = [r for r in map(Requirement, requirements) if r.name == "gradio"]
+    return gradio
+
+
+def test_installed_gradio_satisfies_the_declared_requirement():
+    declared = _gradio_requirement(importlib.metadata.requires("dnallm-variants"))
+    installed = importlib.metadata.version("gradio")
+    assert declared.specifier.contains(installed, prereleases=True), (declared, installed)
+    # The app needs gradio 6 (theme and css go to launch(), the Chatbot takes messages); 5 must not be allowed.
+    assert not declared.specifier.contains("5.50.0"), declared
+    # The metadata is the install's; pyproject.toml is the source of truth (reinstall if they differ).
+    app_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["app"]
+    assert str(_gradio_requirement(app_extra).specifier) == str(declared.specifier), "pip install -e '.[app]'"
