@@ -26,9 +26,13 @@ def test_preset_parses(path):
     preset = yaml.safe_load(path.read_text())
     config = DNALLMConfig(**preset["model"])
     assert config.encoder_type in ENCODERS
-    assert config.lora_r > 0 and config.lora_alpha > 0 and config.projector_type in ("linear", "mlp")
+    assert config.lora_r in (4, 8, 16, 32, 64) and config.lora_alpha == 2 * config.lora_r
+    assert config.projector_type in ("linear", "mlp")
     sft = SFTConfig.from_dict(preset["sft"])
-    assert sft.lr_projector > 0 and sft.lr_lora > 0 and sft.epochs > 0
+    # numbers, not strings: YAML reads "2e-4" (no dot) as a string, which the optimizer would reject only at run time
+    for name in ("lr_projector", "lr_lora", "epochs"):
+        assert type(getattr(sft, name)) in (int, float), name
+    assert 1e-5 <= sft.lr_lora <= sft.lr_projector <= 1e-2 and 0.5 <= sft.epochs <= 5
     GRPOConfig(**preset.get("grpo", {}))
     if sft.deepspeed:
         ds = json.loads((ROOT / sft.deepspeed).read_text())

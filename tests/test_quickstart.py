@@ -3,11 +3,17 @@
 import json
 
 import pytest
+import torch
+from conftest import mini_preset
 from typer.testing import CliRunner
 
 from dnallm.cli import app
-from dnallm.data import load_kegg
+from dnallm.data import load_kegg, load_views, training_views
 from dnallm.inference import explain_variant, parse_answer
+from dnallm.encoders.cache import EmbeddingCache
+from dnallm.evaluation import wilson_interval
+from dnallm.modeling import DNALLMForCausalLM
+from dnallm.training import answer_loss, encode_examples
 
 
 def test_quickstart_writes_checkpoint_metrics_and_explanation(quickstart_dir):
@@ -27,11 +33,16 @@ def test_quickstart_writes_checkpoint_metrics_and_explanation(quickstart_dir):
         assert row["test"] is not None and row["hard-test"] is not None
     by_name = {(r["system"], r["mode"]): r for r in result["summary"]}
     assert by_name[("model", "score")]["test"] == metrics["modes"]["score"]["accuracy"]
-    assert 0.0 <= metrics["accuracy_ci_low"] <= metrics["accuracy"] <= metrics["accuracy_ci_high"] <= 1.0
+    assert (metrics["accuracy_ci_low"], metrics["accuracy_ci_high"]) == wilson_interval(metrics["correct"], 24)
     predictions = [json.loads(line) for line in open(out / "eval" / "test" / "predictions.jsonl")]
     assert len(predictions) == 24 and sum(p["correct"] for p in predictions) == metrics["correct"]
     summary = json.loads((out / "model" / "train_summary.json").read_text())
-    assert summary["best_val_loss"] == min(h["val_loss"] for h in summary["history"])
+    # the checkpoint left in model/ is the one whose validation loss was recorded as the best
+    best = DNALLMForCausalLM.from_pretrained(out / "model")
+    val = encode_examples(best, load_views("val", training_views(mini_preset()), limit=24), 8192)
+    cache = EmbeddingCache(best.encoder, dtype=torch.float32, device=best.device)
+    cache.add([w for e in val for w in e["windows"]])
+    assert answer_loss(best, val, cache, batch_size=8) == pytest.approx(summary["best_val_loss"], rel=1e-5)
     assert set(result["example"]) >= {"label", "reasoning", "raw_text", "gold", "top_k"}
     # the checkpoint refers to its models by paths relative to itself
     config = json.loads((out / "model" / "config.json").read_text())
