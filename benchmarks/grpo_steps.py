@@ -33,13 +33,17 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=2)
     p.add_argument("--generations", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--micro-batch", type=int, default=8, help="sequences per policy forward/backward (0: all)")
+    p.add_argument("--no-grad-ckpt", action="store_true", help="policy forward without gradient checkpointing")
     args = p.parse_args()
-    args.projector, args.stride, args.lora_r, args.attn, args.grad_ckpt = "mlp", 1, 32, "sdpa", True
+    args.projector, args.stride, args.lora_r, args.attn = "mlp", 1, 32, "sdpa"
+    args.grad_ckpt, args.loss_chunk, args.no_cache = not args.no_grad_ckpt, 1024, False
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build(args, device, torch.bfloat16)
     cfg = GRPOConfig(steps=args.steps, prompts_per_step=args.prompts, num_generations=args.generations,
                      max_new_tokens=args.max_new_tokens, lr=1e-5, length_target=args.max_new_tokens // 2,
-                     length_limit=args.max_new_tokens)
+                     length_limit=args.max_new_tokens, micro_batch_size=args.micro_batch or None,
+                     gradient_checkpointing=args.grad_ckpt)
     start = time.time()
     log = grpo_train(model, load_kegg("train").select(range(64)), cfg, "/tmp/grpo_bench")
     seconds = time.time() - start
