@@ -128,7 +128,8 @@ class DNALLMForCausalLM(nn.Module):
         save_file({k: v.detach().contiguous().cpu() for k, v in self.projector.state_dict().items()},
                   path / PROJECTOR_FILE)
         if isinstance(self.text_model, PeftModel):
-            self.text_model.save_pretrained(path / ADAPTER_DIR)
+            # only the trained adapter (GRPO keeps a frozen copy as its KL reference, which is not the model)
+            self.text_model.save_pretrained(path / ADAPTER_DIR, selected_adapters=["default"])
         self.processor.save_pretrained(path)
 
     @classmethod
