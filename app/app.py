@@ -26,7 +26,7 @@ import gradio as gr
 
 from dnallm.data import load_kegg
 from dnallm.genome import open_genome
-from dnallm.inference import ForcedAnswer, load_model, parse_answer, prepare_windows, split_reasoning, stream_answer
+from dnallm.inference import DTYPES, ForcedAnswer, load_model, parse_answer, prepare_windows, split_reasoning, stream_answer
 from dnallm.labels import KEGG_LABELS
 from dnallm.scoring import label_probabilities, top_k
 
@@ -173,14 +173,14 @@ def _variant_windows(key: list, window: int, genomes: dict[str, Path]) -> tuple[
 
 
 def build_app(model_path: str = DEFAULT_MODEL, max_new_tokens: int = 1024, k: int = 5, concurrency_limit: int = 1,
-              n_examples: int = N_EXAMPLES, genomes: dict[str, Path] | None = None) -> gr.Blocks:
+              n_examples: int = N_EXAMPLES, genomes: dict[str, Path] | None = None, dtype: str = "auto") -> gr.Blocks:
     """The Blocks app for one checkpoint. The model is loaded here, once (load_model is cached per process).
 
     `genomes` (from `allowed_genomes`) are the FASTA files coordinate input may read, by name; without any,
     coordinate input is off.
     """
     genomes = dict(genomes or {})
-    model = load_model(str(Path(model_path).resolve()))
+    model = load_model(str(Path(model_path).resolve()), dtype=dtype)
     window = model.config.window_size
 
     def outputs(history, state, answer="", chart=None, probabilities=None, error="", question=""):
@@ -318,7 +318,8 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, al
 
 
 def serve(model: str = DEFAULT_MODEL, host: str = "127.0.0.1", port: int | None = 7860, max_new_tokens: int = 1024,
-          concurrency_limit: int = 1, fasta=(), genome_dir: str | Path | None = None, allow_remote: bool = False):
+          concurrency_limit: int = 1, fasta=(), genome_dir: str | Path | None = None, allow_remote: bool = False,
+          dtype: str = "auto"):
     """What `python app/app.py` and `dnallm app` run: check the settings, build the app, serve it.
 
     StartError for a refused host or a bad genome file (checked before the model loads), FileNotFoundError for
@@ -326,7 +327,8 @@ def serve(model: str = DEFAULT_MODEL, host: str = "127.0.0.1", port: int | None 
     """
     check_host(host, allow_remote)
     genomes = allowed_genomes(fasta, genome_dir)
-    demo = build_app(model, max_new_tokens=max_new_tokens, concurrency_limit=concurrency_limit, genomes=genomes)
+    demo = build_app(model, max_new_tokens=max_new_tokens, concurrency_limit=concurrency_limit, genomes=genomes,
+                     dtype=dtype)
     return launch(demo, host=host, port=port, allow_remote=allow_remote)
 
 
@@ -342,11 +344,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--genome-dir", default=None,
                         help="a folder whose FASTA files (.fa/.fasta/.fna[.gz]) coordinate input may read")
     parser.add_argument("--allow-remote", action="store_true", help="allow a --host other than loopback")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")
     args = parser.parse_args(argv)
     try:
         serve(args.model, host=args.host, port=args.port, max_new_tokens=args.max_new_tokens,
               concurrency_limit=args.concurrency_limit, fasta=args.fasta, genome_dir=args.genome_dir,
-              allow_remote=args.allow_remote)
+              allow_remote=args.allow_remote, dtype=args.dtype)
     except (StartError, FileNotFoundError) as e:
         parser.error(str(e))
 

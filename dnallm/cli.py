@@ -24,6 +24,18 @@ def _metrics_table(metrics: dict, title: str) -> Table:
     return table
 
 
+DTYPE_OPTION = typer.Option("auto", help="Inference dtype: auto (bfloat16 on CUDA, float32 on CPU) | bfloat16 | "
+                                             "float16 | float32")
+
+
+def _dtype(name: str) -> str:
+    from dnallm.inference import DTYPES
+
+    if name not in DTYPES:
+        raise typer.BadParameter(f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}", param_hint="--dtype")
+    return name
+
+
 @app.command()
 def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="Output folder"),
                pretrain: bool = typer.Option(False, help="Pretrain the two tiny stand-ins anew (~40 min on 2 cores) "
@@ -77,7 +89,8 @@ def evaluate(model: Path = typer.Option(Path("runs/quickstart/model"), help="Che
              controls: bool = typer.Option(False, help="Also run the controls (text-only, dna-only, shuffled-dna, "
                                                        "ref-as-variant): each costs as much as the main run"),
              threshold: float = typer.Option(0.5, help="Abstain when the top label probability is below this"),
-             limit: Optional[int] = typer.Option(None, help="Evaluate only the first N rows (smoke runs)")):
+             limit: Optional[int] = typer.Option(None, help="Evaluate only the first N rows (smoke runs)"),
+             dtype: str = DTYPE_OPTION):
     """Evaluate a checkpoint; writes metrics.json, predictions.jsonl, report.md and PNGs (baselines included)."""
     from tqdm import tqdm
 
@@ -91,7 +104,8 @@ def evaluate(model: Path = typer.Option(Path("runs/quickstart/model"), help="Che
         raise typer.BadParameter(str(e))
     if not (generate or score):
         raise typer.BadParameter("--no-generate and --no-score leave nothing to evaluate")
-    records = load_kegg(name, view=view)
+    checkpoint = load_model(str(model.resolve()), dtype=_dtype(dtype))
+    records = load_kegg(name, view=view, window=checkpoint.config.window_size)
     if limit:
         records = records.select(range(min(limit, len(records))))
     out = out or model.resolve().parent / "eval" / split
@@ -104,7 +118,7 @@ def evaluate(model: Path = typer.Option(Path("runs/quickstart/model"), help="Che
         if done >= len(records):
             bars[stage].close()
 
-    metrics = evaluate_split(load_model(str(model.resolve())), records, split, out, batch_size=batch_size,
+    metrics = evaluate_split(checkpoint, records, split, out, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, generate=generate, score=score,
                              controls=CONTROLS if controls else (), threshold=threshold,
                              score_batch_size=score_batch_size, constrained=constrained, probe=probe,
@@ -182,7 +196,8 @@ def explain(question: Optional[str] = typer.Option(None, help="Question about th
             mode: Optional[str] = typer.Option(None, help="generate (reasoning + answer) | score (label "
                                                           "probabilities only); default: generate for one "
                                                           "variant, score for --vcf/--tsv"),
-            progress: bool = typer.Option(True, help="Progress bar (--vcf/--tsv)")):
+            progress: bool = typer.Option(True, help="Progress bar (--vcf/--tsv)"),
+            dtype: str = DTYPE_OPTION):
     """Explain one variant (sequences or coordinates; prints JSON) or every variant of a VCF/TSV (writes TSV)."""
     from dnallm.inference import explain_variant
 
@@ -205,7 +220,7 @@ def explain(question: Optional[str] = typer.Option(None, help="Question about th
         try:
             summary = explain_file(vcf or tsv, fasta, model, out, fmt="vcf" if vcf is not None else "tsv",
                                    vcf_out=vcf_out, resume=resume, batch_size=batch_size, mode=mode or "score",
-                                   max_new_tokens=max_new_tokens, progress=progress)
+                                   max_new_tokens=max_new_tokens, progress=progress, dtype=_dtype(dtype))
         except (ValueError, OSError, ImportError) as e:
             fail(str(e))
         console.print(f"{summary['written']} records written to {out} ({summary['skipped']} already there, "
@@ -222,10 +237,11 @@ def explain(question: Optional[str] = typer.Option(None, help="Question about th
         if reference is not None or variant is not None:
             result = explain_variant(question, reference, variant, model=model, mode=mode or "generate",
                                      max_new_tokens=max_new_tokens, chrom=chrom, pos=pos, ref=ref, alt=alt,
-                                     fasta=fasta, gene=gene)
+                                     fasta=fasta, gene=gene, dtype=_dtype(dtype))
         elif any(v is not None for v in (chrom, pos, ref, alt)):
             result = explain_variant(question, model=model, mode=mode or "generate", max_new_tokens=max_new_tokens,
-                                     chrom=chrom, pos=pos, ref=ref, alt=alt, fasta=fasta, gene=gene)
+                                     chrom=chrom, pos=pos, ref=ref, alt=alt, fasta=fasta, gene=gene,
+                                     dtype=_dtype(dtype))
         else:
             fail("give --reference and --variant, or --chrom --pos --ref --alt --fasta, or --vcf/--tsv with "
                  "--fasta and --out")
@@ -270,7 +286,8 @@ def serve_app(model: Path = typer.Option(Path("runs/quickstart/model"), help="Ch
                                                                     "(repeatable; offered by file name)"),
               genome_dir: Optional[Path] = typer.Option(None, help="A folder whose FASTA files (.fa/.fasta/.fna"
                                                                    "[.gz]) coordinate input may read"),
-              allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a --host other than loopback")):
+              allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a --host other than loopback"),
+              dtype: str = DTYPE_OPTION):
     """Start the Gradio chat UI (app/app.py) for one checkpoint; the same settings as `python app/app.py`."""
     try:
         ui = _load_app_module()
@@ -282,7 +299,7 @@ def serve_app(model: Path = typer.Option(Path("runs/quickstart/model"), help="Ch
         raise typer.Exit(2)
     try:
         ui.serve(str(model), host=host, port=port, max_new_tokens=max_new_tokens, concurrency_limit=concurrency_limit,
-                 fasta=fasta or [], genome_dir=genome_dir, allow_remote=allow_remote)
+                 fasta=fasta or [], genome_dir=genome_dir, allow_remote=allow_remote, dtype=_dtype(dtype))
     except ui.StartError as e:  # a refused host or a bad genome file
         console.print(f"[red]error:[/red] {e}", soft_wrap=True)
         raise typer.Exit(2)

@@ -30,3 +30,22 @@ def test_bfloat16_model_scores_like_the_float32_one(quickstart_dir):
     by_path = explain_variant(r["question"], r["ref_window"], r["variant_window"], model=out / "model",
                               mode="score", dtype="bfloat16")
     assert by_path.label_probabilities == b.label_probabilities  # the path is loaded in the dtype asked for
+
+
+def test_cli_commands_take_dtype(quickstart_dir):
+    from typer.testing import CliRunner
+
+    from dnallm.cli import app
+
+    out, _ = quickstart_dir
+    r = load_kegg("test")[0]
+    runner = CliRunner()
+    res = runner.invoke(app, ["explain", "--model", str(out / "model"), "--reference", r["ref_window"], "--variant",
+                              r["variant_window"], "--question", r["question"], "--mode", "score",
+                              "--dtype", "bfloat16"])
+    assert res.exit_code == 0, res.output
+    model = load_model(str((out / "model").resolve()), dtype="bfloat16")  # the cached instance the CLI used
+    expected = explain_variant(r["question"], r["ref_window"], r["variant_window"], model=model, mode="score")
+    assert expected.label in res.output
+    res = runner.invoke(app, ["eval", "--model", str(out / "model"), "--dtype", "fp8", "--limit", "2"])
+    assert res.exit_code == 2 and "unknown dtype 'fp8'" in res.output
