@@ -89,6 +89,11 @@ AFTER_REASONING = "\n\nAnswer:"            # appended after a reasoning the mode
 TAIL_BATCH = 32
 
 
+def _cut_after_first(row: list[int], stops: set[int]) -> list[int]:
+    """`row` up to and including its first stop token (all of it if none): what follows is padding."""
+    return row[: next((k for k, t in enumerate(row) if t in stops), len(row) - 1) + 1]
+
+
 def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs], device=device)
@@ -144,7 +149,7 @@ def generate_answers(model: DNALLMForCausalLM, questions: list[str], windows: li
         ends = set(proc.end_token_ids)
         stops = ends | {think_end} if constrained else ends
         # Cut each row at its first stop: what follows is padding (the pad token may itself be an end token).
-        rows = [row[: next((k for k, t in enumerate(row) if t in stops), len(row) - 1) + 1] for row in new_tokens]
+        rows = [_cut_after_first(row, stops) for row in new_tokens]
         if constrained:
             # Every row continues: a reasoning the model closed gets `Answer:`; one cut by the budget (or ended
             # without closing its think block) gets the forced `</think>` + `Answer:`.
@@ -325,7 +330,7 @@ def stream_answer(model: DNALLMForCausalLM, question: str, windows: tuple[str, s
 
     row = yield from run(input_ids, attention_mask, max_new_tokens, [think_end] if constrained else [])
     ends = set(proc.end_token_ids)
-    row = row[: next((k for k, t in enumerate(row) if t in ends | {think_end}), len(row) - 1) + 1]
+    row = _cut_after_first(row, ends | {think_end})
     closed = bool(row) and row[-1] == think_end
     if constrained:
         if row and row[-1] in ends:
