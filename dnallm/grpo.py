@@ -24,7 +24,7 @@ import torch
 from dnallm.losses import chunked_token_logprobs
 from dnallm.modeling import DNALLMForCausalLM
 from dnallm.rewards import total_reward
-from dnallm.training import _load_trainable
+from dnallm.training import _load_trainable, _publish, _staging
 
 
 @dataclass
@@ -95,14 +95,17 @@ def _encode_dna(model: DNALLMForCausalLM, windows: list[list[str]], copies: int)
     return tuple(x.unflatten(0, (len(windows), -1)).repeat_interleave(copies, 0).flatten(0, 1) for x in (hidden, mask))
 
 
-def _save_state(last: Path, model: DNALLMForCausalLM, optimizer, rng: random.Random, state: dict) -> None:
+def _save_state(out_dir: Path, model: DNALLMForCausalLM, optimizer, rng: random.Random, state: dict) -> None:
     """Everything a resume needs, in out/last: weights, optimizer, step and log, RNG states (prompt sampling
-    uses `rng`, generation torch's). There is no scheduler: the learning rate is constant."""
+    uses `rng`, generation torch's). There is no scheduler: the learning rate is constant. Written and switched
+    in atomically like SFT's state (a crash mid-save leaves the previous state whole)."""
+    last = _staging(out_dir, "last", state["step"], rank=0)
     model.save_pretrained(last)
     torch.save({"optimizer": optimizer.state_dict()}, last / "optimizer.pt")
     torch.save({"python": rng.getstate(), "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, last / "rng.pt")
     (last / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    _publish(out_dir, "last", last)
 
 
 def _load_state(last: Path, model: DNALLMForCausalLM, optimizer, rng: random.Random) -> dict:
@@ -152,6 +155,7 @@ def grpo_train(model: DNALLMForCausalLM, records, cfg: GRPOConfig, out_dir: str 
         return torch.autocast(model.device.type, dtype=compute_dtype or torch.bfloat16, enabled=bool(compute_dtype))
 
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    out_dir.mkdir(parents=True, exist_ok=True)
     last = out_dir / "last"
     state = {"step": 0, "log": []}
     if cfg.resume and (last / "trainer_state.json").exists():
@@ -232,7 +236,7 @@ def grpo_train(model: DNALLMForCausalLM, records, cfg: GRPOConfig, out_dir: str 
         if step % cfg.log_every == 0:
             print(f"[grpo] {json.dumps(entry)}", flush=True)
         if step % (cfg.save_every or stop_at) == 0 or step == stop_at:
-            _save_state(last, model, optimizer, rng, {"step": step, "log": log})
+            _save_state(out_dir, model, optimizer, rng, {"step": step, "log": log})
     if cfg.beta > 0:
         model.text_model.delete_adapter("reference")
     model.save_pretrained(out_dir)  # fp32 weights; from_pretrained(dtype=...) casts them

@@ -188,30 +188,73 @@ def _save_model(model, path: Path, engine, rank: int) -> None:
             model.save_pretrained(path)
 
 
-def _save_best(model, out: Path, engine, rank: int) -> None:
-    """The selected checkpoint, at the top of `out` (where users load it from): written whole to a staging
-    folder and synced first, then each file moved into place with an atomic rename, so a crash mid-save never
-    leaves a truncated file (it can at worst leave files of two consecutive best steps, for milliseconds)."""
-    import shutil
+def _save_best(model, out: Path, engine, rank: int, step: int) -> None:
+    """The selected checkpoint, at the top of `out` (where users load it from), switched in atomically.
 
-    staging = out / ".best-staging"
-    if rank == 0 and staging.exists():
-        shutil.rmtree(staging)
-    _barrier()
+    It is written whole to `.best-step<N>` and synced; then the symlink `best` is switched to it in one rename.
+    The entries at the top of `out` (config.json, projector.safetensors, adapter/, tokenizers, ...) are
+    symlinks through `best` (`config.json -> best/config.json`), so that one rename switches the whole
+    checkpoint: a crash mid-save leaves the previous best checkpoint whole, never a mix of two steps.
+    """
+    staging = _staging(out, "best", step, rank)
     _save_model(model, staging, engine, rank)
     _barrier()
     if rank == 0:
-        _fsync_tree(staging)
-        for src in sorted(p for p in staging.rglob("*") if p.is_file()):
-            dst = out / src.relative_to(staging)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dst)
-        shutil.rmtree(staging)
+        _publish(out, "best", staging)
+        for entry in staging.iterdir():
+            top, target = out / entry.name, f"best/{entry.name}"
+            if top.is_symlink() and os.readlink(top) == target:
+                continue
+            if top.is_dir() and not top.is_symlink():  # a real folder from an older dnallm (first save only)
+                import shutil
+
+                shutil.rmtree(top)
+            _replace_with_link(top, target)
     _barrier()
 
 
-def _fsync_tree(path: Path) -> None:
-    for p in sorted(path.rglob("*")) + [path]:
+def _replace_with_link(path: Path, target: str) -> None:
+    tmp = path.with_name(f".{path.name}.link")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, path)  # atomic
+
+
+def _staging(out: Path, name: str, step: int, rank: int) -> Path:
+    """A fresh folder `out/.<name>-step<N>` (the same on every rank) to write the state `out/<name>` into."""
+    import shutil
+
+    staging = out / f".{name}-step{step}"
+    link = out / name
+    if link.exists() and link.resolve() == staging.resolve():  # re-saving the step the link holds: keep it
+        staging = out / f".{name}-step{step}-again"
+    if rank == 0 and staging.exists():  # left by a crash during an earlier save of this step
+        shutil.rmtree(staging)
+    _barrier()
+    return staging
+
+
+def _publish(out: Path, name: str, staging: Path) -> None:
+    """Sync `staging` to disk, then point the symlink `out/<name>` at it in one atomic rename and delete the
+    folder it pointed at before. Rank 0 only."""
+    import shutil
+
+    _fsync_tree(staging)
+    link = out / name
+    previous = link.resolve() if link.is_symlink() else None
+    if link.exists() and not link.is_symlink():  # a folder from an older dnallm: move it out of the way
+        link.rename(out / f".{name}-old")
+        previous = out / f".{name}-old"
+    _replace_with_link(link, staging.name)
+    _fsync_tree(out, recursive=False)
+    if previous is not None and previous.exists() and previous != staging.resolve():
+        shutil.rmtree(previous)
+
+
+def _fsync_tree(path: Path, recursive: bool = True) -> None:
+    for p in (sorted(path.rglob("*")) if recursive else []) + [path]:
+        if p.is_symlink():
+            continue
         fd = os.open(p, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -226,14 +269,7 @@ def _save_state(out: Path, model, engine, optimizer, schedule, state: dict, rank
     is switched to it in one rename, and the previous folder deleted. A crash mid-save leaves `last` pointing
     at the previous state, whole.
     """
-    import shutil
-
-    staging = out / f".last-step{state['step']}"  # the same name on every rank
-    if (out / "last").resolve() == staging.resolve():  # saving the step `last` already holds: keep it until done
-        staging = out / f".last-step{state['step']}-again"
-    if rank == 0 and staging.exists():  # left by a crash during an earlier save of this step
-        shutil.rmtree(staging)
-    _barrier()
+    staging = _staging(out, "last", state["step"], rank)
     _save_model(model, staging, engine, rank)
     if engine is not None:
         # collective: every rank writes its shard; the info lets ds_to_universal reshard for another world size
@@ -250,18 +286,7 @@ def _save_state(out: Path, model, engine, optimizer, schedule, state: dict, rank
             json.dumps({**state, "world_size": int(os.environ.get("WORLD_SIZE", 1))}, indent=2))
     _barrier()  # every rank's shard is written
     if rank == 0:
-        _fsync_tree(staging)
-        last = out / "last"
-        previous = last.resolve() if last.is_symlink() else None
-        if last.exists() and not last.is_symlink():  # a folder from an older dnallm: move it out of the way
-            last.rename(out / ".last-old")
-            previous = out / ".last-old"
-        link = out / ".last-link"
-        link.unlink(missing_ok=True)
-        link.symlink_to(staging.name)
-        os.replace(link, last)  # the one atomic step
-        if previous is not None and previous.exists() and previous != staging.resolve():
-            shutil.rmtree(previous)
+        _publish(out, "last", staging)
     _barrier()
 
 
@@ -417,7 +442,7 @@ def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConf
                 improved = val_loss < state["best_val_loss"]
                 if improved:
                     state["best_val_loss"] = val_loss
-                    _save_best(model, out_dir, engine, rank)
+                    _save_best(model, out_dir, engine, rank, step)
                 if writer:
                     writer.add_scalar("val/answer_loss", val_loss, step)
                 if rank == 0:

@@ -188,3 +188,25 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tiny_dir, tmp_path, ke
     assert [(e["step"], e["loss"], e["reward"]) for e in staged] == [(e["step"], e["loss"], e["reward"]) for e in log]
     uninterrupted, continued = trainable(model), trainable(resumed)
     assert all(torch.equal(continued[n], w) for n, w in uninterrupted.items())
+
+
+def test_a_crash_during_a_state_save_leaves_the_previous_state_whole(tiny_dir, tmp_path, kegg_train, monkeypatch):
+    records = kegg_train.select(range(8))
+    cfg = dict(steps=2, prompts_per_step=2, num_generations=4, max_new_tokens=8, lr=1e-2, save_every=1)
+    real_save = torch.save
+
+    def crashing_save(obj, path, *a, **kw):
+        if ".last-step2" in str(path):  # step 2's weights are written, its optimizer state is not
+            raise KeyboardInterrupt("killed mid-save")
+        return real_save(obj, path, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        grpo_train(build(tiny_dir), records, GRPOConfig(**cfg), tmp_path / "crashed", reward_fn=vowel_share)
+    monkeypatch.setattr(torch, "save", real_save)
+    last = tmp_path / "crashed" / "last"
+    assert json.loads((last / "trainer_state.json").read_text())["step"] == 1
+    assert (last / "optimizer.pt").exists() and (last / "rng.pt").exists()
+    log = grpo_train(build(tiny_dir), records, GRPOConfig(**cfg, resume=True), tmp_path / "crashed",
+                     reward_fn=vowel_share)
+    assert [e["step"] for e in log] == [1, 2]

@@ -150,3 +150,42 @@ def test_scoring_warns_on_a_checkpoint_trained_without_direct_answers(tiny_dir, 
         else:
             with pytest.warns(UntrainedScoringFormWarning, match="without direct answers"):
                 label_probabilities(model, *args)
+
+
+def test_a_crash_while_saving_a_new_best_checkpoint_leaves_the_previous_best_whole(tiny_dir, tmp_path, monkeypatch):
+    import dnallm.modeling as modeling
+    from dnallm.modeling import DNALLMForCausalLM
+
+    # 4 steps per epoch, validation (and a best save when it improves) at steps 2 and 4
+    at_2 = run(tiny_dir, tmp_path / "at2", epochs=1.0, stop_after_steps=2)
+    assert [h["step"] for h in at_2["history"]] == [2]
+    real_save, calls = modeling.save_file, []
+
+    def crashing_save(tensors, path, *a, **kw):
+        calls.append(str(path))
+        if ".best-step4" in str(path):  # the new best's projector is on disk; its adapter never gets written
+            raise KeyboardInterrupt("killed mid-save")
+        return real_save(tensors, path, *a, **kw)
+
+    monkeypatch.setattr(modeling, "save_file", crashing_save)
+    out = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_dir, out, epochs=1.0, save_every=100)
+    assert any(".best-step4" in c for c in calls)  # the crash did hit the second best save
+    monkeypatch.setattr(modeling, "save_file", real_save)
+    # the checkpoint users load (the top of out) is still step 2's, every file of it
+    assert (out / "best").resolve().name == ".best-step2"
+    for name in ("config.json", "projector.safetensors", "adapter"):
+        assert (out / name).resolve().parent.name == ".best-step2", name
+    a, b = trained_weights(tmp_path / "at2"), trained_weights(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    DNALLMForCausalLM.from_pretrained(out)  # loads
+
+
+def test_the_best_checkpoint_switches_to_the_latest_best_step(tiny_dir, tmp_path):
+    result = run(tiny_dir, tmp_path / "out", epochs=1.0)
+    losses = [h["val_loss"] for h in result["history"]]
+    best_step = result["history"][losses.index(min(losses))]["step"]
+    out = tmp_path / "out"
+    assert (out / "best").resolve().name == f".best-step{best_step}"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".best-step") and p != (out / "best").resolve()]
