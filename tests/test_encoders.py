@@ -105,3 +105,18 @@ def test_embedding_cache_encodes_each_distinct_window_once(tiny_genos):
     direct, _ = original([WINDOWS[1]])
     torch.testing.assert_close(hidden[0], direct[0])
     assert torch.equal(hidden[0], hidden[2])
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2, -1, -2])
+def test_a_middle_layer_stops_the_stack_there_and_equals_hidden_states(tiny_genos, layer):
+    path, model = tiny_genos
+    enc = build_encoder("genos", str(path), layer=layer)
+    ran = []
+    hooks = [b.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, b in enumerate(enc.model.layers)]
+    hidden, _ = enc.encode(WINDOWS)
+    for h in hooks:
+        h.remove()
+    expected = model.model(**enc.tokenize(WINDOWS), output_hidden_states=True).hidden_states[layer]
+    torch.testing.assert_close(hidden, expected, rtol=0, atol=0)
+    # the blocks above the chosen layer never run (2 blocks; layer 2 = -1 is the normed output after both)
+    assert ran == list(range(layer % 3 if layer % 3 < 2 else 2))

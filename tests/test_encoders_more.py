@@ -219,3 +219,16 @@ def test_registry_and_defaults():
     nt_id = "InstaDeepAI/nucleotide-transformer-v2-500m-multi-species"
     assert NT_HUB_IDS["nt-v2-500m"] == nt_id and NT_LAYERS[nt_id] == -1
     assert HYENA_HUB_IDS["hyenadna-large-1m"] == "LongSafari/hyenadna-large-1m-seqlen-hf"
+
+
+@pytest.mark.parametrize("layer", [1, -1])
+def test_nt_middle_layer_equals_hidden_states(tiny_nt, layer):
+    path, model, _ = tiny_nt
+    enc = build_encoder("nt", str(path), layer=layer)
+    hidden, mask = enc.encode(NT_WINDOWS)
+    batch = enc.tokenize(NT_WINDOWS)
+    expected = model.esm(**batch, output_hidden_states=True).hidden_states[layer]
+    keep = dna_positions(enc.tokenizer, batch["input_ids"], batch["attention_mask"])
+    for i in range(len(NT_WINDOWS)):
+        n = int(keep[i].sum())
+        torch.testing.assert_close(hidden[i, :n], expected[i][keep[i]], rtol=0, atol=0)

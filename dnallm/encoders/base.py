@@ -49,6 +49,22 @@ def pack_positions(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tens
     return torch.where(mask.unsqueeze(-1), hidden, torch.zeros((), dtype=hidden.dtype, device=hidden.device)), mask
 
 
+class _ReachedLayer(Exception):
+    """Raised by a forward pre-hook to leave the encoder as soon as the chosen layer's states exist."""
+
+    def __init__(self, hidden_states: torch.Tensor):
+        super().__init__()
+        self.hidden_states = hidden_states
+
+
+def _has_submodule(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
 class DNAEncoder(nn.Module):
     """A frozen DNA language model.
 
@@ -90,10 +106,35 @@ class DNAEncoder(nn.Module):
                              add_special_tokens=self.add_special_tokens)
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
+    def _blocks(self) -> nn.ModuleList | None:
+        """The model's stack of transformer blocks (Llama/Mixtral `layers`, Esm `encoder.layer`), if it has one."""
+        for path in ("layers", "encoder.layer"):
+            blocks = self.model.get_submodule(path) if _has_submodule(self.model, path) else None
+            if isinstance(blocks, nn.ModuleList):
+                return blocks
+        return None
+
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = dna_positions(self.tokenizer, input_ids, attention_mask)
+        blocks = self._blocks()
+        layer = self.layer % (len(blocks) + 1) if blocks is not None else None
+        if layer is not None and layer < len(blocks):
+            # hidden_states[L] is the input of block L: stop the stack there. The blocks above a middle layer
+            # (the tiny preset reads layer 2 of 4) would be half the encoder's compute for nothing.
+            def stop(module, args, kwargs):
+                raise _ReachedLayer(args[0] if args else kwargs["hidden_states"])
+
+            handle = blocks[layer].register_forward_pre_hook(stop, with_kwargs=True)
+            try:
+                self.model(input_ids=input_ids, attention_mask=attention_mask)
+            except _ReachedLayer as reached:
+                return pack_positions(reached.hidden_states, positions)
+            finally:
+                handle.remove()
+            raise RuntimeError(f"{self.name_or_path}: block {layer} never ran")
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        return pack_positions(out.hidden_states[self.layer], dna_positions(self.tokenizer, input_ids, attention_mask))
+        return pack_positions(out.hidden_states[self.layer], positions)
 
     @torch.no_grad()
     def encode(self, windows: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
