@@ -28,30 +28,45 @@ FEATURE_SETS = ("ref", "variant", "ref+variant+diff")
 C_GRID = (1.0, 10.0, 100.0)
 
 
+def _cache_path(encoder, cache_dir: str | Path) -> Path:
+    key = hashlib.sha1(json.dumps(encoder.fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"pooled-{encoder.name}-{key}.npz"
+
+
+def _load_pooled(path: Path | None) -> dict[str, np.ndarray]:
+    if path is None or not path.exists():
+        return {}
+    stored = np.load(path)
+    return dict(zip(stored["windows"].tolist(), stored["states"]))
+
+
+def store_pooled(encoder, pooled: dict[str, np.ndarray], cache_dir: str | Path) -> None:
+    """Add pooled vectors computed elsewhere (e.g. `EmbeddingCache.pooled()` after SFT) to the probe's cache."""
+    path = _cache_path(encoder, cache_dir)
+    merged = {**_load_pooled(path), **pooled}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = sorted(merged)
+    np.savez(path, windows=np.array(names), states=np.stack([merged[w] for w in names]))
+
+
 @torch.no_grad()
 def pooled_window_states(encoder, windows: list[str], batch_size: int = 16, cache_dir: str | Path | None = None,
                          progress: bool = False) -> dict[str, np.ndarray]:
     """window -> mean of the encoder's states over the window's DNA positions (float32 [hidden])."""
-    key = hashlib.sha1(json.dumps(encoder.fingerprint, sort_keys=True).encode()).hexdigest()[:12]
-    path = Path(cache_dir) / f"pooled-{encoder.name}-{key}.npz" if cache_dir else None
-    pooled: dict[str, np.ndarray] = {}
-    if path is not None and path.exists():
-        stored = np.load(path)
-        pooled = dict(zip(stored["windows"].tolist(), stored["states"]))
+    from dnallm.encoders.base import mean_pool
+
+    path = _cache_path(encoder, cache_dir) if cache_dir else None
+    pooled = _load_pooled(path)
     todo = sorted({w for w in windows if w not in pooled})
     from tqdm import tqdm
 
+    computed = {}
     for i in tqdm(range(0, len(todo), batch_size), desc="encoder", unit="batch", disable=not progress):
         chunk = todo[i:i + batch_size]
-        hidden, mask = encoder.encode(chunk)
-        weights = mask.unsqueeze(-1).to(torch.float32)
-        means = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
-        pooled.update(zip(chunk, means.cpu().numpy()))
-    if path is not None and todo:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        names = sorted(pooled)
-        np.savez(path, windows=np.array(names), states=np.stack([pooled[w] for w in names]))
-    return pooled
+        computed.update(zip(chunk, mean_pool(*encoder.encode(chunk)).cpu().numpy()))
+    if path is not None and computed:
+        store_pooled(encoder, computed, cache_dir)
+    return {**pooled, **computed}
 
 
 def window_features(pooled: dict[str, np.ndarray], records, feature_set: str) -> np.ndarray:

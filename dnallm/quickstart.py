@@ -20,7 +20,9 @@ import yaml
 
 from dnallm.configuration import DNALLMConfig
 from dnallm.data import WINDOW_SIZE, load_kegg, load_views, training_views
+from dnallm.encoders.cache import EmbeddingCache
 from dnallm.modeling import DNALLMForCausalLM
+from dnallm.probe import store_pooled
 from dnallm.processing import DNALLMProcessor, format_answer
 from dnallm.training import SFTConfig, train_sft
 
@@ -136,7 +138,12 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
     model = DNALLMForCausalLM.build(config, base_dir=out / "model")
     model.add_lora()
     model.to(device)
-    summary = train_sft(model, train, val, SFTConfig.from_dict(preset["sft"]), out / "model")
+    # One encoder pass per window for the whole run: the SFT's encoder states also give the probe its pooled
+    # vectors for every training and validation window.
+    cache = EmbeddingCache(model.encoder, device=device)
+    summary = train_sft(model, train, val, SFTConfig.from_dict(preset["sft"]), out / "model", cache=cache)
+    store_pooled(model.encoder, cache.pooled(), out / "probe-cache")
+    del cache
     timings["sft_s"] = round(time.time() - t, 1)
 
     t = time.time()

@@ -312,8 +312,12 @@ def _to_universal(ds_dir: Path, rank: int) -> None:
         dist.barrier()
 
 
-def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConfig, out_dir: str | Path) -> dict:
+def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConfig, out_dir: str | Path,
+              cache: EmbeddingCache | None = None) -> dict:
     """Train projector + LoRA; keep the checkpoint with the lowest validation answer loss in out_dir.
+
+    `cache`: the frozen encoder's states, filled here for every training and validation window (pass one in to
+    reuse those states afterwards, e.g. for the encoder-alone probe).
 
     out_dir/last holds the latest full training state; `cfg.resume` continues from it and gives the same
     result as an uninterrupted run (same batch order, optimizer, scheduler and RNG state).
@@ -335,7 +339,8 @@ def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConf
                                  if any(_copies(setting, v) for v in views)]
     val = encode_examples(model, val_records, cfg.max_length)  # selection on the reasoning-mode answer loss
     # The frozen encoder runs once per distinct window (many KEGG windows repeat), never per step.
-    cache = EmbeddingCache(model.encoder, dtype=torch.bfloat16 if cfg.bf16 else torch.float32, device=device)
+    if cache is None:
+        cache = EmbeddingCache(model.encoder, dtype=torch.bfloat16 if cfg.bf16 else torch.float32, device=device)
     t0 = time.time()
     cache.add([w for e in train + val for w in e["windows"]], batch_size=cfg.eval_batch_size)
     if rank == 0:

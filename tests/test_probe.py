@@ -33,6 +33,25 @@ def test_pooled_states_are_the_mean_over_dna_positions_and_cached(shipped_encode
     assert all(np.array_equal(again[w], pooled[w]) for w in windows)
 
 
+def test_states_cached_for_training_feed_the_probe_without_a_second_encoder_pass(shipped_encoder, tmp_path,
+                                                                                monkeypatch):
+    from dnallm.encoders.cache import EmbeddingCache
+    from dnallm.probe import store_pooled
+
+    windows = list(load_kegg("test").select(range(4))["variant_window"])
+    expected = pooled_window_states(shipped_encoder, windows)  # computed by the probe itself, no cache
+    cache = EmbeddingCache(shipped_encoder)
+    cache.add(windows[:3], batch_size=2)  # as train_sft fills it (other batches than the probe's)
+    store_pooled(shipped_encoder, cache.pooled(), tmp_path)
+    encoded = []
+    real_encode = shipped_encoder.encode
+    monkeypatch.setattr(shipped_encoder, "encode", lambda ws: encoded.append(list(ws)) or real_encode(ws))
+    pooled = pooled_window_states(shipped_encoder, windows, cache_dir=tmp_path)
+    assert encoded == [windows[3:]]  # only the window training never saw is encoded
+    for w in windows:
+        np.testing.assert_allclose(pooled[w], expected[w], rtol=0, atol=1e-6)
+
+
 def test_feature_sets():
     ds = load_kegg("test").select(range(2))
     pooled = {w: np.full(2, float(i)) for i, w in enumerate(list(ds["ref_window"]) + list(ds["variant_window"]))}

@@ -49,6 +49,12 @@ def pack_positions(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tens
     return torch.where(mask.unsqueeze(-1), hidden, torch.zeros((), dtype=hidden.dtype, device=hidden.device)), mask
 
 
+def mean_pool(hidden: torch.Tensor, positions_mask: torch.Tensor) -> torch.Tensor:
+    """[n, positions, d] -> [n, d] float32: the mean over each row's real DNA positions."""
+    weights = positions_mask.unsqueeze(-1).to(torch.float32)
+    return (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
 class _ReachedLayer(Exception):
     """Raised by a forward pre-hook to leave the encoder as soon as the chosen layer's states exist."""
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from dnallm.encoders.base import DNAEncoder
+from dnallm.encoders.base import DNAEncoder, mean_pool
 
 
 class EmbeddingCache:
@@ -33,3 +34,8 @@ class EmbeddingCache:
         for i, (h, m) in enumerate(states):
             hidden[i, : h.shape[0]], mask[i, : m.shape[0]] = h, m
         return hidden, mask
+
+    def pooled(self) -> dict[str, np.ndarray]:
+        """window -> mean of its cached states over its DNA positions (what the encoder-alone probe reads), so a
+        probe after training needs no second encoder pass over the same windows (`dnallm.probe.store_pooled`)."""
+        return {w: mean_pool(h[None], m[None])[0].cpu().numpy() for w, (h, m) in self._states.items()}
