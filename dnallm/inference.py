@@ -120,10 +120,11 @@ def generate_answers(model: DNALLMForCausalLM, questions: list[str], windows: li
 
     Batches are formed longest-question-first (`length_order`), so they pad little; answers come back in
     the input order. static_cache=True decodes with a preallocated KV cache and, on CUDA, a compiled step;
-    prompts are then padded to a multiple of 128 tokens so a job compiles for a few shapes only. The first
-    compilation took about a minute at the seed sizes (H100), so the default (None) turns it on only where it
-    was measured to pay: CUDA, batches of 64 or more, jobs of three or more batches (docs/benchmarks.md:
-    5,407 vs 4,366 variants/h on a 384-variant job at batch 128, H100).
+    CUDA prompts are then padded to a multiple of 128 tokens so a job compiles for a few shapes only. The first
+    compilation took about a minute at the seed sizes (H100), so the default (None) turns it on where it was
+    measured to pay: always on the CPU (nothing compiles there; 1.4x on the tiny model's test split), and on
+    CUDA for batches of 64 or more in jobs of three or more batches (docs/benchmarks.md: 5,407 vs 4,366
+    variants/h on a 384-variant job at batch 128, H100).
     """
     from dnallm.scoring import LabelTree, continuation_label_logprobs
 
@@ -134,13 +135,17 @@ def generate_answers(model: DNALLMForCausalLM, questions: list[str], windows: li
     think_end = tok.convert_tokens_to_ids("</think>")
     tree = LabelTree(tok, model.device) if constrained else None
     if static_cache is None:
-        static_cache = model.device.type == "cuda" and batch_size >= 64 and len(questions) > 2 * batch_size
+        # CPU: a preallocated cache beats a cache grown by concatenation at every step (no compilation there):
+        # the test split in batches of 80, 800 tokens, 2 cores: 88 s vs 123 s, the same answers.
+        static_cache = model.device.type == "cpu" or (
+            model.device.type == "cuda" and batch_size >= 64 and len(questions) > 2 * batch_size)
+    compiled = static_cache and model.device.type == "cuda"  # only CUDA compiles, and wants few shapes
     texts: list[str | None] = [None] * len(questions)
     order = proc.length_order(questions)
     for i in range(0, len(questions), batch_size):
         idx = order[i:i + batch_size]
         batch = proc([proc.prompt(questions[j]) for j in idx], [list(windows[j]) for j in idx], padding_side="left",
-                     pad_to_multiple_of=128 if static_cache else None)
+                     pad_to_multiple_of=128 if compiled else None)
         batch = {k: v.to(model.device) for k, v in batch.items()}
         input_ids, attention_mask = batch.pop("input_ids"), batch.pop("attention_mask")
         new_tokens = model.generate(input_ids, attention_mask, max_new_tokens=max_new_tokens,

@@ -147,7 +147,8 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
     timings["sft_s"] = round(time.time() - t, 1)
 
     t = time.time()
-    best = DNALLMForCausalLM.from_pretrained(out / "model").to(device).eval()  # the val-selected checkpoint, as users load it
+    # the val-selected checkpoint, as users load it (inference.load_model): LoRA merged into the weights
+    best = DNALLMForCausalLM.from_pretrained(out / "model").merge_lora().to(device).eval()
     evaluations = {}
     for split in (prefix + "test", "hard-" + prefix + "test"):
         name, view = split_spec(split)
