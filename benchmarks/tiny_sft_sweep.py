@@ -50,8 +50,8 @@ def main() -> None:
             preset[section].update(values)
         out = args.out / name
         torch.manual_seed(0)
-        config = DNALLMConfig(encoder_type="genos", encoder_name_or_path=str((stand_ins / "encoder").resolve()),
-                              text_model_name_or_path=str((stand_ins / "text-model").resolve()), **preset["model"])
+        config = DNALLMConfig(**{**preset["model"], "encoder_name_or_path": str((stand_ins / "encoder").resolve()),
+                                 "text_model_name_or_path": str((stand_ins / "text-model").resolve())})
         model = DNALLMForCausalLM.build(config)
         model.add_lora()
         model.to(args.device)

@@ -123,6 +123,23 @@ def _raw_split(split: str, view: str, root: Path) -> datasets.Dataset:
     return hard_view(ds) if view == "kegg_hard" else ds
 
 
+GROUPED_DIR = "kegg_grouped"
+ASSIGNMENTS_FILE = "assignments.csv"
+
+
+def assignments_path(root: str | Path | None = None) -> Path:
+    """The grouped split's row assignments (built by `dnallm.splits`, shipped in data/kegg_grouped)."""
+    return Path(root or data_dir()) / GROUPED_DIR / ASSIGNMENTS_FILE
+
+
+def read_assignments(root: str | Path | None = None) -> list[dict]:
+    """The shipped assignments (row as int)."""
+    import csv
+
+    with open(assignments_path(root), newline="") as f:
+        return [{**r, "row": int(r["row"])} for r in csv.DictReader(f)]
+
+
 def load_kegg(split: str, view: str = "kegg", root: str | Path | None = None,
               window: int = WINDOW_SIZE) -> datasets.Dataset:
     """Load one split of the KEGG set as a validated `datasets.Dataset`.
@@ -135,8 +152,6 @@ def load_kegg(split: str, view: str = "kegg", root: str | Path | None = None,
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
     if split in GROUPED_SPLITS:
-        from dnallm.splits import read_assignments
-
         assigned = [a for a in read_assignments(root) if a["split"] == split.removeprefix("grouped-")]
         rows = {s: [a["row"] for a in assigned if a["source_split"] == s] for s in SPLITS}
         return datasets.concatenate_datasets([

@@ -13,6 +13,7 @@ from dnallm.data import WINDOW_SIZE, centred_windows, check_bases, split_kegg_se
 from dnallm.labels import KEGG_LABELS, normalize_label
 from dnallm.modeling import DNALLMForCausalLM
 from dnallm.processing import ANSWER_PREFIX
+from dnallm.questions import build_question
 
 _ANSWER_LINE = re.compile(rf"^{ANSWER_PREFIX}\s*(.+?)\s*$")
 
@@ -207,6 +208,32 @@ class Explanation:
         return d
 
 
+def explain_many(model, questions: list[str], windows: list[tuple[str, str]], mode: str = "score",
+                 max_new_tokens: int = 1024, k: int = 3, batch_size: int = 8, constrained: bool = True) -> list:
+    """Explanations for many (question, windows) pairs: batched label scoring, plus batched generation in
+    generate mode. `explain_variant` is this with one pair."""
+    from dnallm.scoring import label_probabilities, top_k
+
+    if mode not in ("generate", "score"):
+        raise ValueError(f"unknown mode {mode!r}; expected 'generate' or 'score'")
+    if not questions:
+        return []
+    probs = label_probabilities(model, questions, windows, batch_size=batch_size)
+    bests = top_k(probs, k)
+    raws = (generate_answers(model, questions, windows, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                             constrained=constrained)
+            if mode == "generate" else [None] * len(questions))
+    out = []
+    for p, best, raw in zip(probs.tolist(), bests, raws):
+        scores = {label: float(v) for label, v in zip(KEGG_LABELS, p)}
+        if raw is None:
+            out.append(Explanation(label=best[0][0], reasoning="", raw_text="", label_probabilities=scores, top_k=best))
+        else:
+            out.append(Explanation(label=parse_answer(raw), reasoning=split_reasoning(raw), raw_text=raw,
+                                   label_probabilities=scores, top_k=best))
+    return out
+
+
 def explain_variant(question: str | None = None, reference_sequence: str | None = None,
                     variant_sequence: str | None = None,
                     model: str | Path | DNALLMForCausalLM = "runs/quickstart/model", mode: str = "generate",
@@ -219,7 +246,7 @@ def explain_variant(question: str | None = None, reference_sequence: str | None 
     Coordinates: `chrom`, `pos` (1-based, VCF POS), `ref`, `alt` and `fasta` (plain or bgzip); the windows
     are cut from the FASTA by the KEGG window rule (dnallm.genome), with REF checked against the FASTA; the
     result's `padded` / `warnings` report windows padded with N at a contig end and similar.
-    `question=None` builds a question from `gene` and `chrom` (dnallm.variants.build_question; the kegg_hard
+    `question=None` builds a question from `gene` and `chrom` (dnallm.questions.build_question; the kegg_hard
     question when no gene is known).
 
     mode="generate": greedy reasoning, then the final `Answer:` line: constrained to the 37 labels by default,
@@ -230,7 +257,6 @@ def explain_variant(question: str | None = None, reference_sequence: str | None 
     CUDA and fp32 on the CPU.
     """
     from dnallm.genome import open_genome
-    from dnallm.variants import build_question, explain_many
 
     if mode not in ("generate", "score"):
         raise ValueError(f"unknown mode {mode!r}; expected 'generate' or 'score'")

@@ -31,8 +31,19 @@ from dnallm.training import SFTConfig, train_sft
 SHIPPED_STAND_INS = Path(__file__).parent / "assets" / "tiny"
 
 
-def load_preset(name: str = "tiny") -> dict:
-    return yaml.safe_load(resources.files("dnallm.presets").joinpath(f"{name}.yaml").read_text())
+def load_preset(name_or_path: str | Path = "tiny") -> dict:
+    """A preset by name (the packaged `dnallm/presets/NAME.yaml`, e.g. "tiny") or by path (train/configs/...)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"no preset file {path}")
+        return yaml.safe_load(path.read_text())
+    packaged = resources.files("dnallm.presets").joinpath(f"{name_or_path}.yaml")
+    if not packaged.is_file():
+        names = sorted(p.name.removesuffix(".yaml") for p in resources.files("dnallm.presets").iterdir()
+                       if p.name.endswith(".yaml"))
+        raise ValueError(f"unknown preset {name_or_path!r}: give a .yaml path or one of {names}")
+    return yaml.safe_load(packaged.read_text())
 
 
 def build_tiny_models(out: Path, train, preset: dict, device: str = "cpu", stop_after: int | None = None) -> dict:
@@ -74,24 +85,19 @@ def build_tiny_models(out: Path, train, preset: dict, device: str = "cpu", stop_
 
 
 def summary_table(evaluations: dict[str, dict]) -> list[dict]:
-    """Rows (system, mode, accuracy per split) that put the model next to its controls and baselines."""
+    """Rows (system, mode, accuracy per split) that put the model next to its controls and baselines: the
+    rows of each split's report (`report.system_rows`), side by side."""
+    from dnallm.report import system_rows
+
     splits = list(evaluations)
     rows: dict[tuple[str, str], dict] = {}
-
-    def add(system: str, mode: str, split: str, m: dict) -> None:
-        rows.setdefault((system, mode), {"system": system, "mode": mode})[split] = m["accuracy"]
-
     for split, metrics in evaluations.items():
-        for mode, m in metrics["modes"].items():
-            if mode != "mode_agreement":
-                add("model", mode + (" (constrained answer)" if mode == "generate" and metrics.get("constrained")
-                                     else ""), split, m)
-        for control, result in metrics.get("controls", {}).items():
-            for mode in ("generate", "score"):
-                if mode in result:
-                    add(f"control: {control}", mode, split, result[mode])
-        for name, m in metrics.get("baselines", {}).items():
-            add(f"baseline: {name}", m.get("kind", ""), split, m)
+        for system, mode, m in system_rows(metrics):
+            if "skipped" in m:
+                continue
+            if system == "model" and mode == "generate" and metrics.get("constrained"):
+                mode += " (constrained answer)"
+            rows.setdefault((system, mode), {"system": system, "mode": mode})[split] = m["accuracy"]
     return [{**{s: None for s in splits}, **row} for row in rows.values()]
 
 
@@ -132,8 +138,8 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
 
     t = time.time()
     # Paths are relative to the checkpoint folder DIR/model, so the whole DIR can be moved.
-    config = DNALLMConfig(encoder_type="genos", encoder_name_or_path="../encoder",
-                          text_model_name_or_path="../text-model", **preset["model"])
+    config = DNALLMConfig(**{**preset["model"], "encoder_type": "genos", "encoder_name_or_path": "../encoder",
+                             "text_model_name_or_path": "../text-model"})
     (out / "model").mkdir(exist_ok=True)
     model = DNALLMForCausalLM.build(config, base_dir=out / "model")
     model.add_lora()

@@ -50,20 +50,30 @@ def _row(system: str, mode: str, m: dict) -> str:
             f"{_pct(m.get('top3_accuracy'))} | {m['invalid_answers']} | {m['n']} |")
 
 
+def system_rows(metrics: dict):
+    """(system, mode, its metrics) for the model's answer modes, each control and each baseline, in report
+    order; a control skipped because its inputs equal the main run's comes once, with mode "–"."""
+    for mode in ("generate", "score"):
+        if mode in metrics["modes"]:
+            yield "model", mode, metrics["modes"][mode]
+    for control, result in metrics.get("controls", {}).items():
+        if "skipped" in result:
+            yield f"control: {control}", "–", result
+        for mode in ("generate", "score"):
+            if mode in result:
+                yield f"control: {control}", mode, result[mode]
+    for name, result in metrics.get("baselines", {}).items():
+        yield f"baseline: {name}", result.get("kind", ""), result
+
+
 def comparison_table(metrics: dict) -> list[str]:
     lines = ["| system | mode | accuracy | 95 % CI | macro-F1 | top-3 | invalid | n |",
              "|---|---|---|---|---|---|---|---|"]
-    for mode in ("generate", "score"):
-        if mode in metrics["modes"]:
-            lines.append(_row("**model**", mode, metrics["modes"][mode]))
-    for control, result in metrics.get("controls", {}).items():
+    for system, mode, result in system_rows(metrics):
         if "skipped" in result:
-            lines.append(f"| control: {control} | – | skipped: {result['skipped']} | | | | | |")
-        for mode in ("generate", "score"):
-            if mode in result:
-                lines.append(_row(f"control: {control}", mode, result[mode]))
-    for name, result in metrics.get("baselines", {}).items():
-        lines.append(_row(f"baseline: {name}", result.get("kind", ""), result))
+            lines.append(f"| {system} | – | skipped: {result['skipped']} | | | | | |")
+        else:
+            lines.append(_row("**model**" if system == "model" else system, mode, result))
     return lines
 
 

@@ -27,12 +27,10 @@ import io
 from collections import Counter
 from pathlib import Path
 
-from dnallm.data import SPLITS, WINDOW_SIZE, data_dir, load_kegg
+from dnallm.data import SPLITS, WINDOW_SIZE, assignments_path, load_kegg, read_assignments
 from dnallm.genome import kegg_chromosome, parse_kegg_coordinates
 from dnallm.labels import LABEL_TO_ID
 
-GROUPED_DIR = "kegg_grouped"
-ASSIGNMENTS_FILE = "assignments.csv"
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 COLUMNS = ("source_split", "row", "split", "group")
 # Shortest shared stretch that counts as an overlap when only sequences are known. For random sequence the
@@ -161,16 +159,6 @@ def assignments_csv(assignments: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(assignments)
     return buf.getvalue()
-
-
-def assignments_path(root: str | Path | None = None) -> Path:
-    return Path(root or data_dir()) / GROUPED_DIR / ASSIGNMENTS_FILE
-
-
-def read_assignments(root: str | Path | None = None) -> list[dict]:
-    """The shipped assignments (row as int)."""
-    with open(assignments_path(root), newline="") as f:
-        return [{**r, "row": int(r["row"])} for r in csv.DictReader(f)]
 
 
 def write_assignments(root: str | Path | None = None) -> Path:

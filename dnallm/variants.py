@@ -1,8 +1,8 @@
 """Variants from VCF and TSV files, questions for them, and batched explanations.
 
 `explain_variant` (one variant) and `dnallm explain --vcf/--tsv` (a file) run the same functions:
-`Genome.windows` cuts the windows, `build_question` writes the question when none is given, `explain_many`
-asks the model in batches.
+`Genome.windows` cuts the windows, `questions.build_question` writes the question when none is given,
+`inference.explain_many` asks the model in batches.
 
 Reading (`read_variants`): a small strict reader, not pysam, so that every problem names its line number and a
 bad line does not stop the file (pysam reports a non-numeric POS or a short line only as "truncated file").
@@ -20,15 +20,14 @@ import gzip
 import json
 import os
 import re
-import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from dnallm.data import HARD_QUESTION
 from dnallm.genome import VariantError, describe, open_genome
+from dnallm.questions import build_question
 
 VCF_COLUMNS = ("CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO")
 TSV_COLUMNS = ("chrom", "pos", "ref", "alt", "id", "gene", "question", "network", "genes_in_pathway")
@@ -42,7 +41,6 @@ INFO_HEADER = (
     '##INFO=<ID=DNALLM_TOP3,Number=A,Type=String,Description="dnallm top-3 labels for each ALT as '
     'label:probability joined by | (spaces written as underscores)">',
 )
-KILL_HOOK = "DNALLM_TEST_KILL_AFTER_ROWS"  # tests: SIGKILL this process after writing that many rows
 
 
 class VariantFileError(ValueError):
@@ -76,41 +74,6 @@ class VariantRecord:
     def where(self) -> str:
         w = f"{self.source} line {self.line}" + (f" ALT {self.alt_number}" if self.n_alts > 1 else "")
         return w if self.error else f"{w} ({describe(self.chrom, self.pos, self.ref, self.alt)})"
-
-
-# ---- questions ------------------------------------------------------------------------------------------------
-
-def chromosome_number(chrom: str) -> str:
-    """The KEGG questions' chromosome number: `chr1` -> 1, X -> 23, Y -> 24, chrM/MT -> MT."""
-    c = re.sub(r"^chr", "", str(chrom).strip(), flags=re.I).upper()
-    return {"X": "23", "Y": "24", "M": "MT"}.get(c, c)
-
-
-def build_question(gene: str | None = None, chrom: str | None = None, network: str | None = None,
-                   pathway_genes: str | None = None) -> str:
-    """A KEGG-style question from what is known about a variant.
-
-    With a gene (and/or pathway text) it mirrors the KEGG questions: `Chromosome Number: N`, the optional
-    `Network Definition of the pathway:` / `Genes in the pathway:` lines, then "Given this context, what is
-    the biological effect of this GENE allele, specifically what disease does this contribute to?". With
-    neither it is the kegg_hard question "What disease does this contribute to?" (the chromosome alone is
-    then left out, as in kegg_hard).
-    """
-    gene, network, pathway_genes = (v.strip() if isinstance(v, str) and v.strip() else None
-                                    for v in (gene, network, pathway_genes))
-    if not (gene or network or pathway_genes):
-        return HARD_QUESTION
-    context = []
-    if chrom is not None and str(chrom).strip():
-        context.append(f"Chromosome Number: {chromosome_number(chrom)}")
-    if network:
-        context.append(f"Network Definition of the pathway: {network}")
-    if pathway_genes:
-        context.append(f"Genes in the pathway: {pathway_genes}")
-    subject = f"this {gene} allele" if gene else "this allele"
-    ask = f"Given this context, what is the biological effect of {subject}, specifically what disease does this " \
-          "contribute to?"
-    return "\n".join(context) + "\n\n" + ask if context else ask
 
 
 # ---- reading --------------------------------------------------------------------------------------------------
@@ -292,36 +255,6 @@ def read_variants(path: str | Path, fmt: str) -> Iterator[VariantRecord]:
     return read_vcf(path) if fmt == "vcf" else read_tsv(path)
 
 
-# ---- asking the model -----------------------------------------------------------------------------------------
-
-def explain_many(model, questions: list[str], windows: list[tuple[str, str]], mode: str = "score",
-                 max_new_tokens: int = 1024, k: int = 3, batch_size: int = 8, constrained: bool = True) -> list:
-    """Explanations for many (question, windows) pairs: batched label scoring, plus batched generation in
-    generate mode. `explain_variant` is this with one pair."""
-    from dnallm.inference import Explanation, generate_answers, parse_answer, split_reasoning
-    from dnallm.labels import KEGG_LABELS
-    from dnallm.scoring import label_probabilities, top_k
-
-    if mode not in ("generate", "score"):
-        raise ValueError(f"unknown mode {mode!r}; expected 'generate' or 'score'")
-    if not questions:
-        return []
-    probs = label_probabilities(model, questions, windows, batch_size=batch_size)
-    bests = top_k(probs, k)
-    raws = (generate_answers(model, questions, windows, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                             constrained=constrained)
-            if mode == "generate" else [None] * len(questions))
-    out = []
-    for p, best, raw in zip(probs.tolist(), bests, raws):
-        scores = {label: float(v) for label, v in zip(KEGG_LABELS, p)}
-        if raw is None:
-            out.append(Explanation(label=best[0][0], reasoning="", raw_text="", label_probabilities=scores, top_k=best))
-        else:
-            out.append(Explanation(label=parse_answer(raw), reasoning=split_reasoning(raw), raw_text=raw,
-                                   label_probabilities=scores, top_k=best))
-    return out
-
-
 # ---- batch files ----------------------------------------------------------------------------------------------
 
 def _cell(value) -> str:
@@ -399,7 +332,7 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
     """
     from tqdm import tqdm
 
-    from dnallm.inference import load_model
+    from dnallm.inference import explain_many, load_model
     from dnallm.modeling import DNALLMForCausalLM
 
     variants, out = Path(variants), Path(out)
@@ -443,7 +376,6 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
     load_s = time.perf_counter() - t_load
     window = model.config.window_size
 
-    kill_after = int(os.environ.get(KILL_HOOK, "0") or 0)
     stats = {"records": total, "skipped": len(done), "written": 0, "errors": 0, "padded": 0}
     bar = tqdm(total=total, initial=len(done), unit="variant", desc=f"explain ({mode})", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
@@ -493,8 +425,6 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
                 stats["errors"] += bool(row["error"])
                 stats["padded"] += bool(row.get("padded"))
                 bar.update(1)
-                if kill_after and stats["written"] >= kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     if index < len(done):
         raise ValueError(f"cannot resume {out}: it holds {len(done)} records, the input only {index} "

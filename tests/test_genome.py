@@ -15,7 +15,7 @@ import pytest
 from dnallm.data import HARD_QUESTION, load_kegg
 from dnallm.genome import (CHR1_LENGTHS, Genome, GenomeBuildError, VariantError, build_named, check_allele,
                            contig_candidates, open_genome, parse_kegg_coordinates, write_kegg_contigs)
-from dnallm.variants import build_question
+from dnallm.questions import build_question
 
 CHRM = "GATCACAGGTCTATCACCCTATTAACCACTCACGGGAGCTCTCCATGCATTTGGTATTTTCGTCTGGGGGGTATGCACGCGATAGCATTGCGAGACGCTG" * 7
 

@@ -9,6 +9,7 @@ import yaml
 from dnallm.configuration import DNALLMConfig
 from dnallm.encoders import ENCODERS
 from dnallm.grpo import GRPOConfig
+from dnallm.quickstart import load_preset
 from dnallm.training import SFTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,13 +18,20 @@ SEED_COMBOS = {f"{e}_{t}" for e in ("genos-1.2b", "genos-10b", "evo2-1b", "nt-50
                for t in ("qwen3-1.7b", "qwen3-4b")}
 
 
-def test_one_preset_per_seed_combination_plus_tiny():
-    assert {p.stem for p in PRESETS} == SEED_COMBOS | {"tiny"}
+def test_one_preset_per_seed_combination_and_one_tiny_preset():
+    # the tiny preset lives once, packaged (dnallm/presets/tiny.yaml): the quickstart, train/sft.py --config tiny
+    # and the tests all read that file
+    assert {p.stem for p in PRESETS} == SEED_COMBOS
+    assert load_preset("tiny") == yaml.safe_load((ROOT / "dnallm/presets/tiny.yaml").read_text())
+    with pytest.raises(ValueError, match="unknown preset 'small'.*tiny"):
+        load_preset("small")
+    with pytest.raises(FileNotFoundError, match="no preset file"):
+        load_preset("train/configs/missing.yaml")
 
 
-@pytest.mark.parametrize("path", PRESETS, ids=[p.stem for p in PRESETS])
+@pytest.mark.parametrize("path", PRESETS + ["tiny"], ids=[p.stem for p in PRESETS] + ["tiny"])
 def test_preset_parses(path):
-    preset = yaml.safe_load(path.read_text())
+    preset = load_preset(path)
     config = DNALLMConfig(**preset["model"])
     assert config.encoder_type in ENCODERS
     assert config.lora_r in (4, 8, 16, 32, 64) and config.lora_alpha == 2 * config.lora_r
@@ -37,5 +45,5 @@ def test_preset_parses(path):
     if sft.deepspeed:
         ds = json.loads((ROOT / sft.deepspeed).read_text())
         assert ds["bf16"]["enabled"] and ds["zero_optimization"]["stage"] in (2, 3)
-    if path.stem.startswith("genos-10b"):
+    if str(path).split("/")[-1].startswith("genos-10b"):
         assert sft.deepspeed.endswith("zero3.json")  # 10B encoder + 4B LM: parameters sharded

@@ -43,3 +43,19 @@ def test_sft_entry_point_under_deepspeed(zero_config, tiny_dir, tmp_path):
     assert model.config.projector_stride == 32
     assert all(p.numel() > 0 for p in model.projector.parameters())  # ZeRO-3 weights were gathered for saving
     assert (out / "last" / "deepspeed" / "last").is_dir()
+
+
+def test_sft_entry_point_trains_the_packaged_tiny_preset_on_stand_ins_next_to_its_out(tiny_dir, tmp_path):
+    for part in ("encoder", "text-model"):  # where a quickstart run leaves them: DIR/encoder, DIR/text-model
+        (tmp_path / part).symlink_to(tiny_dir / part)
+    out = tmp_path / "sft2"
+    proc = subprocess.run([sys.executable, str(ROOT / "train/sft.py"), "--config", "tiny", "--out", str(out),
+                           "--limit", "4"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    # the packaged preset's settings, its stand-ins found relative to the checkpoint folder
+    assert (config["encoder_name_or_path"], config["encoder_layer"], config["projector_stride"]) == \
+        ("../encoder", 2, 32)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["train_examples"] == 4 * 15  # each row: kegg x (1 reasoning + 2 direct), kegg_hard x 12 direct
+    DNALLMForCausalLM.from_pretrained(out)

@@ -3,7 +3,6 @@
 
 import gzip
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,8 +15,9 @@ from dnallm.data import HARD_QUESTION, load_kegg
 from dnallm.genome import write_kegg_contigs
 from dnallm.inference import explain_variant
 from dnallm.labels import KEGG_LABELS
-from dnallm.variants import (KILL_HOOK, OUT_COLUMNS, VariantFileError, build_question, parse_vcf_line,
-                             read_results, read_tsv, read_vcf, read_vcf_header)
+from dnallm.questions import build_question
+from dnallm.variants import (OUT_COLUMNS, VariantFileError, parse_vcf_line, read_results, read_tsv, read_vcf,
+                             read_vcf_header)
 
 CHRM = "GATCACAGGTCTATCACCCTATTAACCACTCACGGGAGCTCTCCATGCATTTGGTATTTTCGTCTGGGGGGTATGCACGCGATAGCATTGCGAGACGCTG" * 7
 HEADER = ("##fileformat=VCFv4.2\n" + "".join(f"##contig=<ID={c}>\n" for c in ("1", "chr1", "chr2", "chr22", "chrM"))
@@ -285,9 +285,27 @@ def test_batch_cli_generate_mode_matches_explain_variant(quickstart_dir, files, 
     assert any(r["reasoning"] for r in rows)
 
 
-def run_cli(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dnallm.cli", "explain", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
+# The CLI in a child process that SIGKILLs itself right after writing its Nth output row (the header excluded):
+# a real, unclean death at a known point, with no test hook in the library.
+KILLED_CLI = """
+import os, signal, sys
+import dnallm.variants as variants
+real_append, rows = variants._append, []
+def append(f, text):
+    real_append(f, text)
+    if not text.startswith("record\t"):
+        rows.append(text)
+        if len(rows) == int(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGKILL)
+variants._append = append
+from dnallm.cli import app
+app(sys.argv[2:], prog_name="dnallm")
+"""
+
+
+def run_cli(args: list[str], kill_after_rows: int | None = None) -> subprocess.CompletedProcess:
+    command = ["-c", KILLED_CLI, str(kill_after_rows)] if kill_after_rows else ["-m", "dnallm.cli"]
+    return subprocess.run([sys.executable, *command, "explain", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_resume_after_a_real_kill_equals_an_uninterrupted_run(quickstart_dir, files, tmp_path):
@@ -299,7 +317,7 @@ def test_resume_after_a_real_kill_equals_an_uninterrupted_run(quickstart_dir, fi
     full = run_cli(common + ["--out", str(tmp_path / "full.tsv"), "--vcf-out", str(tmp_path / "full.vcf")])
     assert full.returncode == 0, full.stderr
     # killed (SIGKILL) after 11 rows: between the two records of the sixth batch (18:1, 18:2, both asked)
-    killed = run_cli(common + ["--out", str(tmp_path / "part.tsv")], env={KILL_HOOK: "11"})
+    killed = run_cli(common + ["--out", str(tmp_path / "part.tsv")], kill_after_rows=11)
     assert killed.returncode == -signal.SIGKILL
     assert [line.split("\t")[0] for line in (tmp_path / "part.tsv").read_text().splitlines()][-2:] == ["17:1", "18:1"]
     # and as if killed in the middle of writing the next line: the partial line is dropped and written again

@@ -11,11 +11,11 @@ import argparse
 from pathlib import Path
 
 import torch
-import yaml
 
 from dnallm.data import load_views, training_views
 from dnallm.grpo import GRPOConfig, grpo_train
 from dnallm.modeling import ADAPTER_DIR, DNALLMForCausalLM
+from dnallm.quickstart import load_preset
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
                         help="sequences per policy forward/backward (overrides the preset's grpo.micro_batch_size)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last (same as grpo.resume: true)")
     args = parser.parse_args()
-    preset = yaml.safe_load(Path(args.config).read_text())
+    preset = load_preset(args.config)
     cfg = GRPOConfig(**preset.get("grpo", {}))
     if args.micro_batch_size:
         cfg.micro_batch_size = args.micro_batch_size

@@ -1,4 +1,4 @@
-"""SFT entry point: `python train/sft.py --config PRESET.yaml --out DIR` or `deepspeed train/sft.py ...`.
+"""SFT entry point: `python train/sft.py --config PRESET.yaml|tiny --out DIR` or `deepspeed train/sft.py ...`.
 
 A thin wrapper over `dnallm.training.train_sft`: the encoder is frozen and cached, the projector and LoRA are
 trained, the checkpoint is chosen on the validation split, and the test split is never read.
@@ -11,23 +11,24 @@ import os
 from pathlib import Path
 
 import torch
-import yaml
 
 from dnallm.configuration import DNALLMConfig
 from dnallm.data import load_views, training_views
 from dnallm.modeling import DNALLMForCausalLM
+from dnallm.quickstart import load_preset
 from dnallm.training import SFTConfig, train_sft
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", required=True, help="YAML preset with model: and sft: sections")
+    parser.add_argument("--config", required=True, help="a YAML preset with model: and sft: sections "
+                        "(train/configs/*.yaml), or a packaged preset's name (tiny)")
     parser.add_argument("--out", required=True, help="checkpoint folder")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N rows of train and val (smoke runs)")
     parser.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
     args = parser.parse_args()
 
-    preset = yaml.safe_load(Path(args.config).read_text())
+    preset = load_preset(args.config)
     sft = SFTConfig.from_dict(preset.get("sft", {}))
     device = torch.device("cpu")
     if sft.deepspeed:
@@ -40,14 +41,15 @@ def main() -> None:
             torch.cuda.set_device(device)
     dtype = torch.bfloat16 if sft.bf16 and device.type == "cuda" else None
     torch.manual_seed(sft.seed)  # the fresh projector and LoRA weights: the same on every rank and every run
-    model = DNALLMForCausalLM.build(DNALLMConfig(**preset["model"]), dtype=dtype)
+    # relative model paths (the tiny preset's ../encoder) are relative to the checkpoint folder
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    model = DNALLMForCausalLM.build(DNALLMConfig(**preset["model"]), dtype=dtype, base_dir=Path(args.out))
     model.add_lora()
     model.to(device)
     views = training_views(preset)
     window = model.config.window_size
-    train, val = load_views("train", views, window=window), load_views("val", views, window=window)
-    if args.limit:
-        train, val = train.select(range(args.limit)), val.select(range(min(args.limit, len(val))))
+    # --limit keeps the first rows of each split, then builds the view mix from them (as the quickstart does)
+    train, val = (load_views(split, views, window=window, limit=args.limit) for split in ("train", "val"))
     train_sft(model, train, val, sft, args.out)
 
 
