@@ -109,6 +109,22 @@ def run_probe(encoder, train_records, val_records, eval_records, feature_sets=FE
     windows = [w for ds in (train_records, val_records, eval_records) for col in ("ref_window", "variant_window")
                for w in ds[col]]
     pooled = pooled_window_states(encoder, windows, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+    # The selected, fitted probe is kept next to the pooled states, keyed by everything it was fitted from: a
+    # second split scored against the same train/val (test, then hard-test) skips the nine fits.
+    fitted_path = None
+    if cache_dir is not None:
+        key = hashlib.sha1(json.dumps([encoder.fingerprint, list(feature_sets), list(c_grid)] + [
+            list(ds[col]) for ds in (train_records, val_records) for col in ("ref_window", "variant_window", "label")],
+            sort_keys=True).encode()).hexdigest()[:16]
+        fitted_path = Path(cache_dir) / f"probe-{encoder.name}-{key}.joblib"
+    if fitted_path is not None and fitted_path.exists():
+        import joblib
+
+        best, selection, clf = joblib.load(fitted_path)
+        probs = _probabilities(clf, window_features(pooled, eval_records, best["feature_set"]))
+        return {**best, "pooling": "mean over DNA positions", "layer": encoder.layer, "selection": selection,
+                "predicted": [KEGG_LABELS[j] for j in probs.argmax(1)], "probabilities": probs,
+                "seconds": round(time.time() - start, 1)}
     y_train = [LABEL_TO_ID[g] for g in train_records["label"]]
     y_val = np.array([LABEL_TO_ID[g] for g in val_records["label"]])
     features = {fs: (window_features(pooled, train_records, fs), window_features(pooled, val_records, fs))
@@ -136,6 +152,10 @@ def run_probe(encoder, train_records, val_records, eval_records, feature_sets=FE
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf = _fit(features[best["feature_set"]][0], y_train, best["C"])
+    if fitted_path is not None:
+        import joblib
+
+        joblib.dump((best, selection, clf), fitted_path)
     probs = _probabilities(clf, window_features(pooled, eval_records, best["feature_set"]))
     return {**best, "pooling": "mean over DNA positions", "layer": encoder.layer, "selection": selection,
             "predicted": [KEGG_LABELS[j] for j in probs.argmax(1)], "probabilities": probs,

@@ -79,6 +79,26 @@ def test_probe_finds_the_locus_signal_in_the_shipped_encoder(shipped_encoder, sp
     assert np.mean([p == g for p, g in zip(control["predicted"], test["label"])]) < 0.3
 
 
+def test_a_second_split_against_the_same_train_and_val_reuses_the_fitted_probe(shipped_encoder, splits, tmp_path,
+                                                                              monkeypatch):
+    import dnallm.probe as probe
+
+    train, val, test = (ds.select(range(40)) for ds in splits)
+    hard = load_kegg("test", view="kegg_hard").select(range(40))
+    options = dict(c_grid=(1.0, 10.0), feature_sets=("ref", "variant"))
+    run_probe(shipped_encoder, train, val, test, cache_dir=tmp_path, **options)  # fits and keeps the probe
+    fresh = run_probe(shipped_encoder, train, val, hard, **options)  # no cache: fitted anew
+    monkeypatch.setattr(probe, "_fit", lambda *a, **k: pytest.fail("refitted despite the kept probe"))
+    reused = run_probe(shipped_encoder, train, val, hard, cache_dir=tmp_path, **options)
+    assert (reused["feature_set"], reused["C"], reused["selection"]) == \
+        (fresh["feature_set"], fresh["C"], fresh["selection"])
+    np.testing.assert_allclose(reused["probabilities"], fresh["probabilities"], rtol=0, atol=1e-6)
+    # other training labels are another probe: fitted, not loaded
+    relabelled = train.map(lambda r, i: {"label": test["label"][i]}, with_indices=True)
+    with pytest.raises(pytest.fail.Exception, match="refitted"):
+        run_probe(shipped_encoder, relabelled, val, hard, cache_dir=tmp_path, **options)
+
+
 def test_shipped_stand_ins_match_the_preset_and_their_first_pretraining_steps_reproduce(tmp_path):
     """The shipped weights come from build_tiny_models with the tiny preset (assets/tiny/README.md); replaying
     its first steps here gives the recorded losses."""

@@ -1,0 +1,74 @@
+"""Evaluation speed on the CPU, one process, alternating repeats: what each cheaper path costs and that it changes
+no answer.
+
+1. Encoder: windows/s reading a middle layer (the pass stops there) vs the last layer (the whole stack).
+2. Generation of one split (greedy reasoning + constrained answer): static vs dynamic KV cache, LoRA merged vs
+   unmerged; the texts of every variant are compared with the first configuration's.
+
+    python benchmarks/cpu_eval_speed.py --model runs/quickstart/model [--split test] [--view kegg_hard] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dnallm.configuration import DNALLMConfig
+from dnallm.data import load_kegg
+from dnallm.encoders import build_encoder
+from dnallm.evaluation import control_inputs
+from dnallm.inference import generate_answers
+from dnallm.modeling import DNALLMForCausalLM, _resolve
+
+
+def encoder_speed(checkpoint: Path, windows: list[str], repeats: int) -> dict:
+    cfg = DNALLMConfig.from_pretrained(checkpoint)
+    path = _resolve(cfg.encoder_name_or_path, checkpoint)  # relative to the checkpoint, as from_pretrained does
+    out = {}
+    for _ in range(repeats):
+        for layer in (cfg.encoder_layer, -1):
+            encoder = build_encoder(cfg.encoder_type, path, layer=layer)
+            start = time.perf_counter()
+            for i in range(0, len(windows), 16):
+                encoder.encode(windows[i:i + 16])
+            out.setdefault(f"layer {layer}", []).append(round(len(windows) / (time.perf_counter() - start), 1))
+    return {"windows": len(windows), "windows_per_s": out}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="runs/quickstart/model")
+    p.add_argument("--split", default="test")
+    p.add_argument("--view", default="kegg_hard")
+    p.add_argument("--batch-size", type=int, default=80)
+    p.add_argument("--max-new-tokens", type=int, default=800)
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+    records = load_kegg(args.split, view=args.view)
+    questions, windows = control_inputs(records)
+    unmerged = DNALLMForCausalLM.from_pretrained(args.model).eval()
+    merged = DNALLMForCausalLM.from_pretrained(args.model).eval().merge_lora()
+    result = {"model": args.model, "split": args.split, "view": args.view, "threads": torch.get_num_threads(),
+              "encoder": encoder_speed(Path(args.model), list(records["variant_window"])[:128], args.repeats)}
+    runs = {"merged, static cache": (merged, True), "merged, dynamic cache": (merged, False),
+            "unmerged, static cache": (unmerged, True)}
+    seconds, reference, same = {}, None, {}
+    for _ in range(args.repeats):
+        for name, (model, static) in runs.items():
+            start = time.perf_counter()
+            texts = generate_answers(model, questions, windows, batch_size=args.batch_size,
+                                     max_new_tokens=args.max_new_tokens, static_cache=static)
+            seconds.setdefault(name, []).append(round(time.perf_counter() - start, 1))
+            reference = reference or texts
+            same[name] = sum(a == b for a, b in zip(texts, reference))
+    result["generate_seconds"] = seconds
+    result["texts_equal_to_first"] = {name: f"{n}/{len(questions)}" for name, n in same.items()}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
