@@ -28,9 +28,12 @@ FEATURE_SETS = ("ref", "variant", "ref+variant+diff")
 C_GRID = (1.0, 10.0, 100.0)
 
 
+def _digest(obj, length: int) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
+
+
 def _cache_path(encoder, cache_dir: str | Path) -> Path:
-    key = hashlib.sha1(json.dumps(encoder.fingerprint, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cache_dir) / f"pooled-{encoder.name}-{key}.npz"
+    return Path(cache_dir) / f"pooled-{encoder.name}-{_digest(encoder.fingerprint, 12)}.npz"
 
 
 def _load_pooled(path: Path | None) -> dict[str, np.ndarray]:
@@ -103,7 +106,9 @@ def run_probe(encoder, train_records, val_records, eval_records, feature_sets=FE
     Returns {"feature_set", "C", "val_accuracy", "selection": [...every candidate's val accuracy...],
     "predicted": [labels], "probabilities": [n, 37] array, "seconds"}.
     """
-    from dnallm.labels import KEGG_LABELS, LABEL_TO_ID
+    import joblib
+
+    from dnallm.labels import KEGG_LABELS
 
     start = time.time()
     windows = [w for ds in (train_records, val_records, eval_records) for col in ("ref_window", "variant_window")
@@ -113,18 +118,26 @@ def run_probe(encoder, train_records, val_records, eval_records, feature_sets=FE
     # second split scored against the same train/val (test, then hard-test) skips the nine fits.
     fitted_path = None
     if cache_dir is not None:
-        key = hashlib.sha1(json.dumps([encoder.fingerprint, list(feature_sets), list(c_grid)] + [
+        key = _digest([encoder.fingerprint, list(feature_sets), list(c_grid)] + [
             list(ds[col]) for ds in (train_records, val_records) for col in ("ref_window", "variant_window", "label")],
-            sort_keys=True).encode()).hexdigest()[:16]
+            16)
         fitted_path = Path(cache_dir) / f"probe-{encoder.name}-{key}.joblib"
     if fitted_path is not None and fitted_path.exists():
-        import joblib
-
         best, selection, clf = joblib.load(fitted_path)
-        probs = _probabilities(clf, window_features(pooled, eval_records, best["feature_set"]))
-        return {**best, "pooling": "mean over DNA positions", "layer": encoder.layer, "selection": selection,
-                "predicted": [KEGG_LABELS[j] for j in probs.argmax(1)], "probabilities": probs,
-                "seconds": round(time.time() - start, 1)}
+    else:
+        best, selection, clf = _select_and_fit(pooled, train_records, val_records, feature_sets, c_grid, n_jobs)
+        if fitted_path is not None:
+            joblib.dump((best, selection, clf), fitted_path)
+    probs = _probabilities(clf, window_features(pooled, eval_records, best["feature_set"]))
+    return {**best, "pooling": "mean over DNA positions", "layer": encoder.layer, "selection": selection,
+            "predicted": [KEGG_LABELS[j] for j in probs.argmax(1)], "probabilities": probs,
+            "seconds": round(time.time() - start, 1)}
+
+
+def _select_and_fit(pooled, train_records, val_records, feature_sets, c_grid, n_jobs):
+    """Every (feature set, C) fitted on train and scored on val; the best refitted. -> (best, selection, clf)"""
+    from dnallm.labels import LABEL_TO_ID
+
     y_train = [LABEL_TO_ID[g] for g in train_records["label"]]
     y_val = np.array([LABEL_TO_ID[g] for g in val_records["label"]])
     features = {fs: (window_features(pooled, train_records, fs), window_features(pooled, val_records, fs))
@@ -152,11 +165,4 @@ def run_probe(encoder, train_records, val_records, eval_records, feature_sets=FE
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf = _fit(features[best["feature_set"]][0], y_train, best["C"])
-    if fitted_path is not None:
-        import joblib
-
-        joblib.dump((best, selection, clf), fitted_path)
-    probs = _probabilities(clf, window_features(pooled, eval_records, best["feature_set"]))
-    return {**best, "pooling": "mean over DNA positions", "layer": encoder.layer, "selection": selection,
-            "predicted": [KEGG_LABELS[j] for j in probs.argmax(1)], "probabilities": probs,
-            "seconds": round(time.time() - start, 1)}
+    return best, selection, clf

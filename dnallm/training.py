@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -206,8 +207,6 @@ def _save_best(model, out: Path, engine, rank: int, step: int) -> None:
             if top.is_symlink() and os.readlink(top) == target:
                 continue
             if top.is_dir() and not top.is_symlink():  # a real folder from an older dnallm (first save only)
-                import shutil
-
                 shutil.rmtree(top)
             _replace_with_link(top, target)
     _barrier()
@@ -222,8 +221,6 @@ def _replace_with_link(path: Path, target: str) -> None:
 
 def _staging(out: Path, name: str, step: int, rank: int) -> Path:
     """A fresh folder `out/.<name>-step<N>` (the same on every rank) to write the state `out/<name>` into."""
-    import shutil
-
     staging = out / f".{name}-step{step}"
     link = out / name
     if link.exists() and link.resolve() == staging.resolve():  # re-saving the step the link holds: keep it
@@ -237,8 +234,6 @@ def _staging(out: Path, name: str, step: int, rank: int) -> Path:
 def _publish(out: Path, name: str, staging: Path) -> None:
     """Sync `staging` to disk, then point the symlink `out/<name>` at it in one atomic rename and delete the
     folder it pointed at before. Rank 0 only."""
-    import shutil
-
     _fsync_tree(staging)
     link = out / name
     previous = link.resolve() if link.is_symlink() else None

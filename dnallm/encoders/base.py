@@ -63,14 +63,6 @@ class _ReachedLayer(Exception):
         self.hidden_states = hidden_states
 
 
-def _has_submodule(model: nn.Module, path: str) -> bool:
-    try:
-        model.get_submodule(path)
-        return True
-    except AttributeError:
-        return False
-
-
 class DNAEncoder(nn.Module):
     """A frozen DNA language model.
 
@@ -115,7 +107,10 @@ class DNAEncoder(nn.Module):
     def _blocks(self) -> nn.ModuleList | None:
         """The model's stack of transformer blocks (Llama/Mixtral `layers`, Esm `encoder.layer`), if it has one."""
         for path in ("layers", "encoder.layer"):
-            blocks = self.model.get_submodule(path) if _has_submodule(self.model, path) else None
+            try:
+                blocks = self.model.get_submodule(path)
+            except AttributeError:
+                continue
             if isinstance(blocks, nn.ModuleList):
                 return blocks
         return None
