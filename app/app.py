@@ -181,7 +181,7 @@ def build_app(model_path: str = DEFAULT_MODEL, max_new_tokens: int = 1024, k: in
     """
     genomes = dict(genomes or {})
     model = load_model(str(Path(model_path).resolve()), dtype=dtype)
-    window = model.config.window_size
+    window = model.config.dna_config.window_size
 
     def outputs(history, state, answer="", chart=None, probabilities=None, error="", question=""):
         return history, question, answer, chart or {}, probabilities or {}, error, state

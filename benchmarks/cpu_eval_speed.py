@@ -22,15 +22,15 @@ from dnallm.data import load_kegg
 from dnallm.encoders import build_encoder
 from dnallm.evaluation import control_inputs
 from dnallm.inference import generate_answers
-from dnallm.modeling import DNALLMForCausalLM, _resolve
+from dnallm.modeling import DNALLMForConditionalGeneration, _resolve
 
 
 def encoder_speed(checkpoint: Path, windows: list[str], repeats: int) -> dict:
-    cfg = DNALLMConfig.from_pretrained(checkpoint)
+    cfg = DNALLMConfig.from_pretrained(checkpoint).dna_config
     path = _resolve(cfg.encoder_name_or_path, checkpoint)  # relative to the checkpoint, as from_pretrained does
     out = {}
     for _ in range(repeats):
-        for layer in (cfg.encoder_layer, -1):
+        for layer in (cfg.layer, -1):
             encoder = build_encoder(cfg.encoder_type, path, layer=layer)
             start = time.perf_counter()
             for i in range(0, len(windows), 16):
@@ -50,8 +50,8 @@ def main() -> None:
     args = p.parse_args()
     records = load_kegg(args.split, view=args.view)
     questions, windows = control_inputs(records)
-    unmerged = DNALLMForCausalLM.from_pretrained(args.model).eval()
-    merged = DNALLMForCausalLM.from_pretrained(args.model).eval().merge_lora()
+    unmerged = DNALLMForConditionalGeneration.from_pretrained(args.model).eval()
+    merged = DNALLMForConditionalGeneration.from_pretrained(args.model).eval().merge_lora()
     result = {"model": args.model, "split": args.split, "view": args.view, "threads": torch.get_num_threads(),
               "encoder": encoder_speed(Path(args.model), list(records["variant_window"])[:128], args.repeats)}
     runs = {"merged, static cache": (merged, True), "merged, dynamic cache": (merged, False),

@@ -37,18 +37,20 @@ def main() -> None:
              padding_side="left", pad_to_multiple_of=64)
     b = {k: v.to(device) for k, v in b.items()}
     ids, mask = b.pop("input_ids"), b.pop("attention_mask")
-    model.text_model.generation_config.min_new_tokens = args.tokens
-    print("prompt width", ids.shape[1], "attn", model.text_model.config._attn_implementation, flush=True)
+    model.generation_config.min_new_tokens = args.tokens
+    print("prompt width", ids.shape[1], "attn", model.language_model.config._attn_implementation, flush=True)
     for static in (False, True):
         with torch.no_grad():
             for n in (4, args.tokens):  # warm-up (compiles when static), then the timed run
                 torch.cuda.synchronize()
                 t = time.perf_counter()
-                model.generate(ids, mask, max_new_tokens=n, static_cache=static, **b)
+                model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n,
+                               cache_implementation="static" if static else None, **b)
                 torch.cuda.synchronize()
                 print(f"static={static} new_tokens={n}: {time.perf_counter() - t:.2f} s", flush=True)
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                model.generate(ids, mask, max_new_tokens=args.tokens, static_cache=static, **b)
+                model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.tokens,
+                               cache_implementation="static" if static else None, **b)
                 torch.cuda.synchronize()
         print(f"---- static={static}: top CUDA ops")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))

@@ -3,7 +3,7 @@
     python benchmarks/sft_step.py --encoder genos-1.2b --text qwen3-4b --batch 1 --stride 1 --steps 6
 
 Builds the real layouts from config (Genos via Mixtral classes, Qwen3), wires them with
-`DNALLMForCausalLM.from_parts`, wraps the model in DeepSpeed (ZeRO-2 JSON, bf16) and times optimizer steps on
+`DNALLMForConditionalGeneration.from_parts`, wraps the model in DeepSpeed (ZeRO-2 JSON, bf16) and times optimizer steps on
 real KEGG training examples. --no-cache re-runs the frozen encoder every step (the BioReason way).
 Prints one JSON line: samples/s, tokens/s, peak GPU memory, the card.
 """
@@ -22,7 +22,7 @@ from dnallm.configuration import DNALLMConfig
 from dnallm.data import load_kegg
 from dnallm.encoders.cache import EmbeddingCache
 from dnallm.encoders.genos import GenosEncoder, build_base_tokenizer, genos_config
-from dnallm.modeling import DNALLMForCausalLM
+from dnallm.modeling import DNALLMForConditionalGeneration
 from dnallm.text_models import qwen3_config
 from dnallm.tokenization import BUNDLED_QWEN3_TOKENIZER, load_text_tokenizer
 from dnallm.training import _batches, collate, encode_examples
@@ -41,7 +41,7 @@ def encoder_config(name: str):
     return genos_config("1.2b", hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2)
 
 
-def build(args, device, dtype) -> DNALLMForCausalLM:
+def build(args, device, dtype) -> DNALLMForConditionalGeneration:
     from transformers import MixtralModel, Qwen3ForCausalLM
 
     torch.manual_seed(0)
@@ -55,13 +55,13 @@ def build(args, device, dtype) -> DNALLMForCausalLM:
     encoder = GenosEncoder(encoder_model, build_base_tokenizer(), -1, f"random-init {args.encoder}")
     config = DNALLMConfig(projector_type=args.projector, projector_stride=args.stride, lora_r=args.lora_r,
                           lora_alpha=2 * args.lora_r, lora_dropout=0.0)
-    model = DNALLMForCausalLM.from_parts(config, encoder, text_model, load_text_tokenizer(str(BUNDLED_QWEN3_TOKENIZER)),
+    model = DNALLMForConditionalGeneration.from_parts(config, encoder, text_model, load_text_tokenizer(str(BUNDLED_QWEN3_TOKENIZER)),
                                          dtype=dtype)
     model.add_lora()
     model.loss_chunk_size = args.loss_chunk
     if args.grad_ckpt:
-        model.text_model.gradient_checkpointing_enable()
-        model.text_model.enable_input_require_grads()
+        model.language_model.gradient_checkpointing_enable()
+        model.language_model.enable_input_require_grads()
     return model.to(device)
 
 
@@ -70,7 +70,7 @@ def time_sft_steps(model, records, args, device, dtype) -> dict:
     import deepspeed
 
     examples = encode_examples(model, records, max_length=8192)
-    cache = EmbeddingCache(model.encoder, dtype=dtype, device=device)
+    cache = EmbeddingCache(model.dna_encoder, dtype=dtype, device=device)
     if not args.no_cache:
         cache.add([w for e in examples for w in e["windows"]])
     trainable = [q for q in model.parameters() if q.requires_grad]

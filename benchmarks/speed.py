@@ -48,11 +48,11 @@ def generation_rate(model, records, batch: int, tokens: int) -> dict:
              padding_side="left")
     b = {k: v.to(model.device) for k, v in b.items()}
     ids, mask = b.pop("input_ids"), b.pop("attention_mask")
-    model.text_model.generation_config.min_new_tokens = tokens  # a fixed length for a fair rate
-    model.generate(ids, mask, max_new_tokens=8, **b)  # warm-up
+    model.generation_config.min_new_tokens = tokens  # a fixed length for a fair rate
+    model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, **b)  # warm-up
     sync()
     t = time.perf_counter()
-    out = model.generate(ids, mask, max_new_tokens=tokens, **b)
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=tokens, **b)[:, ids.shape[1]:]
     sync()
     seconds = time.perf_counter() - t
     return {"batch": batch, "new_tokens": out.shape[1], "seconds": round(seconds, 2),
@@ -65,9 +65,9 @@ def answer_rate(model, records, batch: int, tokens: int, static_cache: bool, job
     the label), as the evaluation and the batch CLI run it, on a job of `job_batches` batches. The time is the
     whole job's, compilation included when static_cache."""
     qs, ws = list(records["question"]), list(zip(records["ref_window"], records["variant_window"]))
-    model.text_model.generation_config.min_new_tokens = 4
+    model.generation_config.min_new_tokens = 4
     generate_answers(model, qs[:8], ws[:8], batch_size=8, max_new_tokens=4, max_answer_tokens=2)  # CUDA warm-up
-    model.text_model.generation_config.min_new_tokens = tokens  # random weights: every row runs the full budget
+    model.generation_config.min_new_tokens = tokens  # random weights: every row runs the full budget
     torch.cuda.reset_peak_memory_stats()
     n = batch * job_batches
     sync()

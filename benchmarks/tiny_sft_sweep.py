@@ -22,7 +22,7 @@ import torch
 from dnallm.configuration import DNALLMConfig
 from dnallm.data import load_kegg, load_views, training_views
 from dnallm.evaluation import evaluate_split
-from dnallm.modeling import DNALLMForCausalLM
+from dnallm.modeling import DNALLMForConditionalGeneration
 from dnallm.quickstart import build_tiny_models, load_preset
 from dnallm.training import SFTConfig, train_sft
 
@@ -50,9 +50,10 @@ def main() -> None:
             preset[section].update(values)
         out = args.out / name
         torch.manual_seed(0)
-        config = DNALLMConfig(**{**preset["model"], "encoder_name_or_path": str((stand_ins / "encoder").resolve()),
+        config = DNALLMConfig(**{**preset["model"], "dna_config": {**preset["model"]["dna_config"],
+                                                                   "encoder_name_or_path": str((stand_ins / "encoder").resolve())},
                                  "text_model_name_or_path": str((stand_ins / "text-model").resolve())})
-        model = DNALLMForCausalLM.build(config)
+        model = DNALLMForConditionalGeneration.build(config)
         model.add_lora()
         model.to(args.device)
         views = training_views(preset)
@@ -60,7 +61,7 @@ def main() -> None:
         summary = train_sft(model, load_views("train", views, limit=args.limit), load_views("val", views, limit=args.limit),
                             SFTConfig.from_dict({**preset["sft"], "tensorboard": False}), out / "model")
         sft_s = time.time() - t
-        best = DNALLMForCausalLM.from_pretrained(out / "model").to(args.device).eval()
+        best = DNALLMForConditionalGeneration.from_pretrained(out / "model").to(args.device).eval()
         row = {"variant": name, "overrides": json.loads(overrides), "sft_s": round(sft_s, 1),
                "best_val_loss": summary["best_val_loss"], "train_tokens": summary["train_tokens_per_epoch"],
                "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}

@@ -16,10 +16,10 @@ def __getattr__(name):
         from dnallm import inference
 
         return getattr(inference, name)
-    if name == "DNALLMForCausalLM":
-        from dnallm.modeling import DNALLMForCausalLM
+    if name == "DNALLMForConditionalGeneration":
+        from dnallm.modeling import DNALLMForConditionalGeneration
 
-        return DNALLMForCausalLM
+        return DNALLMForConditionalGeneration
     if name == "DNALLMProcessor":
         from dnallm.processing import DNALLMProcessor
 
@@ -27,5 +27,5 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["DNALLMConfig", "DNALLMForCausalLM", "DNALLMProcessor", "KEGG_LABELS", "explain_variant",
+__all__ = ["DNALLMConfig", "DNALLMForConditionalGeneration", "DNALLMProcessor", "KEGG_LABELS", "explain_variant",
            "Explanation", "parse_answer"]

@@ -105,7 +105,7 @@ def evaluate(model: Path = typer.Option(Path("runs/quickstart/model"), help="Che
     if not (generate or score):
         raise typer.BadParameter("--no-generate and --no-score leave nothing to evaluate")
     checkpoint = load_model(str(model.resolve()), dtype=_dtype(dtype))
-    records = load_kegg(name, view=view, window=checkpoint.config.window_size)
+    records = load_kegg(name, view=view, window=checkpoint.config.dna_config.window_size)
     if limit:
         records = records.select(range(min(limit, len(records))))
     out = out or model.resolve().parent / "eval" / split
@@ -157,8 +157,8 @@ def probe(encoder: Optional[str] = typer.Option(None, help="Encoder hub id or lo
         from dnallm.modeling import _resolve
 
         config = DNALLMConfig.from_pretrained(model)
-        encoder_type, layer = config.encoder_type, config.encoder_layer
-        encoder = _resolve(config.encoder_name_or_path, model.resolve())
+        encoder_type, layer = config.dna_config.encoder_type, config.dna_config.layer
+        encoder = _resolve(config.dna_config.encoder_name_or_path, model.resolve())
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dna_encoder = build_encoder(encoder_type, encoder, layer=layer).to(device)
     metrics = {"split": split, "encoder": encoder, "encoder_type": encoder_type,

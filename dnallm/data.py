@@ -145,7 +145,7 @@ def load_kegg(split: str, view: str = "kegg", root: str | Path | None = None,
     """Load one split of the KEGG set as a validated `datasets.Dataset`.
 
     Added columns: row, label, label_id, ref_window, variant_window (`window` bp each, by the window rule;
-    a model's `config.window_size`), ref_allele, alt_allele.
+    a model's `config.dna_config.window_size`), ref_allele, alt_allele.
     The grouped splits (`grouped-train|val|test`) take validated official rows listed in
     data/kegg_grouped/assignments.csv; their `row` is the official row and `source_split` the official split.
     """
@@ -172,7 +172,7 @@ def load_views(split: str, views: dict[str, float] | None = None, seed: int = 0,
     label cannot be read off the question alone and the model has to use the DNA. A weight w keeps
     round(w * n) records of that view (whole copies, then a seeded sample for the fraction). Adds a `view`
     column. None or {} means {"kegg": 1.0}. `limit` keeps the first rows of the split (smoke runs); `window`
-    is the window length (the model's `config.window_size`).
+    is the window length (the model's `config.dna_config.window_size`).
     """
     import random
 

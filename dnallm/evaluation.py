@@ -289,11 +289,11 @@ def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: 
 
     if not (generate or score):
         raise ValueError("nothing to evaluate: enable generate and/or score")
-    window = model.config.window_size
+    window = model.config.dna_config.window_size
     lengths = {len(w) for w in records["ref_window"]} | {len(w) for w in records["variant_window"]}
     if lengths != {window}:
         raise ValueError(f"{split}: the records hold windows of {sorted(lengths)} bp, but the model reads {window} bp "
-                         f"windows (config.window_size); load them with load_kegg(..., window={window})")
+                         f"windows (config.dna_config.window_size); load them with load_kegg(..., window={window})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -343,7 +343,7 @@ def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: 
         train_records = load_kegg(name, view=view)
     metrics["baselines"] = baseline_metrics(train_records, records)
     if probe:
-        metrics["baselines"]["encoder alone"] = probe_metrics(model.encoder, train_records, records, split,
+        metrics["baselines"]["encoder alone"] = probe_metrics(model.dna_encoder, train_records, records, split,
                                                               probe_cache_dir)
     metrics["baselines_trained_on"] = f"{trained_on} (n={len(train_records)})"
     seen = set(train_records["variant_sequence"])

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from dnallm.losses import chunked_token_logprobs
-from dnallm.modeling import DNALLMForCausalLM
+from dnallm.modeling import DNALLMForConditionalGeneration
 from dnallm.rewards import total_reward
 from dnallm.training import _load_trainable, _publish, _staging
 
@@ -73,29 +73,25 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
-def _completion_logprobs(model: DNALLMForCausalLM, prompt_ids, prompt_mask, completions, completion_mask, dna):
+def _completion_logprobs(model: DNALLMForConditionalGeneration, prompt_ids, prompt_mask, completions, completion_mask, dna):
     """Log-probabilities of the completion tokens; the LM head runs on completion positions only, in chunks."""
-    from peft import PeftModel
-
     ids = torch.cat([prompt_ids, completions], 1)
     mask = torch.cat([prompt_mask, completion_mask], 1)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    base = model.text_model.get_base_model() if isinstance(model.text_model, PeftModel) else model.text_model
-    hidden = base.model(inputs_embeds=model.embed_inputs(ids, **dna), attention_mask=mask, position_ids=positions,
-                        use_cache=False).last_hidden_state  # no KV cache: nothing decodes after this pass
-    return chunked_token_logprobs(hidden[:, prompt_ids.shape[1] - 1:-1], base.lm_head, completions,
+    hidden = model.text_hidden_states(ids, mask, positions, **dna)
+    return chunked_token_logprobs(hidden[:, prompt_ids.shape[1] - 1:-1], model.get_output_embeddings(), completions,
                                   model.loss_chunk_size)
 
 
-def _encode_dna(model: DNALLMForCausalLM, windows: list[list[str]], copies: int):
+def _encode_dna(model: DNALLMForConditionalGeneration, windows: list[list[str]], copies: int):
     """Encoder outputs for `copies` consecutive rows per prompt, in the processor's order (row by row, each
     row's windows in turn); the frozen encoder runs once per distinct prompt, not once per copy."""
     dna = {k: v.to(model.device) for k, v in model.processor.tokenize_dna([w for ws in windows for w in ws]).items()}
-    hidden, mask = model.encoder(dna["dna_input_ids"], dna["dna_attention_mask"])
+    hidden, mask = model.dna_encoder(dna["dna_input_ids"], dna["dna_attention_mask"])
     return tuple(x.unflatten(0, (len(windows), -1)).repeat_interleave(copies, 0).flatten(0, 1) for x in (hidden, mask))
 
 
-def _save_state(out_dir: Path, model: DNALLMForCausalLM, optimizer, rng: random.Random, state: dict) -> None:
+def _save_state(out_dir: Path, model: DNALLMForConditionalGeneration, optimizer, rng: random.Random, state: dict) -> None:
     """Everything a resume needs, in out/last: weights, optimizer, step and log, RNG states (prompt sampling
     uses `rng`, generation torch's). There is no scheduler: the learning rate is constant. Written and switched
     in atomically like SFT's state (a crash mid-save leaves the previous state whole)."""
@@ -108,7 +104,7 @@ def _save_state(out_dir: Path, model: DNALLMForCausalLM, optimizer, rng: random.
     _publish(out_dir, "last", last)
 
 
-def _load_state(last: Path, model: DNALLMForCausalLM, optimizer, rng: random.Random) -> dict:
+def _load_state(last: Path, model: DNALLMForConditionalGeneration, optimizer, rng: random.Random) -> dict:
     _load_trainable(model, last)
     optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=False)["optimizer"])
     saved = torch.load(last / "rng.pt", weights_only=False)
@@ -119,7 +115,7 @@ def _load_state(last: Path, model: DNALLMForCausalLM, optimizer, rng: random.Ran
     return json.loads((last / "trainer_state.json").read_text())
 
 
-def grpo_train(model: DNALLMForCausalLM, records, cfg: GRPOConfig, out_dir: str | Path,
+def grpo_train(model: DNALLMForConditionalGeneration, records, cfg: GRPOConfig, out_dir: str | Path,
                reference_adapter: str | Path | None = None, reward_fn=None) -> list[dict]:
     """Run `cfg.steps` GRPO steps on `records` (train split); saves the model to out_dir; returns the log.
 
@@ -137,11 +133,11 @@ def grpo_train(model: DNALLMForCausalLM, records, cfg: GRPOConfig, out_dir: str 
     if cfg.beta > 0:
         if reference_adapter is None:
             raise ValueError("beta > 0 needs reference_adapter (the SFT checkpoint's adapter folder)")
-        model.text_model.load_adapter(str(reference_adapter), adapter_name="reference", is_trainable=False)
-        model.text_model.set_adapter("default")
+        model.language_model.load_adapter(str(reference_adapter), adapter_name="reference", is_trainable=False)
+        model.language_model.set_adapter("default")
     if cfg.gradient_checkpointing:
-        model.text_model.gradient_checkpointing_enable()
-        model.text_model.enable_input_require_grads()
+        model.language_model.gradient_checkpointing_enable()
+        model.language_model.enable_input_require_grads()
     params = [p for n, p in model.named_parameters() if p.requires_grad and "reference" not in n]
     # fp32 master weights: an Adam step moves a weight by about lr (1e-6), far below bf16's resolution (2^-8
     # relative), so bf16 trainable weights would never change. A bf16 model still computes in bf16 (autocast).
@@ -173,9 +169,10 @@ def grpo_train(model: DNALLMForCausalLM, records, cfg: GRPOConfig, out_dir: str 
         model.eval()
         with torch.no_grad(), amp():
             hidden, dna_mask = _encode_dna(model, windows, G)  # every forward of this step reuses these
-            completions = model.generate(prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens, do_sample=True,
-                                         temperature=cfg.temperature, dna_hidden_states=hidden,
-                                         dna_positions_mask=dna_mask)
+            completions = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                         max_new_tokens=cfg.max_new_tokens, do_sample=True,
+                                         temperature=cfg.temperature, top_p=1.0, top_k=0, dna_hidden_states=hidden,
+                                         dna_positions_mask=dna_mask)[:, prompt_ids.shape[1]:]
         completion_mask = _completion_mask(completions, model.processor.end_token_ids)
         texts = tok.batch_decode(completions * completion_mask + tok.pad_token_id * (1 - completion_mask),
                                  skip_special_tokens=True)
@@ -197,11 +194,11 @@ def grpo_train(model: DNALLMForCausalLM, records, cfg: GRPOConfig, out_dir: str 
         starts = range(0, len(rows), size)
         refs = [None] * len(starts)
         if cfg.beta > 0:
-            model.text_model.set_adapter("reference")
+            model.language_model.set_adapter("reference")
             with torch.no_grad(), amp():  # eval mode (still): the reference is a fixed policy, no dropout
                 refs = [_completion_logprobs(model, *micro_batch(i)) for i in starts]
-            model.text_model.set_adapter("default")
-            for n, p in model.text_model.named_parameters():  # set_adapter re-enables grads; keep the reference frozen
+            model.language_model.set_adapter("default")
+            for n, p in model.language_model.named_parameters():  # set_adapter re-enables grads; keep the reference frozen
                 if ".reference." in n:
                     p.requires_grad_(False)
 
@@ -238,7 +235,7 @@ def grpo_train(model: DNALLMForCausalLM, records, cfg: GRPOConfig, out_dir: str 
         if step % (cfg.save_every or stop_at) == 0 or step == stop_at:
             _save_state(out_dir, model, optimizer, rng, {"step": step, "log": log})
     if cfg.beta > 0:
-        model.text_model.delete_adapter("reference")
+        model.language_model.delete_adapter("reference")
     model.save_pretrained(out_dir)  # fp32 weights; from_pretrained(dtype=...) casts them
     for p, dtype in zip(params, given_dtypes):  # hand the model back as it came (a bf16 model runs without autocast)
         p.data = p.data.to(dtype)

@@ -11,7 +11,7 @@ import torch
 
 from dnallm.data import WINDOW_SIZE, centred_windows, check_bases, split_kegg_sequences
 from dnallm.labels import KEGG_LABELS, normalize_label
-from dnallm.modeling import DNALLMForCausalLM
+from dnallm.modeling import DNALLMForConditionalGeneration
 from dnallm.processing import ANSWER_PREFIX
 from dnallm.questions import build_question
 
@@ -76,10 +76,10 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -
 
 
 @lru_cache(maxsize=2)
-def load_model(path: str, device: str | None = None, dtype: str | torch.dtype | None = "auto") -> DNALLMForCausalLM:
+def load_model(path: str, device: str | None = None, dtype: str | torch.dtype | None = "auto") -> DNALLMForConditionalGeneration:
     """Load a checkpoint once per process (the API, CLI and app share it), in `dtype` (see resolve_dtype)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = DNALLMForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device))
+    model = DNALLMForConditionalGeneration.from_pretrained(path, dtype=resolve_dtype(dtype, device))
     model.merge_lora()  # inference only: LoRA folded into the weights, no adapter kernels in every layer
     model.to(device).eval()
     return model
@@ -103,7 +103,7 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def generate_answers(model: DNALLMForCausalLM, questions: list[str], windows: list[tuple[str, str]],
+def generate_answers(model: DNALLMForConditionalGeneration, questions: list[str], windows: list[tuple[str, str]],
                      batch_size: int = 16, max_new_tokens: int = 1024, max_answer_tokens: int = 24,
                      progress=None, static_cache: bool | None = None, constrained: bool = True) -> list[str]:
     """Greedy, deterministic answers (reasoning + answer line) for many questions, batched.
@@ -149,9 +149,10 @@ def generate_answers(model: DNALLMForCausalLM, questions: list[str], windows: li
                      pad_to_multiple_of=128 if compiled else None)
         batch = {k: v.to(model.device) for k, v in batch.items()}
         input_ids, attention_mask = batch.pop("input_ids"), batch.pop("attention_mask")
-        new_tokens = model.generate(input_ids, attention_mask, max_new_tokens=max_new_tokens,
-                                    static_cache=static_cache, stop_token_ids=[think_end] if constrained else [],
-                                    **batch).tolist()
+        new_tokens = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                    eos_token_id=[*proc.end_token_ids, *([think_end] if constrained else [])],
+                                    **({"cache_implementation": "static"} if static_cache else {}),
+                                    **batch)[:, input_ids.shape[1]:].tolist()
         ends = set(proc.end_token_ids)
         stops = ends | {think_end} if constrained else ends
         # Cut each row at its first stop: what follows is padding (the pad token may itself be an end token).
@@ -178,7 +179,8 @@ def generate_answers(model: DNALLMForCausalLM, questions: list[str], windows: li
                 best = continuation_label_logprobs(model, ids, mask, tree, **dna).argmax(-1).tolist()
                 tails = [tok(f" {KEGG_LABELS[b]}", add_special_tokens=False)["input_ids"] for b in best]
             else:
-                tails = model.generate(ids, mask, max_new_tokens=max_answer_tokens, **dna).tolist()
+                tails = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_answer_tokens,
+                                       **dna)[:, ids.shape[1]:].tolist()
             for j, tail in zip(chunk, tails):
                 rows[j] = rows[j] + suffixes[j] + tail
         for j, text in zip(idx, tok.batch_decode(rows, skip_special_tokens=True)):
@@ -236,7 +238,7 @@ def explain_many(model, questions: list[str], windows: list[tuple[str, str]], mo
 
 def explain_variant(question: str | None = None, reference_sequence: str | None = None,
                     variant_sequence: str | None = None,
-                    model: str | Path | DNALLMForCausalLM = "runs/quickstart/model", mode: str = "generate",
+                    model: str | Path | DNALLMForConditionalGeneration = "runs/quickstart/model", mode: str = "generate",
                     max_new_tokens: int = 1024, k: int = 3, *, chrom: str | None = None, pos: int | None = None,
                     ref: str | None = None, alt: str | None = None, fasta: str | Path | None = None,
                     gene: str | None = None, constrained: bool = True, dtype: str = "auto") -> Explanation:
@@ -272,15 +274,15 @@ def explain_variant(question: str | None = None, reference_sequence: str | None 
     if by_coords and "," in alt:
         raise ValueError(f"ALT {alt!r} lists several alleles; explain one ALT per call (a VCF file with "
                          "multi-allelic records is split by `dnallm explain --vcf`)")
-    if not isinstance(model, DNALLMForCausalLM):
+    if not isinstance(model, DNALLMForConditionalGeneration):
         model = load_model(str(Path(model).resolve()), dtype=dtype)
     if question is None:
         question = build_question(gene=gene, chrom=chrom)
     if by_coords:
-        w = open_genome(fasta).windows(chrom, pos, ref, alt, window=model.config.window_size)
+        w = open_genome(fasta).windows(chrom, pos, ref, alt, window=model.config.dna_config.window_size)
         windows, padded, warnings = (w.reference, w.variant), w.padded, list(w.warnings)
     else:
-        windows = prepare_windows(reference_sequence, variant_sequence, model.config.window_size)
+        windows = prepare_windows(reference_sequence, variant_sequence, model.config.dna_config.window_size)
         padded = warnings = None
     result = explain_many(model, [question], [windows], mode=mode, max_new_tokens=max_new_tokens, k=k,
                           constrained=constrained)[0]
@@ -296,7 +298,7 @@ class ForcedAnswer(AppendedText):
     """The chunk of `stream_answer` that the thinking budget appended (`</think>` + `Answer:`), not the model."""
 
 
-def stream_answer(model: DNALLMForCausalLM, question: str, windows: tuple[str, str], max_new_tokens: int = 1024,
+def stream_answer(model: DNALLMForConditionalGeneration, question: str, windows: tuple[str, str], max_new_tokens: int = 1024,
                   max_answer_tokens: int = 24, constrained: bool = True):
     """Yield the answer to one question as text chunks while the model writes it (greedy).
 
@@ -328,17 +330,17 @@ def stream_answer(model: DNALLMForCausalLM, question: str, windows: tuple[str, s
             return torch.full((ids.shape[0],), stop.is_set(), dtype=torch.bool, device=ids.device)
 
     def run(ids: torch.Tensor, mask: torch.Tensor, limit: int, stop_ids: list[int]):
-        """Stream one greedy generation (as DNALLMForCausalLM.generate runs it); return its token ids."""
+        """Stream one greedy generation (as `generate_answers` runs it); return its new token ids."""
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         result: dict = {}
 
         def work():
             try:
                 with torch.no_grad():
-                    result["ids"] = model.text_model.generate(
-                        inputs_embeds=model.embed_inputs(ids, **batch), attention_mask=mask,
-                        max_new_tokens=limit, do_sample=False, **model.decoding_kwargs(stop_ids), streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_StopWhenClosed()]))[0].tolist()
+                    result["ids"] = model.generate(
+                        input_ids=ids, attention_mask=mask, max_new_tokens=limit,
+                        eos_token_id=[*proc.end_token_ids, *stop_ids], streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_StopWhenClosed()]), **batch)[0, ids.shape[1]:].tolist()
             except BaseException as e:  # re-raised in the consumer; end the stream so that it does not block
                 result["error"] = e
                 streamer.end()

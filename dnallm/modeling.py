@@ -1,19 +1,27 @@
-"""DNALLMForCausalLM: frozen DNA encoder -> projector -> (LoRA) causal LM, spliced in `embed_inputs`.
+"""DNALLMForConditionalGeneration: frozen DNA encoder -> projector -> (LoRA) causal LM, one transformers model.
 
-A checkpoint stores the config, the projector, the LoRA adapter and the processor (tokenizers), never
-the frozen encoder or base LM weights: those are loaded from `encoder_name_or_path` and
-`text_model_name_or_path` (hub id or local path; relative paths resolve against the checkpoint folder).
+Read it like transformers' LlavaForConditionalGeneration: three parts wired by one composite config
+(`DNALLMConfig`), and one `forward` where the projected DNA replaces the `<|dna_pad|>` placeholder embeddings.
+Being a `PreTrainedModel` + `GenerationMixin`, `model.generate(**processor(...))` takes every generation option
+(sampling, beams, static cache and compilation, streamers, stopping criteria, logits processors); the DNA goes
+in at the prefill only (`prepare_inputs_for_generation`).
+
+A checkpoint stores the config, the projector, the LoRA adapter and the processor (tokenizers), never the frozen
+encoder or base LM weights: those are loaded from `config.dna_config.encoder_name_or_path` and
+`config.text_model_name_or_path` (hub id or local path; relative paths resolve against the checkpoint folder).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from dnallm.configuration import DNALLMConfig
 from dnallm.encoders import DNAEncoder, LoadingError, build_encoder
@@ -24,6 +32,9 @@ from projectors import build_projector
 
 PROJECTOR_FILE = "projector.safetensors"
 ADAPTER_DIR = "adapter"
+DNA_INPUTS = ("dna_input_ids", "dna_attention_mask", "dna_hidden_states", "dna_positions_mask")
+# What of the LM's config must match between the checkpoint and the LM it is loaded onto.
+TEXT_IDENTITY = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 
 def _resolve(name_or_path: str, base: Path | None) -> str:
@@ -40,7 +51,7 @@ def load_text_model(name_or_path: str, dtype: torch.dtype | None = None, attn_im
 
 
 @torch.no_grad()
-def init_added_rows(text_model: nn.Module, token_ids: list[int]) -> None:
+def init_added_rows(language_model: nn.Module, token_ids: list[int]) -> None:
     """Set the embedding rows of tokens the processor added to the mean of the other rows.
 
     Needed with or without a resize: real Qwen3 has 151,936 embedding rows for 151,669 tokens, so the DNA
@@ -48,56 +59,98 @@ def init_added_rows(text_model: nn.Module, token_ids: list[int]) -> None:
     """
     if not token_ids:
         return
-    embeddings = text_model.get_input_embeddings().weight
+    embeddings = language_model.get_input_embeddings().weight
     # Added tokens get the ids after the tokenizer's own; the rows before them are the trained vocabulary.
     embeddings[token_ids] = embeddings[:min(token_ids)].float().mean(0).to(embeddings.dtype)
 
 
-class DNALLMForCausalLM(nn.Module):
-    def __init__(self, config: DNALLMConfig, encoder: DNAEncoder, text_model: nn.Module, projector: nn.Module,
-                 processor: DNALLMProcessor):
-        super().__init__()
-        self.config, self.encoder, self.text_model, self.projector = config, encoder, text_model, projector
+@dataclass
+class DNALLMOutput(CausalLMOutputWithPast):
+    """The training forward's output: `loss` is the mean over answer tokens, `n_tokens` how many there were
+    (SFT weights micro-batches by it)."""
+
+    n_tokens: int | None = None
+
+
+class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
+    config_class = DNALLMConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _can_compile_fullgraph = True  # the decoding step is the LM's own (the DNA splice runs at the prefill only)
+
+    def __init__(self, config: DNALLMConfig, dna_encoder: DNAEncoder, language_model: nn.Module,
+                 projector: nn.Module, processor: DNALLMProcessor):
+        super().__init__(config)
+        self.dna_encoder, self.projector, self.language_model = dna_encoder, projector, language_model
         self.processor = processor
-        self.dna_pad_id = processor.dna_pad_id
         self.lora_merged = False
         self.loss_chunk_size = 1024  # answer tokens per LM-head chunk in the training loss (dnallm.losses)
+        # Greedy by default (a hub LM's sampling defaults do not carry over); stop at every end token; never emit a
+        # DNA token: text fed back to the model (the answer tail, streaming, GRPO log-probs) must hold exactly the
+        # placeholders of its DNA windows.
+        self.generation_config = GenerationConfig(
+            do_sample=False, eos_token_id=processor.end_token_ids, pad_token_id=processor.tokenizer.pad_token_id,
+            suppress_tokens=[*processor.dna_marker_ids, processor.dna_pad_id])
+        self.post_init()
+
+    def init_weights(self):
+        """Nothing to initialise: the encoder and the LM arrive pretrained and the projector initialises itself;
+        transformers' initialisation would overwrite them."""
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
 
     # ---- building and loading ----
     @classmethod
     def build(cls, config: DNALLMConfig, dtype: torch.dtype | None = None, base_dir: Path | None = None,
-              attn_implementation: str | None = None) -> "DNALLMForCausalLM":
+              attn_implementation: str | None = None) -> "DNALLMForConditionalGeneration":
         """A new model: pretrained encoder and LM from the config's paths, fresh projector and LoRA."""
         from dnallm.tokenization import load_text_tokenizer
 
-        encoder = build_encoder(config.encoder_type, _resolve(config.encoder_name_or_path, base_dir),
-                                layer=config.encoder_layer, dtype=dtype)
+        dna = config.dna_config
+        dna_encoder = build_encoder(dna.encoder_type, _resolve(dna.encoder_name_or_path, base_dir), layer=dna.layer,
+                                    dtype=dtype)
         tokenizer = load_text_tokenizer(_resolve(config.text_tokenizer_name_or_path, base_dir))
-        text_model = load_text_model(_resolve(config.text_model_name_or_path, base_dir), dtype, attn_implementation)
-        return cls.from_parts(config, encoder, text_model, tokenizer, dtype)
+        language_model = load_text_model(_resolve(config.text_model_name_or_path, base_dir), dtype,
+                                          attn_implementation)
+        return cls.from_parts(config, dna_encoder, language_model, tokenizer, dtype)
 
     @classmethod
-    def from_parts(cls, config: DNALLMConfig, encoder: DNAEncoder, text_model: nn.Module, tokenizer,
-                   dtype: torch.dtype | None = None) -> "DNALLMForCausalLM":
+    def from_parts(cls, config: DNALLMConfig, dna_encoder: DNAEncoder, language_model: nn.Module, tokenizer,
+                   dtype: torch.dtype | None = None) -> "DNALLMForConditionalGeneration":
         """Wire already-loaded parts (also used with random-init models of the real layouts in benchmarks)."""
-        if config.encoder_fingerprint is None:
-            config.encoder_fingerprint = encoder.fingerprint
-        elif config.encoder_fingerprint != encoder.fingerprint:
-            raise LoadingError(f"checkpoint was trained on encoder {config.encoder_fingerprint}, but "
-                               f"{config.encoder_name_or_path!r} is {encoder.fingerprint}")
-        processor = DNALLMProcessor(tokenizer, encoder.tokenizer, dna_stride=config.projector_stride,
-                                    dna_add_special_tokens=encoder.add_special_tokens,
+        dna = config.dna_config
+        if dna.fingerprint is None:
+            dna.fingerprint = dna_encoder.fingerprint
+        elif dna.fingerprint != dna_encoder.fingerprint:
+            raise LoadingError(f"checkpoint was trained on encoder {dna.fingerprint}, but {dna.encoder_name_or_path!r} "
+                               f"is {dna_encoder.fingerprint}")
+        if config.text_config is not None:
+            trained = {k: getattr(config.text_config, k, None) for k in TEXT_IDENTITY}
+            loaded = {k: getattr(language_model.config, k, None) for k in TEXT_IDENTITY}
+            if trained != loaded:
+                raise LoadingError(f"checkpoint was trained on a text model with {trained}, but "
+                                   f"{config.text_model_name_or_path!r} has {loaded}")
+        processor = DNALLMProcessor(tokenizer, dna_encoder.tokenizer, dna_stride=config.projector_stride,
+                                    dna_add_special_tokens=dna_encoder.add_special_tokens,
                                     dna_start_token=config.dna_start_token, dna_pad_token=config.dna_pad_token,
                                     dna_end_token=config.dna_end_token)
-        if len(tokenizer) > text_model.get_input_embeddings().num_embeddings:
-            text_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        init_added_rows(text_model, processor.added_token_ids)
-        text_model.requires_grad_(False)
-        projector = build_projector(config.projector_type, encoder.hidden_size, text_model.config.hidden_size,
+        if len(tokenizer) > language_model.get_input_embeddings().num_embeddings:
+            language_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        init_added_rows(language_model, processor.added_token_ids)
+        language_model.requires_grad_(False)
+        config.text_config = language_model.config  # one object: what generate's caches are sized from
+        projector = build_projector(config.projector_type, dna_encoder.hidden_size, language_model.config.hidden_size,
                                     stride=config.projector_stride)
         if dtype is not None:
             projector.to(dtype)
-        return cls(config, encoder, text_model, projector, processor)
+        return cls(config, dna_encoder, language_model, projector, processor)
 
     def add_lora(self) -> None:
         c = self.config
@@ -106,39 +159,62 @@ class DNALLMForCausalLM(nn.Module):
         lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
                           target_modules=c.lora_target_modules, task_type="CAUSAL_LM",
                           trainable_token_indices=list(self.processor.dna_marker_ids))
-        self.text_model = get_peft_model(self.text_model, lora)
+        self.language_model = get_peft_model(self.language_model, lora)
 
-    def merge_lora(self) -> "DNALLMForCausalLM":
+    def merge_lora(self) -> "DNALLMForConditionalGeneration":
         """Fold the LoRA adapter into the LM weights, for inference: same outputs, no adapter kernels per layer.
 
         A merged model can no longer be trained or saved as a checkpoint (the adapter is gone).
         """
-        if isinstance(self.text_model, PeftModel):
-            self.text_model = self.text_model.merge_and_unload()
+        if isinstance(self.language_model, PeftModel):
+            self.language_model = self.language_model.merge_and_unload()
             self.lora_merged = True
         return self
 
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        """Config, generation config, projector, adapter and processor; never the frozen weights. (transformers'
+        own save would write every weight; `kwargs` such as `safe_serialization` are accepted and unused.)"""
         if self.lora_merged:
             raise ValueError("this model's LoRA adapter was merged into the LM for inference (merge_lora); "
                              "save the checkpoint from an unmerged model")
-        path = Path(path)
+        path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
         self.config.save_pretrained(path)
+        self.generation_config.save_pretrained(path)
         save_file({k: v.detach().contiguous().cpu() for k, v in self.projector.state_dict().items()},
                   path / PROJECTOR_FILE)
-        if isinstance(self.text_model, PeftModel):
+        if isinstance(self.language_model, PeftModel):
             # only the trained adapter (GRPO keeps a frozen copy as its KL reference, which is not the model)
-            self.text_model.save_pretrained(path / ADAPTER_DIR, selected_adapters=["default"])
+            self.language_model.save_pretrained(path / ADAPTER_DIR, selected_adapters=["default"])
         self.processor.save_pretrained(path)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None, is_trainable: bool = False,
-                        attn_implementation: str | None = None, **config_overrides) -> "DNALLMForCausalLM":
-        path = Path(path)
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *model_args, config: DNALLMConfig | None = None,
+                        dtype: torch.dtype | str | None = None, is_trainable: bool = False,
+                        attn_implementation: str | None = None, **kwargs) -> "DNALLMForConditionalGeneration":
+        """Load a dnallm checkpoint folder (or a hub repo holding one): the frozen parts from their own paths, then
+        the projector and adapter. Also what `AutoModelForCausalLM.from_pretrained(folder)` calls.
+
+        Other keyword arguments override config fields (e.g. `dna_config={"encoder_name_or_path": ...}` to point at a
+        local copy of the encoder); hub download options (`revision`, `cache_dir`, ...) are accepted as
+        `huggingface_hub.snapshot_download` takes them.
+        """
+        path = Path(pretrained_model_name_or_path)
+        hub = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
+        for k in ("trust_remote_code", "_from_auto", "_commit_hash", "adapter_kwargs"):
+            kwargs.pop(k, None)  # what the Auto classes add; nothing here runs remote code
+        if model_args:
+            raise TypeError(f"unexpected positional arguments {model_args}")
+        if not path.exists() and len(path.parts) == 2:  # "org/name": a checkpoint on the hub
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(str(pretrained_model_name_or_path), **hub))
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} is not a dnallm checkpoint (no config.json)")
-        config = DNALLMConfig.from_pretrained(path, **config_overrides)
+        if isinstance(dtype, str):
+            dtype = None if dtype == "auto" else getattr(torch, dtype)
+        if config is None or kwargs:
+            config = DNALLMConfig.from_pretrained(path, **kwargs)
         model = cls.build(config, dtype=dtype, base_dir=path, attn_implementation=attn_implementation)
         model.processor = DNALLMProcessor.from_pretrained(path)  # the exact tokenizers it was trained with
         state = load_file(path / PROJECTOR_FILE)
@@ -146,78 +222,80 @@ class DNALLMForCausalLM(nn.Module):
         check_loading_info({"missing_keys": result.missing_keys, "unexpected_keys": result.unexpected_keys},
                            str(path / PROJECTOR_FILE))
         if (path / ADAPTER_DIR).exists():
-            model.text_model = PeftModel.from_pretrained(model.text_model, path / ADAPTER_DIR, is_trainable=is_trainable)
+            model.language_model = PeftModel.from_pretrained(model.language_model, path / ADAPTER_DIR,
+                                                             is_trainable=is_trainable)
+        if (path / "generation_config.json").exists():
+            model.generation_config = GenerationConfig.from_pretrained(path)
         return model
 
     # ---- the forward pass ----
-    def project_dna(self, dna_input_ids=None, dna_attention_mask=None, dna_hidden_states=None,
-                    dna_positions_mask=None) -> torch.Tensor:
-        """Projected DNA tokens of all windows in the batch, flattened in order: [n_tokens, text_hidden]."""
-        if dna_hidden_states is None:  # no cached encoder outputs: run the frozen encoder
-            dna_hidden_states, dna_positions_mask = self.encoder(dna_input_ids, dna_attention_mask)
+    def get_dna_features(self, dna_input_ids=None, dna_attention_mask=None, dna_hidden_states=None,
+                         dna_positions_mask=None) -> torch.Tensor:
+        """Projected DNA tokens of all windows in the batch, flattened in order: [n_tokens, text_hidden].
+
+        Give the windows' encoder tokens, or their encoder outputs (`dna_hidden_states` + `dna_positions_mask`,
+        from `dnallm.encoders.cache`, so training never re-runs the frozen encoder)."""
+        if dna_hidden_states is None:
+            dna_hidden_states, dna_positions_mask = self.dna_encoder(dna_input_ids, dna_attention_mask)
         variant_embeddings, tokens_mask = self.projector(dna_hidden_states, dna_positions_mask)
         return variant_embeddings[tokens_mask]
 
     def embed_inputs(self, input_ids: torch.Tensor, **dna) -> torch.Tensor:
         """The one place where DNA embeddings replace the `<|dna_pad|>` placeholder embeddings."""
-        inputs_embeds = self.text_model.get_input_embeddings()(input_ids)
-        placeholders = input_ids == self.dna_pad_id
-        if not any(v is not None for v in dna.values()):
-            if placeholders.any():
-                raise ValueError(f"{int(placeholders.sum())} DNA placeholder tokens but no DNA inputs")
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        if all(v is None for v in dna.values()):
+            # Decoding steps (one new token, never a DNA token: generation suppresses them) skip the check and
+            # its device sync.
+            if input_ids.shape[1] > 1 and (n := int((input_ids == self.processor.dna_pad_id).sum())):
+                raise ValueError(f"{n} DNA placeholder tokens but no DNA inputs")
             return inputs_embeds
-        dna_embeddings = self.project_dna(**dna).to(inputs_embeds.dtype)
+        placeholders = input_ids == self.processor.dna_pad_id
+        dna_embeddings = self.get_dna_features(**dna).to(inputs_embeds.dtype)
         if dna_embeddings.shape[0] != int(placeholders.sum()):
             raise ValueError(f"{int(placeholders.sum())} DNA placeholder tokens in the text but the DNA windows "
                              f"yield {dna_embeddings.shape[0]} embeddings; build inputs with DNALLMProcessor")
         return inputs_embeds.masked_scatter(placeholders.unsqueeze(-1), dna_embeddings)
 
-    def forward(self, input_ids, attention_mask=None, labels=None, dna_input_ids=None, dna_attention_mask=None,
-                dna_hidden_states=None, dna_positions_mask=None, position_ids=None):
-        inputs_embeds = self.embed_inputs(input_ids, dna_input_ids=dna_input_ids,
-                                          dna_attention_mask=dna_attention_mask,
-                                          dna_hidden_states=dna_hidden_states, dna_positions_mask=dna_positions_mask)
-        if labels is None:
-            return self.text_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids)
-        # Loss on answer tokens only: the 151k-wide output layer is never applied to the prompt and DNA
-        # positions, and on the answer it runs in chunks whose logits are recomputed for backward.
-        base = self.text_model.get_base_model() if isinstance(self.text_model, PeftModel) else self.text_model
-        hidden = base.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
-        targets = labels[:, 1:]
-        keep = targets != -100
-        loss = chunked_cross_entropy(hidden[:, :-1][keep], base.lm_head, targets[keep], self.loss_chunk_size)
-        return {"loss": loss, "n_tokens": int(keep.sum())}
+    def text_hidden_states(self, input_ids, attention_mask=None, position_ids=None, **dna) -> torch.Tensor:
+        """The LM's last hidden states (before the output layer) with the DNA spliced in, no KV cache: for losses
+        that apply the 151k-wide output layer to a few positions only (SFT's answer tokens, GRPO's completions)."""
+        decoder = self.language_model.get_decoder()
+        return decoder(inputs_embeds=self.embed_inputs(input_ids, **dna), attention_mask=attention_mask,
+                       position_ids=position_ids, use_cache=False).last_hidden_state
 
-    @torch.no_grad()
-    def generate(self, input_ids, attention_mask, max_new_tokens: int = 768, do_sample: bool = False,
-                 temperature: float = 1.0, static_cache: bool = False, stop_token_ids: list[int] = (),
-                 **dna) -> torch.Tensor:
-        """Greedy (default) or sampled decoding; returns only the new tokens. Batches must be left-padded.
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
+                dna_input_ids=None, dna_attention_mask=None, dna_hidden_states=None, dna_positions_mask=None,
+                labels=None, **kwargs):
+        """Logits (and the KV cache) of the LM over the text with its DNA spliced in; `kwargs` go to the LM
+        (`cache`/`past_key_values`, `use_cache`, `logits_to_keep`, ...).
 
-        static_cache=True preallocates the KV cache for prompt + max_new_tokens; on CUDA, transformers then
-        compiles the decoding step (torch.compile, CUDA graphs), which removes the per-token Python and
-        cache-growing overhead that dominates batched decoding. Each new (batch, length) shape compiles once,
-        so callers should keep shapes few (see `generate_answers`). Decoding stops at the end-of-turn token and at
-        any of `stop_token_ids` (e.g. `</think>`, where a constrained answer takes over).
-        """
-        inputs_embeds = self.embed_inputs(input_ids, **dna)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if do_sample else {
-            "do_sample": False}
-        if static_cache:
-            sampling["cache_implementation"] = "static"
-        return self.text_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                        max_new_tokens=max_new_tokens, **self.decoding_kwargs(stop_token_ids),
-                                        **sampling)
+        With `labels` (-100 outside the answer): the mean cross-entropy over the answer tokens only, and no
+        logits: the output layer never runs on the prompt and DNA positions, and on the answer it runs in chunks
+        whose logits are recomputed in backward (dnallm.losses)."""
+        dna = {"dna_input_ids": dna_input_ids, "dna_attention_mask": dna_attention_mask,
+               "dna_hidden_states": dna_hidden_states, "dna_positions_mask": dna_positions_mask}
+        if labels is not None:
+            hidden = self.text_hidden_states(input_ids, attention_mask, position_ids, **dna)
+            targets = labels[:, 1:]
+            keep = targets != -100
+            loss = chunked_cross_entropy(hidden[:, :-1][keep], self.get_output_embeddings(), targets[keep],
+                                         self.loss_chunk_size)
+            return DNALLMOutput(loss=loss, n_tokens=int(keep.sum()))
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_inputs(input_ids, **dna)
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   position_ids=position_ids, **kwargs)
 
-    def decoding_kwargs(self, stop_token_ids=()) -> dict:
-        """Options every generation shares: stop at every end token (and `stop_token_ids`); never emit a DNA
-        token (`<|dna_start|>`/`<|dna_pad|>`/`<|dna_end|>`): text that is fed back to the model (the answer
-        tail, streaming, GRPO log-probs) must hold exactly the placeholders of its DNA windows."""
-        proc = self.processor
-        return {"eos_token_id": [*proc.end_token_ids, *stop_token_ids],
-                "pad_token_id": proc.tokenizer.pad_token_id,
-                "suppress_tokens": [*proc.dna_marker_ids, proc.dna_pad_id]}
+    def prepare_inputs_for_generation(self, input_ids, *args, is_first_iteration: bool | None = False, **kwargs):
+        """The DNA goes in at the prefill only: afterwards the KV cache holds it (without a cache, every step)."""
+        dna = {k: kwargs.pop(k, None) for k in DNA_INPUTS}
+        model_inputs = super().prepare_inputs_for_generation(input_ids, *args, is_first_iteration=is_first_iteration,
+                                                             **kwargs)
+        if is_first_iteration or not kwargs.get("use_cache", True):
+            model_inputs.update(dna)
+        return model_inputs
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.projector.parameters()).device
+
+# Importing this module lets `AutoModelForCausalLM.from_pretrained(checkpoint)` load a dnallm checkpoint (the config
+# is registered with AutoConfig by dnallm.configuration). Not on `import dnallm`, which stays light (no peft).
+AutoModelForCausalLM.register(DNALLMConfig, DNALLMForConditionalGeneration, exist_ok=True)

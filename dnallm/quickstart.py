@@ -21,7 +21,7 @@ import yaml
 from dnallm.configuration import DNALLMConfig
 from dnallm.data import WINDOW_SIZE, load_kegg, load_views, training_views
 from dnallm.encoders.cache import EmbeddingCache
-from dnallm.modeling import DNALLMForCausalLM
+from dnallm.modeling import DNALLMForConditionalGeneration
 from dnallm.probe import store_pooled
 from dnallm.processing import DNALLMProcessor, format_answer
 from dnallm.training import SFTConfig, train_sft
@@ -32,18 +32,47 @@ SHIPPED_STAND_INS = Path(__file__).parent / "assets" / "tiny"
 
 
 def load_preset(name_or_path: str | Path = "tiny") -> dict:
-    """A preset by name (the packaged `dnallm/presets/NAME.yaml`, e.g. "tiny") or by path (train/configs/...)."""
+    """A preset by name (the packaged `dnallm/presets/NAME.yaml`, e.g. "tiny") or by path (train/configs/...),
+    checked against the one schema every entry point reads (`check_preset`)."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise FileNotFoundError(f"no preset file {path}")
-        return yaml.safe_load(path.read_text())
+        return check_preset(yaml.safe_load(path.read_text()), str(path))
     packaged = resources.files("dnallm.presets").joinpath(f"{name_or_path}.yaml")
     if not packaged.is_file():
         names = sorted(p.name.removesuffix(".yaml") for p in resources.files("dnallm.presets").iterdir()
                        if p.name.endswith(".yaml"))
         raise ValueError(f"unknown preset {name_or_path!r}: give a .yaml path or one of {names}")
-    return yaml.safe_load(packaged.read_text())
+    return check_preset(yaml.safe_load(packaged.read_text()), f"preset {name_or_path!r}")
+
+
+def check_preset(preset: dict, where: str) -> dict:
+    """The preset schema: `model` holds DNALLMConfig's arguments (the encoder under `dna_config`), `sft`
+    SFTConfig's, `grpo` GRPOConfig's, `data` the training views; the tiny preset adds its stand-ins' pretraining
+    and its evaluation settings. An unknown section or key is an error naming it, not a silently ignored typo."""
+    import inspect
+
+    from dnallm.configuration import DNAEncoderConfig
+    from dnallm.grpo import GRPOConfig
+
+    def known(cls) -> set[str]:
+        return {n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "kwargs")}
+
+    schema = {"model": known(DNALLMConfig), "sft": known(SFTConfig), "grpo": known(GRPOConfig), "data": {"views"},
+              "dna_pretrain": {"steps", "batch_size", "lr", "layout"},
+              "text_pretrain": {"epochs", "batch_size", "lr", "layout"}, "eval": {"batch_size", "max_new_tokens"}}
+    if not isinstance(preset, dict) or "model" not in preset:
+        raise ValueError(f"{where}: a preset is a mapping with at least a 'model' section")
+    sections = [(section, preset[section], schema.get(section)) for section in preset]
+    sections.append(("model.dna_config", preset["model"].get("dna_config") or {}, known(DNAEncoderConfig)))
+    for section, values, keys in sections:
+        if keys is None:
+            raise ValueError(f"{where}: unknown section {section!r}; expected {sorted(schema)}")
+        unknown = sorted(set(values or {}) - keys)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown} in section {section!r}; expected {sorted(keys)}")
+    return preset
 
 
 def build_tiny_models(out: Path, train, preset: dict, device: str = "cpu", stop_after: int | None = None) -> dict:
@@ -132,29 +161,30 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
         for part in ("encoder", "text-model"):  # copies, so that DIR holds everything its checkpoint needs
             shutil.copytree(SHIPPED_STAND_INS / part, out / part, dirs_exist_ok=True)
     views = training_views(preset)
-    window = preset["model"].get("window_size", WINDOW_SIZE)
+    window = preset["model"].get("dna_config", {}).get("window_size", WINDOW_SIZE)
     train, val = (load_views(prefix + s, views, limit=limit, window=window) for s in ("train", "val"))
     timings["pretrain_s"] = round(time.time() - t, 1)
 
     t = time.time()
     # Paths are relative to the checkpoint folder DIR/model, so the whole DIR can be moved.
-    config = DNALLMConfig(**{**preset["model"], "encoder_type": "genos", "encoder_name_or_path": "../encoder",
-                             "text_model_name_or_path": "../text-model"})
+    config = DNALLMConfig(**{**preset["model"], "text_model_name_or_path": "../text-model",
+                             "dna_config": {**preset["model"]["dna_config"], "encoder_type": "genos",
+                                            "encoder_name_or_path": "../encoder"}})
     (out / "model").mkdir(exist_ok=True)
-    model = DNALLMForCausalLM.build(config, base_dir=out / "model")
+    model = DNALLMForConditionalGeneration.build(config, base_dir=out / "model")
     model.add_lora()
     model.to(device)
     # One encoder pass per window for the whole run: the SFT's encoder states also give the probe its pooled
     # vectors for every training and validation window.
-    cache = EmbeddingCache(model.encoder, device=device)
+    cache = EmbeddingCache(model.dna_encoder, device=device)
     summary = train_sft(model, train, val, SFTConfig.from_dict(preset["sft"]), out / "model", cache=cache)
-    store_pooled(model.encoder, cache.pooled(), out / "probe-cache")
+    store_pooled(model.dna_encoder, cache.pooled(), out / "probe-cache")
     del cache
     timings["sft_s"] = round(time.time() - t, 1)
 
     t = time.time()
     # the val-selected checkpoint, as users load it (inference.load_model): LoRA merged into the weights
-    best = DNALLMForCausalLM.from_pretrained(out / "model").merge_lora().to(device).eval()
+    best = DNALLMForConditionalGeneration.from_pretrained(out / "model").merge_lora().to(device).eval()
     evaluations = {}
     for split in (prefix + "test", "hard-" + prefix + "test"):
         name, view = split_spec(split)

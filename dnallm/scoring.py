@@ -9,7 +9,6 @@ earlier tokens only. Nothing is copied per label, so the cost is one prompt forw
 
 from __future__ import annotations
 
-import inspect
 import warnings
 
 import torch
@@ -33,13 +32,6 @@ class LabelTree:
         self.tree = (owner[:, None] == owner[None, :]) & (offset[None, :] <= offset[:, None])  # [T, T]
 
 
-def _cache_argument(lm) -> str:
-    """transformers renamed `past_key_values` to `cache` (5.2x warns, 5.40 drops the old name); the GPU image
-    has 5.17. Use whichever this model's forward takes."""
-    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
 @torch.no_grad()
 def continuation_label_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, tree: LabelTree | None = None,
                                 **dna) -> torch.Tensor:
@@ -50,23 +42,24 @@ def continuation_label_logprobs(model, input_ids: torch.Tensor, attention_mask: 
     """
     tree = tree or LabelTree(model.processor.tokenizer, model.device)
     n_fed = tree.ids.shape[0]
-    lm = model.text_model
     n = input_ids.shape[0]
     # Positions follow the real tokens, so left padding does not shift them.
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
     # logits_to_keep=1: only the last prefix position needs the 151k-wide output layer.
-    inputs_embeds = model.embed_inputs(input_ids, **dna)
-    prefix = lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                logits_to_keep=1)
+    prefix = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                   logits_to_keep=1, **dna)
     first = torch.log_softmax(prefix.logits[:, -1].float(), -1)[:, tree.first]  # [n, 37]
     # The packed continuation: prefix (minus its padding) + the tree over the label tokens, as an additive mask.
     allowed = torch.cat([attention_mask.bool()[:, None, :].expand(n, n_fed, -1),
                          tree.tree.expand(n, -1, -1)], -1)                       # [n, T, prefix + T]
-    mask = torch.zeros(allowed.shape, dtype=inputs_embeds.dtype, device=model.device)
-    mask = mask.masked_fill(~allowed, torch.finfo(inputs_embeds.dtype).min)[:, None]
-    cache = prefix["cache"] if "cache" in prefix else prefix["past_key_values"]
-    logits = lm(input_ids=tree.ids.expand(n, -1), attention_mask=mask,
-                position_ids=positions[:, -1:] + 1 + tree.offset, **{_cache_argument(lm): cache}).logits
+    dtype = model.get_input_embeddings().weight.dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=model.device)
+    mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+    # transformers 5.2x calls the KV cache `cache` (5.17, on the GPU image: `past_key_values`): pass it back by the
+    # name this version returned it under.
+    cache_key = "cache" if "cache" in prefix else "past_key_values"
+    logits = model(input_ids=tree.ids.expand(n, -1), attention_mask=mask,
+                   position_ids=positions[:, -1:] + 1 + tree.offset, **{cache_key: prefix[cache_key]}).logits
     logp = torch.log_softmax(logits.float(), -1).gather(-1, tree.targets.expand(n, -1)[..., None]).squeeze(-1)
     rest = torch.zeros(n, len(KEGG_LABELS), device=model.device).index_add_(1, tree.owner, logp)
     return (first + rest).cpu()

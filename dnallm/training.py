@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from dnallm.encoders.cache import EmbeddingCache
-from dnallm.modeling import DNALLMForCausalLM
+from dnallm.modeling import DNALLMForConditionalGeneration
 
 
 @dataclass
@@ -74,7 +74,7 @@ def _copies(setting: bool | int | dict, view: str) -> int:
     return int(setting.get(view, 0) if isinstance(setting, dict) else setting)
 
 
-def encode_examples(model: DNALLMForCausalLM, records, max_length: int, direct_answers: bool | dict = False,
+def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: int, direct_answers: bool | dict = False,
                     thinking_answers: bool | dict = True) -> list[dict]:
     """Tokenize every record once: prompt + answer ids, labels on the answer only, and its two windows.
 
@@ -83,14 +83,14 @@ def encode_examples(model: DNALLMForCausalLM, records, max_length: int, direct_a
     the number of copies of each mode per view (the records' `view` column; records without one are `kegg`).
     """
     proc = model.processor
-    window = model.config.window_size
+    window = model.config.dna_config.window_size
     out = []
     for r in records:
         view = r.get("view", "kegg")
         windows = [r["ref_window"], r["variant_window"]]
         if {len(w) for w in windows} != {window}:
             raise ValueError(f"row {r.get('row')}: windows of {len(windows[0])}/{len(windows[1])} bp, but the model "
-                             f"reads {window} bp windows (config.window_size); load the data with "
+                             f"reads {window} bp windows (config.dna_config.window_size); load the data with "
                              f"load_kegg/load_views(..., window={window})")
         for thinking in (True, False):
             copies = _copies(thinking_answers if thinking else direct_answers, view)
@@ -132,7 +132,7 @@ def _batches(examples: list[dict], batch_size: int, rng: random.Random) -> list[
 
 
 @torch.no_grad()
-def answer_loss(model: DNALLMForCausalLM, examples: list[dict], cache: EmbeddingCache, batch_size: int,
+def answer_loss(model: DNALLMForConditionalGeneration, examples: list[dict], cache: EmbeddingCache, batch_size: int,
                 bf16: bool = False) -> float:
     """Mean per-token loss on the answer (reasoning + label line + end of turn)."""
     model.eval()
@@ -147,11 +147,11 @@ def answer_loss(model: DNALLMForCausalLM, examples: list[dict], cache: Embedding
     return total / max(1, count)
 
 
-def _optimizer(model: DNALLMForCausalLM, cfg: SFTConfig, total_updates: int):
+def _optimizer(model: DNALLMForConditionalGeneration, cfg: SFTConfig, total_updates: int):
     if not cfg.train_lora:  # stage 1: projector only (LoRA and the DNA marker rows stay as initialised)
-        for p in model.text_model.parameters():
+        for p in model.language_model.parameters():
             p.requires_grad_(False)
-    lora_params = [p for p in model.text_model.parameters() if p.requires_grad]
+    lora_params = [p for p in model.language_model.parameters() if p.requires_grad]
     groups = [g for g in ({"params": list(model.projector.parameters()), "lr": cfg.lr_projector},
                           {"params": lora_params, "lr": cfg.lr_lora}) if g["params"]]
     warmup = max(1, int(total_updates * cfg.warmup_ratio))
@@ -161,7 +161,7 @@ def _optimizer(model: DNALLMForCausalLM, cfg: SFTConfig, total_updates: int):
     return groups, optimizer, schedule
 
 
-def _load_trainable(model: DNALLMForCausalLM, path: Path, projector_only: bool = False) -> None:
+def _load_trainable(model: DNALLMForConditionalGeneration, path: Path, projector_only: bool = False) -> None:
     """Load projector (and LoRA) weights saved by `save_pretrained` into a model being trained."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -171,7 +171,7 @@ def _load_trainable(model: DNALLMForCausalLM, path: Path, projector_only: bool =
     model.projector.load_state_dict(load_file(path / PROJECTOR_FILE))
     adapter = path / ADAPTER_DIR / "adapter_model.safetensors"
     if not projector_only and adapter.exists():
-        result = set_peft_model_state_dict(model.text_model, load_file(adapter))
+        result = set_peft_model_state_dict(model.language_model, load_file(adapter))
         if getattr(result, "unexpected_keys", None):
             raise RuntimeError(f"{adapter}: unexpected LoRA weights {result.unexpected_keys[:5]}")
 
@@ -307,7 +307,7 @@ def _to_universal(ds_dir: Path, rank: int) -> None:
         dist.barrier()
 
 
-def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConfig, out_dir: str | Path,
+def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records, cfg: SFTConfig, out_dir: str | Path,
               cache: EmbeddingCache | None = None) -> dict:
     """Train projector + LoRA; keep the checkpoint with the lowest validation answer loss in out_dir.
 
@@ -322,7 +322,7 @@ def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConf
     torch.manual_seed(cfg.seed)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = model.device
-    model.encoder.to(device)
+    model.dna_encoder.to(device)
     if cfg.init_projector_from:  # stage 2 starts from the stage-1 projector
         _load_trainable(model, Path(cfg.init_projector_from), projector_only=True)
 
@@ -335,15 +335,15 @@ def train_sft(model: DNALLMForCausalLM, train_records, val_records, cfg: SFTConf
     val = encode_examples(model, val_records, cfg.max_length)  # selection on the reasoning-mode answer loss
     # The frozen encoder runs once per distinct window (many KEGG windows repeat), never per step.
     if cache is None:
-        cache = EmbeddingCache(model.encoder, dtype=torch.bfloat16 if cfg.bf16 else torch.float32, device=device)
+        cache = EmbeddingCache(model.dna_encoder, dtype=torch.bfloat16 if cfg.bf16 else torch.float32, device=device)
     t0 = time.time()
     cache.add([w for e in train + val for w in e["windows"]], batch_size=cfg.eval_batch_size)
     if rank == 0:
         print(f"[sft] encoder cache: {len(cache)} distinct windows in {time.time() - t0:.0f}s", flush=True)
 
     if cfg.gradient_checkpointing:
-        model.text_model.gradient_checkpointing_enable()
-        model.text_model.enable_input_require_grads()
+        model.language_model.gradient_checkpointing_enable()
+        model.language_model.enable_input_require_grads()
     # Each rank takes every world-th batch of the epoch's shared order.
     steps_per_epoch = math.ceil(math.ceil(len(train) / cfg.batch_size) / world)
     total_steps = math.ceil(steps_per_epoch * cfg.epochs)

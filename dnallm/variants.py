@@ -333,7 +333,7 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
     from tqdm import tqdm
 
     from dnallm.inference import explain_many, load_model
-    from dnallm.modeling import DNALLMForCausalLM
+    from dnallm.modeling import DNALLMForConditionalGeneration
 
     variants, out = Path(variants), Path(out)
     fmt = fmt or ("tsv" if re.search(r"\.(tsv|txt)(\.gz)?$", variants.name, re.I) else "vcf")
@@ -343,11 +343,11 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if vcf_out is not None and fmt != "vcf":
         raise ValueError("--vcf-out needs VCF input (--vcf)")
-    model_name = "<model object>" if isinstance(model, DNALLMForCausalLM) else str(Path(model).resolve())
+    model_name = "<model object>" if isinstance(model, DNALLMForConditionalGeneration) else str(Path(model).resolve())
     meta = {"variants": str(variants.resolve()), "format": fmt, "fasta": str(Path(fasta).resolve()),
             "model": model_name, "mode": mode, "batch_size": batch_size,
             "max_new_tokens": max_new_tokens if mode == "generate" else None,
-            "dtype": None if isinstance(model, DNALLMForCausalLM) else dtype}
+            "dtype": None if isinstance(model, DNALLMForConditionalGeneration) else dtype}
     meta_path = out.with_name(out.name + ".meta.json")
     genome = open_genome(fasta)
     total = sum(1 for _ in read_variants(variants, fmt))  # also surfaces file-level errors before any work
@@ -371,10 +371,10 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(tmp, meta_path)
     t_load = time.perf_counter()
-    if not isinstance(model, DNALLMForCausalLM):
+    if not isinstance(model, DNALLMForConditionalGeneration):
         model = load_model(model_name, dtype=dtype)
     load_s = time.perf_counter() - t_load
-    window = model.config.window_size
+    window = model.config.dna_config.window_size
 
     stats = {"records": total, "skipped": len(done), "written": 0, "errors": 0, "padded": 0}
     bar = tqdm(total=total, initial=len(done), unit="variant", desc=f"explain ({mode})", file=sys.stderr,

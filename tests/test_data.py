@@ -117,7 +117,7 @@ def test_unknown_split_and_view():
 def test_window_size_is_honoured_by_the_training_data(tiny_dir):
     from dnallm.configuration import DNALLMConfig
     from dnallm.data import load_views
-    from dnallm.modeling import DNALLMForCausalLM
+    from dnallm.modeling import DNALLMForConditionalGeneration
     from dnallm.training import encode_examples
 
     short, wide = load_kegg("val").select(range(3)), load_kegg("val", window=2048).select(range(3))
@@ -126,9 +126,9 @@ def test_window_size_is_honoured_by_the_training_data(tiny_dir):
         # the same rule at another size: allele at index 1024, the 1024 bp windows are its centre
         assert b["ref_window"][512:1536] == a["ref_window"] and b["variant_window"][512:1536] == a["variant_window"]
     assert {len(w) for w in load_views("val", {"kegg": 1, "kegg_hard": 1}, limit=2, window=2048)["ref_window"]} == {2048}
-    model = DNALLMForCausalLM.build(DNALLMConfig(
-        encoder_type="genos", encoder_name_or_path=str(tiny_dir / "encoder"),
-        text_model_name_or_path=str(tiny_dir / "text-model"), projector_stride=32, window_size=2048))
+    model = DNALLMForConditionalGeneration.build(DNALLMConfig(
+        dna_config={"encoder_type": "genos", "encoder_name_or_path": str(tiny_dir / "encoder"), "window_size": 2048},
+        text_model_name_or_path=str(tiny_dir / "text-model"), projector_stride=32))
     examples = encode_examples(model, wide, 8192)
     assert all((e["input_ids"] == model.processor.dna_pad_id).sum() == 2 * 2048 // 32 for e in examples)
     with pytest.raises(ValueError, match=r"row 0: windows of 1024/1024 bp, but the model reads 2048 bp"):

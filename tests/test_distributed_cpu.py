@@ -40,7 +40,7 @@ def test_checkpoint_moves_between_world_sizes(first, second, tiny_dir, tmp_path)
     zero = json.loads((ROOT / "train/configs/zero2.json").read_text())
     zero["bf16"] = {"enabled": False}
     (tmp_path / "zero.json").write_text(json.dumps(zero))
-    model = {"encoder_type": "genos", "encoder_name_or_path": str(tiny_dir / "encoder"),
+    model = {"dna_config": {"encoder_type": "genos", "encoder_name_or_path": str(tiny_dir / "encoder")},
              "text_model_name_or_path": str(tiny_dir / "text-model"), "projector_type": "mlp",
              "projector_stride": 32, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
     sft = {"epochs": 1.0, "batch_size": 2, "deepspeed": str(tmp_path / "zero.json"), "save_every": 1,

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from dnallm.data import load_kegg
 from dnallm.grpo import (GRPOConfig, _completion_logprobs, _completion_mask, _encode_dna, group_advantages, grpo_train,
                          k3_kl)
-from dnallm.modeling import PROJECTOR_FILE, DNALLMForCausalLM
+from dnallm.modeling import PROJECTOR_FILE, DNALLMForConditionalGeneration
 from dnallm.rewards import correctness_reward, format_reward, length_reward, total_reward
 from test_model import batch_for, build
 
@@ -130,7 +130,7 @@ def test_dna_encoded_once_per_prompt_equals_encoding_every_row(tiny_dir, kegg_tr
         hidden, mask = _encode_dna(model, windows, 3)
         # the processor's batch of 3 copies per prompt, as GRPO samples them
         dna = batch_for(model, [r for r in records for _ in range(3)], targets=False)
-        expected_hidden, expected_mask = model.encoder(dna["dna_input_ids"], dna["dna_attention_mask"])
+        expected_hidden, expected_mask = model.dna_encoder(dna["dna_input_ids"], dna["dna_attention_mask"])
     assert torch.equal(mask, expected_mask)
     torch.testing.assert_close(hidden, expected_hidden)
 
@@ -138,7 +138,7 @@ def test_dna_encoded_once_per_prompt_equals_encoding_every_row(tiny_dir, kegg_tr
 def test_one_step_trains_the_projector_of_a_bf16_model(tiny_dir, tmp_path, kegg_train):
     sft = tmp_path / "sft"
     build(tiny_dir).save_pretrained(sft)
-    model = DNALLMForCausalLM.from_pretrained(sft, dtype=torch.bfloat16, is_trainable=True)  # as train/grpo.py on GPU
+    model = DNALLMForConditionalGeneration.from_pretrained(sft, dtype=torch.bfloat16, is_trainable=True)  # as train/grpo.py on GPU
     assert {p.dtype for p in model.projector.parameters()} == {torch.bfloat16}
     before = {k: v.float() for k, v in model.projector.state_dict().items()}
     cfg = GRPOConfig(steps=1, prompts_per_step=2, num_generations=4, max_new_tokens=8, lr=1e-6)
@@ -161,7 +161,7 @@ def test_micro_batched_step_equals_full_batch_step(tiny_dir, tmp_path, kegg_trai
                          micro_batch_size=micro, gradient_checkpointing=checkpointing)
         logs.append(grpo_train(model, records, cfg, tmp_path / f"run{micro}", reference_adapter=sft / "adapter",
                                reward_fn=vowel_share))
-        assert model.text_model.get_base_model().is_gradient_checkpointing == checkpointing
+        assert model.language_model.get_base_model().is_gradient_checkpointing == checkpointing
         weights.append(trainable(model))
     for full, micro in zip(*logs):
         assert micro["reward"] == full["reward"]  # same completions

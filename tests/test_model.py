@@ -1,19 +1,21 @@
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from dnallm.configuration import DNALLMConfig
 from dnallm.encoders import LoadingError
-from dnallm.modeling import PROJECTOR_FILE, DNALLMForCausalLM
+from dnallm.modeling import PROJECTOR_FILE, DNALLMForConditionalGeneration
 from dnallm.processing import DNALLMProcessor
 
 
 def build(tiny_dir, **overrides):
     torch.manual_seed(0)
-    cfg = DNALLMConfig(encoder_type="genos", encoder_name_or_path=str(tiny_dir / "encoder"),
+    cfg = DNALLMConfig(dna_config={"encoder_type": "genos", "encoder_name_or_path": str(tiny_dir / "encoder")},
                        text_model_name_or_path=str(tiny_dir / "text-model"), projector_type="mlp",
                        projector_stride=32, lora_r=4, lora_alpha=8, lora_dropout=0.0, **overrides)
-    model = DNALLMForCausalLM.build(cfg)
+    model = DNALLMForConditionalGeneration.build(cfg)
     model.add_lora()
     return model
 
@@ -63,12 +65,12 @@ def test_forward_splices_dna_and_backprops_into_projector_and_lora_only(tiny_dir
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
     assert all(p.grad is not None for p in model.projector.parameters())
-    lora = [p for n, p in model.text_model.named_parameters() if "lora_" in n]
+    lora = [p for n, p in model.language_model.named_parameters() if "lora_" in n]
     assert lora and all(p.requires_grad for p in lora)
     # Besides LoRA, only the DNA marker rows train (peft trainable tokens, tests/test_special_tokens.py).
-    trainable = {n for n, p in model.text_model.named_parameters() if p.requires_grad and "lora_" not in n}
+    trainable = {n for n, p in model.language_model.named_parameters() if p.requires_grad and "lora_" not in n}
     assert trainable == {"base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta.default"}
-    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert not any(p.requires_grad for p in model.dna_encoder.parameters())
 
 
 def test_dna_embeddings_land_on_their_placeholders_in_window_order(tiny_dir, records):
@@ -77,10 +79,10 @@ def test_dna_embeddings_land_on_their_placeholders_in_window_order(tiny_dir, rec
     dna = {k: b[k] for k in ("dna_input_ids", "dna_attention_mask")}
     with torch.no_grad():
         embedded = model.embed_inputs(b["input_ids"], **dna)
-        token_embeddings = model.text_model.get_input_embeddings()(b["input_ids"])
+        token_embeddings = model.language_model.get_input_embeddings()(b["input_ids"])
         # each window projected on its own: example 0 ref, example 0 variant, example 1 ref, ...
-        per_window = [model.project_dna(dna_input_ids=dna["dna_input_ids"][w:w + 1],
-                                        dna_attention_mask=dna["dna_attention_mask"][w:w + 1]) for w in range(4)]
+        per_window = [model.get_dna_features(dna_input_ids=dna["dna_input_ids"][w:w + 1],
+                                             dna_attention_mask=dna["dna_attention_mask"][w:w + 1]) for w in range(4)]
     placeholders = b["input_ids"] == model.processor.dna_pad_id
     for example in range(2):
         expected = torch.cat(per_window[2 * example:2 * example + 2])
@@ -106,7 +108,7 @@ def test_placeholder_count_mismatch_raises(tiny_dir, records):
 def test_save_load_gives_identical_logits_and_stores_no_frozen_weights(tiny_dir, records, tmp_path):
     model = build(tiny_dir).eval()
     with torch.no_grad():  # make LoRA non-trivial (B starts at zero)
-        for n, p in model.text_model.named_parameters():
+        for n, p in model.language_model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.02)
     b = batch_for(model, records, targets=False, padding_side="left")
@@ -115,7 +117,7 @@ def test_save_load_gives_identical_logits_and_stores_no_frozen_weights(tiny_dir,
     files = {p.name for p in tmp_path.rglob("*") if p.is_file()}
     assert {"config.json", PROJECTOR_FILE, "adapter_model.safetensors", "processor_config.json"} <= files
     assert "model.safetensors" not in files  # the frozen encoder and base LM are never copied
-    loaded = DNALLMForCausalLM.from_pretrained(tmp_path).eval()
+    loaded = DNALLMForConditionalGeneration.from_pretrained(tmp_path).eval()
     assert torch.equal(loaded(**b).logits, expected)
 
 
@@ -123,10 +125,10 @@ def test_checkpoint_from_another_encoder_is_refused(tiny_dir, tmp_path):
     model = build(tiny_dir)
     model.save_pretrained(tmp_path)
     cfg = DNALLMConfig.from_pretrained(tmp_path)
-    cfg.encoder_fingerprint = {**cfg.encoder_fingerprint, "hidden_size": 1024}
+    cfg.dna_config.fingerprint = {**cfg.dna_config.fingerprint, "hidden_size": 1024}
     cfg.save_pretrained(tmp_path)
     with pytest.raises(LoadingError, match="checkpoint was trained on encoder"):
-        DNALLMForCausalLM.from_pretrained(tmp_path)
+        DNALLMForConditionalGeneration.from_pretrained(tmp_path)
 
 
 def test_missing_projector_weight_is_an_error(tiny_dir, tmp_path):
@@ -135,29 +137,39 @@ def test_missing_projector_weight_is_an_error(tiny_dir, tmp_path):
     state.pop(next(iter(state)))
     save_file(state, tmp_path / PROJECTOR_FILE)
     with pytest.raises(LoadingError, match="missing weights"):
-        DNALLMForCausalLM.from_pretrained(tmp_path)
+        DNALLMForConditionalGeneration.from_pretrained(tmp_path)
 
 
 def test_linear_projector_stride_one_is_bioreason_parity(tiny_dir, records):
-    cfg = DNALLMConfig(encoder_type="genos", encoder_name_or_path=str(tiny_dir / "encoder"),
+    cfg = DNALLMConfig(dna_config={"encoder_type": "genos", "encoder_name_or_path": str(tiny_dir / "encoder")},
                        text_model_name_or_path=str(tiny_dir / "text-model"), projector_type="linear")
-    model = DNALLMForCausalLM.build(cfg)
+    model = DNALLMForConditionalGeneration.build(cfg)
     b = batch_for(model, records[:1], targets=False)
     pad = model.processor.dna_pad_id
     assert int((b["input_ids"] == pad).sum()) == 2 * 1024  # one token per base, as BioReason does
     assert model(**b).logits.shape[1] == b["input_ids"].shape[1]
 
 
-def test_generate_returns_new_tokens_only(tiny_dir, records):
+def test_generate_is_the_greedy_continuation_with_the_dna_given_at_the_prefill_only(tiny_dir, records):
     model = build(tiny_dir).eval()
+    _nonzero_lora(model)
     b = batch_for(model, records[:2], targets=False, padding_side="left")
-    ids, mask = b.pop("input_ids"), b.pop("attention_mask")
-    new = model.generate(ids, mask, max_new_tokens=5, **b)
-    assert new.shape[0] == 2 and new.shape[1] <= 5
-    # the new tokens are the greedy continuation of the prompt: each equals the argmax of a full forward
+    out = model.generate(**b, max_new_tokens=5, min_new_tokens=5)
+    ids, mask = b["input_ids"], b["attention_mask"]
+    assert torch.equal(out[:, :ids.shape[1]], ids) and out.shape == (2, ids.shape[1] + 5)
+    # each new token is the argmax of a full forward over prompt + tokens so far (DNA spliced in every time),
+    # so the KV cache carried the DNA from the prefill on
     with torch.no_grad():
-        first = model(input_ids=ids, attention_mask=mask, **b).logits[:, -1].argmax(-1)
-    assert torch.equal(new[:, 0], first)
+        for k in range(5):
+            step_mask = torch.cat([mask, torch.ones_like(out[:, ids.shape[1]:ids.shape[1] + k])], 1)
+            logits = model(input_ids=out[:, :ids.shape[1] + k], attention_mask=step_mask,
+                           dna_input_ids=b["dna_input_ids"], dna_attention_mask=b["dna_attention_mask"]).logits
+            assert torch.equal(out[:, ids.shape[1] + k], logits[:, -1].argmax(-1))
+    # other windows, other continuation: the DNA reaches generation
+    other = {**b, **model.processor.tokenize_dna(["T" * 1024, "G" * 1024] * 2)}
+    assert not torch.equal(model.generate(**other, max_new_tokens=5, min_new_tokens=5), out)
+    # without a KV cache the DNA goes in at every step, with the same result
+    assert torch.equal(model.generate(**b, max_new_tokens=5, min_new_tokens=5, use_cache=False), out)
 
 
 def test_processor_round_trip(tiny_dir, tmp_path):
@@ -171,7 +183,7 @@ def test_processor_round_trip(tiny_dir, tmp_path):
 
 def _nonzero_lora(model):
     with torch.no_grad():  # LoRA B starts at zero; give the adapter an effect to merge
-        for n, p in model.text_model.named_parameters():
+        for n, p in model.language_model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
 
@@ -183,7 +195,7 @@ def test_merged_lora_gives_the_same_logits_and_cannot_be_saved(tiny_dir, records
     with torch.no_grad():
         unmerged = model(**b).logits
         merged = model.merge_lora()(**b).logits
-    assert model.lora_merged and not hasattr(model.text_model, "peft_config")
+    assert model.lora_merged and not hasattr(model.language_model, "peft_config")
     assert not torch.equal(unmerged, build(tiny_dir).eval()(**b).logits)  # the adapter did change the output
     torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="merged"):
@@ -196,8 +208,8 @@ def test_static_cache_decoding_matches_dynamic(tiny_dir, records):
     model.merge_lora()
     b = batch_for(model, records, targets=False, padding_side="left")
     ids, mask = b.pop("input_ids"), b.pop("attention_mask")
-    dynamic = model.generate(ids, mask, max_new_tokens=12, **b)
-    static = model.generate(ids, mask, max_new_tokens=12, static_cache=True, **b)
+    dynamic = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, **b)
+    static = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, cache_implementation="static", **b)
     assert torch.equal(static, dynamic)
 
 
@@ -230,12 +242,12 @@ def test_generate_answers_returns_input_order_from_length_sorted_batches(tiny_di
     assert batched == singles
     # the CPU default decodes with a static KV cache; a dynamic cache gives the same greedy answers
     seen, real_generate = [], model.generate
-    model.generate = lambda *a, **kw: seen.append(kw.get("static_cache")) or real_generate(*a, **kw)
+    model.generate = lambda *a, **kw: seen.append(kw.get("cache_implementation")) or real_generate(*a, **kw)
     dynamic = generate_answers(model, questions, windows, batch_size=2, max_new_tokens=6, max_answer_tokens=3,
                                static_cache=False)
     generate_answers(model, questions[:2], windows[:2], batch_size=2, max_new_tokens=6, max_answer_tokens=3)
     del model.generate
-    assert dynamic == batched and seen[-1] is True and not any(seen[:-1])
+    assert dynamic == batched and seen[-1] == "static" and not any(seen[:-1])
 
 
 def test_chunked_answer_loss_equals_the_full_logits_loss_and_gradients(tiny_dir, records):
@@ -252,7 +264,7 @@ def test_chunked_answer_loss_equals_the_full_logits_loss_and_gradients(tiny_dir,
     chunked_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
     # reference: the full logits over every answer position at once
-    base = model.text_model.get_base_model()
+    base = model.language_model.get_base_model()
     hidden = base.model(inputs_embeds=model.embed_inputs(b["input_ids"], dna_input_ids=b["dna_input_ids"],
                                                          dna_attention_mask=b["dna_attention_mask"]),
                         attention_mask=b["attention_mask"]).last_hidden_state
@@ -285,3 +297,38 @@ def test_chunked_token_logprobs_equal_log_softmax_and_its_gradients():
     (g_want,) = torch.autograd.grad((want * weights).sum(), hidden)
     torch.testing.assert_close(g_got, g_want)
     torch.testing.assert_close(chunked_token_logprobs(hidden, head, targets, None), want)
+
+
+def test_auto_classes_load_a_saved_checkpoint_with_identical_logits(tiny_dir, records, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, Qwen3Config
+
+    model = build(tiny_dir).eval()
+    _nonzero_lora(model)
+    b = batch_for(model, records, targets=False, padding_side="left")
+    with torch.no_grad():
+        expected = model(**b).logits
+    model.save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    # composite: the LM's own config (vocabulary grown by the DNA tokens) and the encoder's settings + identity
+    assert isinstance(config, DNALLMConfig) and isinstance(config.text_config, Qwen3Config)
+    assert config.text_config.vocab_size == len(model.processor.tokenizer)
+    assert config.dna_config.fingerprint == model.dna_encoder.fingerprint and config.dna_config.layer == -1
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is DNALLMForConditionalGeneration
+    with torch.no_grad():
+        assert torch.equal(loaded(**b).logits, expected)
+    assert loaded.generation_config.suppress_tokens == [*model.processor.dna_marker_ids, model.processor.dna_pad_id]
+
+
+def test_checkpoint_from_another_text_model_is_refused(tiny_dir, tmp_path):
+    build(tiny_dir).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["text_config"]["intermediate_size"] *= 2
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LoadingError, match="checkpoint was trained on a text model with"):
+        DNALLMForConditionalGeneration.from_pretrained(tmp_path)
+
+
+def test_a_flat_config_of_dnallm_0_1_is_refused_with_where_the_keys_went(tmp_path):
+    with pytest.raises(ValueError, match=r"flat encoder keys \['encoder_name_or_path', 'encoder_type'\].*dna_config"):
+        DNALLMConfig(encoder_type="genos", encoder_name_or_path="x")

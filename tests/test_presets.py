@@ -33,7 +33,7 @@ def test_one_preset_per_seed_combination_and_one_tiny_preset():
 def test_preset_parses(path):
     preset = load_preset(path)
     config = DNALLMConfig(**preset["model"])
-    assert config.encoder_type in ENCODERS
+    assert config.dna_config.encoder_type in ENCODERS
     assert config.lora_r in (4, 8, 16, 32, 64) and config.lora_alpha == 2 * config.lora_r
     assert config.projector_type in ("linear", "mlp")
     sft = SFTConfig.from_dict(preset["sft"])
@@ -47,3 +47,19 @@ def test_preset_parses(path):
         assert ds["bf16"]["enabled"] and ds["zero_optimization"]["stage"] in (2, 3)
     if str(path).split("/")[-1].startswith("genos-10b"):
         assert sft.deepspeed.endswith("zero3.json")  # 10B encoder + 4B LM: parameters sharded
+
+
+def test_a_preset_with_an_unknown_section_or_key_is_refused_naming_it(tmp_path):
+    tiny = load_preset("tiny")
+    for broken, message in (
+            ({**tiny, "modle": {}}, r"unknown section 'modle'"),
+            ({**tiny, "model": {**tiny["model"], "lora_rank": 8}}, r"unknown key\(s\) \['lora_rank'\] in section 'model'"),
+            ({**tiny, "model": {**tiny["model"], "dna_config": {"encoder": "genos"}}},
+             r"unknown key\(s\) \['encoder'\] in section 'model.dna_config'"),
+            ({**tiny, "sft": {**tiny["sft"], "epoch": 2}}, r"unknown key\(s\) \['epoch'\] in section 'sft'"),
+            ({"sft": tiny["sft"]}, "at least a 'model' section")):
+        path = tmp_path / "broken.yaml"
+        path.write_text(yaml.safe_dump(broken))
+        with pytest.raises(ValueError, match=message) as error:
+            load_preset(path)
+        assert str(path) in str(error.value)

@@ -13,7 +13,7 @@ from dnallm.quickstart import SHIPPED_STAND_INS, build_tiny_models, load_preset
 
 @pytest.fixture(scope="module")
 def shipped_encoder():
-    return build_encoder("genos", str(SHIPPED_STAND_INS / "encoder"), layer=load_preset("tiny")["model"]["encoder_layer"])
+    return build_encoder("genos", str(SHIPPED_STAND_INS / "encoder"), layer=load_preset("tiny")["model"]["dna_config"]["layer"])
 
 
 @pytest.fixture(scope="module")

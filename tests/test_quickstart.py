@@ -12,7 +12,7 @@ from dnallm.data import load_kegg, load_views, training_views
 from dnallm.inference import explain_variant, parse_answer
 from dnallm.encoders.cache import EmbeddingCache
 from dnallm.evaluation import wilson_interval
-from dnallm.modeling import DNALLMForCausalLM
+from dnallm.modeling import DNALLMForConditionalGeneration
 from dnallm.training import answer_loss, encode_examples
 
 
@@ -38,15 +38,15 @@ def test_quickstart_writes_checkpoint_metrics_and_explanation(quickstart_dir):
     assert len(predictions) == 24 and sum(p["correct"] for p in predictions) == metrics["correct"]
     summary = json.loads((out / "model" / "train_summary.json").read_text())
     # the checkpoint left in model/ is the one whose validation loss was recorded as the best
-    best = DNALLMForCausalLM.from_pretrained(out / "model")
+    best = DNALLMForConditionalGeneration.from_pretrained(out / "model")
     val = encode_examples(best, load_views("val", training_views(mini_preset()), limit=24), 8192)
-    cache = EmbeddingCache(best.encoder, dtype=torch.float32, device=best.device)
+    cache = EmbeddingCache(best.dna_encoder, dtype=torch.float32, device=best.device)
     cache.add([w for e in val for w in e["windows"]])
     assert answer_loss(best, val, cache, batch_size=8) == pytest.approx(summary["best_val_loss"], rel=1e-5)
     assert set(result["example"]) >= {"label", "reasoning", "raw_text", "gold", "top_k"}
     # the checkpoint refers to its models by paths relative to itself
     config = json.loads((out / "model" / "config.json").read_text())
-    assert config["encoder_name_or_path"] == "../encoder" and config["text_model_name_or_path"] == "../text-model"
+    assert config["dna_config"]["encoder_name_or_path"] == "../encoder" and config["text_model_name_or_path"] == "../text-model"
 
 
 def test_explain_variant_from_saved_checkpoint(quickstart_dir):

@@ -11,7 +11,7 @@ from test_model import build
 def scored_model(tiny_dir):
     model = build(tiny_dir).eval()
     with torch.no_grad():  # a non-trivial adapter, so the test also covers LoRA in the cached path
-        for n, p in model.text_model.named_parameters():
+        for n, p in model.language_model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
     return model

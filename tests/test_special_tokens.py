@@ -6,17 +6,17 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from dnallm.configuration import DNALLMConfig
 from dnallm.inference import generate_answers
-from dnallm.modeling import DNALLMForCausalLM
+from dnallm.modeling import DNALLMForConditionalGeneration
 from dnallm.tokenization import BUNDLED_QWEN3_TOKENIZER, load_text_tokenizer
 from dnallm.training import SFTConfig, train_sft
 
 
 def build(tiny_dir, text_model=None, **overrides):
     torch.manual_seed(0)
-    cfg = DNALLMConfig(encoder_type="genos", encoder_name_or_path=str(tiny_dir / "encoder"),
+    cfg = DNALLMConfig(dna_config={"encoder_type": "genos", "encoder_name_or_path": str(tiny_dir / "encoder")},
                        text_model_name_or_path=str(text_model or tiny_dir / "text-model"), projector_type="mlp",
                        projector_stride=32, lora_r=4, lora_alpha=8, lora_dropout=0.0, **overrides)
-    model = DNALLMForCausalLM.build(cfg)
+    model = DNALLMForConditionalGeneration.build(cfg)
     model.add_lora()
     return model
 
@@ -44,7 +44,7 @@ def test_added_dna_markers_start_at_the_mean_embedding_without_a_resize(tiny_dir
     path, n_tokens = spare_rows_lm
     model = build(tiny_dir, text_model=path)
     proc = model.processor
-    embeddings = model.text_model.get_input_embeddings().weight
+    embeddings = model.language_model.get_input_embeddings().weight
     assert embeddings.shape[0] == n_tokens + 64  # no resize: the markers took spare rows
     assert sorted(proc.added_token_ids) == [n_tokens, n_tokens + 1, n_tokens + 2]
     mean = embeddings[:n_tokens].float().mean(0)
@@ -56,7 +56,7 @@ def test_added_dna_markers_start_at_the_mean_embedding_without_a_resize(tiny_dir
 def test_dna_marker_rows_train_and_are_saved_in_the_checkpoint(tiny_dir, kegg_train, tmp_path):
     model = build(tiny_dir)
     markers = model.processor.dna_marker_ids
-    embed = model.text_model.get_input_embeddings()
+    embed = model.language_model.get_input_embeddings()
     ids = torch.tensor([markers + [0]])
     before = embed(ids).detach().clone()
     records = kegg_train.select(range(8))
@@ -65,13 +65,13 @@ def test_dna_marker_rows_train_and_are_saved_in_the_checkpoint(tiny_dir, kegg_tr
     after = embed(ids).detach()
     assert not torch.allclose(after[0, :2], before[0, :2])  # <|dna_start|>, <|dna_end|> rows trained
     assert torch.equal(after[0, 2], before[0, 2])           # an ordinary token's row did not move
-    loaded = DNALLMForCausalLM.from_pretrained(tmp_path)
-    assert torch.equal(loaded.text_model.get_input_embeddings()(ids), after)
+    loaded = DNALLMForConditionalGeneration.from_pretrained(tmp_path)
+    assert torch.equal(loaded.language_model.get_input_embeddings()(ids), after)
 
 
 def _force_logit(model, token_id: int, bonus: float = 100.0):
     """Make `token_id` the model's greedy choice at every step (a hook on the LM head's output)."""
-    base = model.text_model.get_base_model()
+    base = model.language_model.get_base_model()
 
     def hook(module, inputs, output):
         output = output.clone()
@@ -93,7 +93,7 @@ def test_generation_never_emits_dna_tokens(tiny_dir, kegg_train):
     records = [kegg_train[i] for i in range(2)]
     handle = _force_logit(model, model.processor.dna_pad_id)
     ids, mask, dna = _batch(model, records)
-    new = model.generate(ids, mask, max_new_tokens=6, **dna)
+    new = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, **dna)[:, ids.shape[1]:]
     assert new.shape[1] == 6
     dna_ids = {*model.processor.dna_marker_ids, model.processor.dna_pad_id}
     assert not dna_ids & set(new.flatten().tolist())
@@ -111,6 +111,6 @@ def test_generation_stops_at_endoftext_as_well_as_im_end(tiny_dir, kegg_train):
     assert endoftext != tok.eos_token_id and endoftext in model.processor.end_token_ids
     handle = _force_logit(model, endoftext)
     ids, mask, dna = _batch(model, [kegg_train[0]])
-    new = model.generate(ids, mask, max_new_tokens=8, **dna)
+    new = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, **dna)[:, ids.shape[1]:]
     handle.remove()
     assert new.tolist() == [[endoftext]]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dnallm.modeling import DNALLMForCausalLM
+from dnallm.modeling import DNALLMForConditionalGeneration
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def test_sft_entry_point_under_deepspeed(zero_config, tiny_dir, tmp_path):
     zero = json.loads((ROOT / "train/configs" / zero_config).read_text())
     zero["bf16"] = {"enabled": False}  # CPU: fp32 (the GPU presets keep bf16)
     (tmp_path / "zero.json").write_text(json.dumps(zero))
-    preset = {"model": {"encoder_type": "genos", "encoder_name_or_path": str(tiny_dir / "encoder"),
+    preset = {"model": {"dna_config": {"encoder_type": "genos", "encoder_name_or_path": str(tiny_dir / "encoder")},
                         "text_model_name_or_path": str(tiny_dir / "text-model"), "projector_type": "mlp",
                         "projector_stride": 32, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
               "sft": {"epochs": 1.0, "batch_size": 4, "deepspeed": str(tmp_path / "zero.json"), "log_every": 1}}
@@ -39,7 +39,7 @@ def test_sft_entry_point_under_deepspeed(zero_config, tiny_dir, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 2 and summary["config"]["deepspeed"].endswith("zero.json")
-    model = DNALLMForCausalLM.from_pretrained(out)  # the DeepSpeed-trained checkpoint loads like any other
+    model = DNALLMForConditionalGeneration.from_pretrained(out)  # the DeepSpeed-trained checkpoint loads like any other
     assert model.config.projector_stride == 32
     assert all(p.numel() > 0 for p in model.projector.parameters())  # ZeRO-3 weights were gathered for saving
     assert (out / "last" / "deepspeed" / "last").is_dir()
@@ -54,8 +54,8 @@ def test_sft_entry_point_trains_the_packaged_tiny_preset_on_stand_ins_next_to_it
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     config = json.loads((out / "config.json").read_text())
     # the packaged preset's settings, its stand-ins found relative to the checkpoint folder
-    assert (config["encoder_name_or_path"], config["encoder_layer"], config["projector_stride"]) == \
+    assert (config["dna_config"]["encoder_name_or_path"], config["dna_config"]["layer"], config["projector_stride"]) == \
         ("../encoder", 2, 32)
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["train_examples"] == 4 * 15  # each row: kegg x (1 reasoning + 2 direct), kegg_hard x 12 direct
-    DNALLMForCausalLM.from_pretrained(out)
+    DNALLMForConditionalGeneration.from_pretrained(out)

@@ -42,7 +42,7 @@ def test_resume_mid_epoch_matches_uninterrupted_run(tiny_dir, tmp_path):
 
 def test_stage1_projector_only_then_stage2_from_it(tiny_dir, tmp_path):
     initial = build(tiny_dir)
-    lora_before = {n: p.detach().clone() for n, p in initial.text_model.named_parameters() if p.requires_grad}
+    lora_before = {n: p.detach().clone() for n, p in initial.language_model.named_parameters() if p.requires_grad}
     run(tiny_dir, tmp_path / "stage1", epochs=1.0, train_lora=False)
     stage1 = trained_weights(tmp_path / "stage1/last")
     lora_after = {k.removeprefix("lora."): v for k, v in stage1.items() if k.startswith("lora.")}
@@ -131,7 +131,7 @@ def test_a_crash_during_a_save_leaves_the_previous_state_whole(tiny_dir, tmp_pat
 def test_scoring_warns_on_a_checkpoint_trained_without_direct_answers(tiny_dir, tmp_path):
     import warnings
 
-    from dnallm.modeling import DNALLMForCausalLM
+    from dnallm.modeling import DNALLMForConditionalGeneration
     from dnallm.scoring import UntrainedScoringFormWarning, label_probabilities
 
     train = load_kegg("train").select(range(4))
@@ -141,7 +141,7 @@ def test_scoring_warns_on_a_checkpoint_trained_without_direct_answers(tiny_dir, 
         out = tmp_path / str(direct)
         train_sft(build(tiny_dir), train, train, SFTConfig(epochs=1.0, batch_size=4, direct_answers=direct,
                                                            tensorboard=False), out)
-        model = DNALLMForCausalLM.from_pretrained(out)
+        model = DNALLMForConditionalGeneration.from_pretrained(out)
         assert model.config.answer_modes == modes  # recorded in the checkpoint's config
         if direct:
             with warnings.catch_warnings():
@@ -154,7 +154,7 @@ def test_scoring_warns_on_a_checkpoint_trained_without_direct_answers(tiny_dir, 
 
 def test_a_crash_while_saving_a_new_best_checkpoint_leaves_the_previous_best_whole(tiny_dir, tmp_path, monkeypatch):
     import dnallm.modeling as modeling
-    from dnallm.modeling import DNALLMForCausalLM
+    from dnallm.modeling import DNALLMForConditionalGeneration
 
     # 4 steps per epoch, validation (and a best save when it improves) at steps 2 and 4
     at_2 = run(tiny_dir, tmp_path / "at2", epochs=1.0, stop_after_steps=2)
@@ -179,7 +179,7 @@ def test_a_crash_while_saving_a_new_best_checkpoint_leaves_the_previous_best_who
         assert (out / name).resolve().parent.name == ".best-step2", name
     a, b = trained_weights(tmp_path / "at2"), trained_weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    DNALLMForCausalLM.from_pretrained(out)  # loads
+    DNALLMForConditionalGeneration.from_pretrained(out)  # loads
 
 
 def test_the_best_checkpoint_switches_to_the_latest_best_step(tiny_dir, tmp_path):

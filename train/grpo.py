@@ -14,7 +14,7 @@ import torch
 
 from dnallm.data import load_views, training_views
 from dnallm.grpo import GRPOConfig, grpo_train
-from dnallm.modeling import ADAPTER_DIR, DNALLMForCausalLM
+from dnallm.modeling import ADAPTER_DIR, DNALLMForConditionalGeneration
 from dnallm.quickstart import load_preset
 
 
@@ -34,9 +34,9 @@ def main() -> None:
         cfg.micro_batch_size = args.micro_batch_size
     cfg.resume = cfg.resume or args.resume
     cuda = torch.cuda.is_available()
-    model = DNALLMForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if cuda else None, is_trainable=True)
+    model = DNALLMForConditionalGeneration.from_pretrained(args.model, dtype=torch.bfloat16 if cuda else None, is_trainable=True)
     model.to("cuda" if cuda else "cpu")
-    records = load_views("train", training_views(preset), window=model.config.window_size)  # windows it was trained on
+    records = load_views("train", training_views(preset), window=model.config.dna_config.window_size)  # windows it was trained on
     if args.limit:
         records = records.select(range(args.limit))
     grpo_train(model, records, cfg, args.out, reference_adapter=Path(args.model) / ADAPTER_DIR if cfg.beta else None)

@@ -14,7 +14,7 @@ import torch
 
 from dnallm.configuration import DNALLMConfig
 from dnallm.data import load_views, training_views
-from dnallm.modeling import DNALLMForCausalLM
+from dnallm.modeling import DNALLMForConditionalGeneration
 from dnallm.quickstart import load_preset
 from dnallm.training import SFTConfig, train_sft
 
@@ -43,11 +43,11 @@ def main() -> None:
     torch.manual_seed(sft.seed)  # the fresh projector and LoRA weights: the same on every rank and every run
     # relative model paths (the tiny preset's ../encoder) are relative to the checkpoint folder
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    model = DNALLMForCausalLM.build(DNALLMConfig(**preset["model"]), dtype=dtype, base_dir=Path(args.out))
+    model = DNALLMForConditionalGeneration.build(DNALLMConfig(**preset["model"]), dtype=dtype, base_dir=Path(args.out))
     model.add_lora()
     model.to(device)
     views = training_views(preset)
-    window = model.config.window_size
+    window = model.config.dna_config.window_size
     # --limit keeps the first rows of each split, then builds the view mix from them (as the quickstart does)
     train, val = (load_views(split, views, window=window, limit=args.limit) for split in ("train", "val"))
     train_sft(model, train, val, sft, args.out)
