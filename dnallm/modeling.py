@@ -240,14 +240,16 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         variant_embeddings, tokens_mask = self.projector(dna_hidden_states, dna_positions_mask)
         return variant_embeddings[tokens_mask]
 
-    def embed_inputs(self, input_ids: torch.Tensor, **dna) -> torch.Tensor:
-        """The one place where DNA embeddings replace the `<|dna_pad|>` placeholder embeddings."""
+    def embed_inputs(self, input_ids: torch.Tensor, check_placeholders: bool = True, **dna) -> torch.Tensor:
+        """The one place where DNA embeddings replace the `<|dna_pad|>` placeholder embeddings.
+
+        Text without DNA inputs must hold no placeholder (`check_placeholders`). Continuations of a KV cache skip
+        that check: it reads a count back from the device, and that sync would stop the host from queueing the
+        continuation while the device still runs the prefix (label scoring's tree pass, generation's steps)."""
         inputs_embeds = self.get_input_embeddings()(input_ids)
         if all(v is None for v in dna.values()):
-            # Decoding steps (one new token, never a DNA token: generation suppresses them) skip the check and
-            # its device sync.
-            if input_ids.shape[1] > 1 and (n := int((input_ids == self.processor.dna_pad_id).sum())):
-                raise ValueError(f"{n} DNA placeholder tokens but no DNA inputs")
+            if check_placeholders:
+                self._check_no_placeholders(input_ids)
             return inputs_embeds
         placeholders = input_ids == self.processor.dna_pad_id
         dna_embeddings = self.get_dna_features(**dna).to(inputs_embeds.dtype)
@@ -255,6 +257,10 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
             raise ValueError(f"{int(placeholders.sum())} DNA placeholder tokens in the text but the DNA windows "
                              f"yield {dna_embeddings.shape[0]} embeddings; build inputs with DNALLMProcessor")
         return inputs_embeds.masked_scatter(placeholders.unsqueeze(-1), dna_embeddings)
+
+    def _check_no_placeholders(self, input_ids: torch.Tensor) -> None:
+        if n := int((input_ids == self.processor.dna_pad_id).sum()):
+            raise ValueError(f"{n} DNA placeholder tokens but no DNA inputs")
 
     def text_hidden_states(self, input_ids, attention_mask=None, position_ids=None, **dna) -> torch.Tensor:
         """The LM's last hidden states (before the output layer) with the DNA spliced in, no KV cache: for losses
@@ -265,9 +271,11 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                 dna_input_ids=None, dna_attention_mask=None, dna_hidden_states=None, dna_positions_mask=None,
-                labels=None, **kwargs):
+                labels=None, logits_to_keep: int | torch.Tensor = 0, **kwargs):
         """Logits (and the KV cache) of the LM over the text with its DNA spliced in; `kwargs` go to the LM
-        (`cache`/`past_key_values`, `use_cache`, `logits_to_keep`, ...).
+        (`cache`/`past_key_values`, `use_cache`, ...). `logits_to_keep` is named here because `generate` looks
+        for it in this signature: it then computes the prefill's logits at the last position only, not over the
+        whole prompt (at batch 128 those full fp32 logits were ~38 GiB more peak memory on an H200).
 
         With `labels` (-100 outside the answer): the mean cross-entropy over the answer tokens only, and no
         logits: the output layer never runs on the prompt and DNA positions, and on the answer it runs in chunks
@@ -282,15 +290,18 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
                                          self.loss_chunk_size)
             return DNALLMOutput(loss=loss, n_tokens=int(keep.sum()))
         if inputs_embeds is None:
-            inputs_embeds = self.embed_inputs(input_ids, **dna)
+            continuing = kwargs.get("cache", kwargs.get("past_key_values")) is not None
+            inputs_embeds = self.embed_inputs(input_ids, check_placeholders=not continuing, **dna)
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                   position_ids=position_ids, **kwargs)
+                                   position_ids=position_ids, logits_to_keep=logits_to_keep, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids, *args, is_first_iteration: bool | None = False, **kwargs):
         """The DNA goes in at the prefill only: afterwards the KV cache holds it (without a cache, every step)."""
         dna = {k: kwargs.pop(k, None) for k in DNA_INPUTS}
         model_inputs = super().prepare_inputs_for_generation(input_ids, *args, is_first_iteration=is_first_iteration,
                                                              **kwargs)
+        if is_first_iteration and all(v is None for v in dna.values()):
+            self._check_no_placeholders(input_ids)  # once per generate: the steps run with a cache, unchecked
         if is_first_iteration or not kwargs.get("use_cache", True):
             model_inputs.update(dna)
         return model_inputs

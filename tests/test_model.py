@@ -332,3 +332,30 @@ def test_checkpoint_from_another_text_model_is_refused(tiny_dir, tmp_path):
 def test_a_flat_config_of_dnallm_0_1_is_refused_with_where_the_keys_went(tmp_path):
     with pytest.raises(ValueError, match=r"flat encoder keys \['encoder_name_or_path', 'encoder_type'\].*dna_config"):
         DNALLMConfig(encoder_type="genos", encoder_name_or_path="x")
+
+
+def test_generate_computes_prefill_logits_at_the_last_position_only(tiny_dir, records):
+    model = build(tiny_dir).eval()
+    b = batch_for(model, records[:2], targets=False, padding_side="left")
+    widths = []
+    handle = model.language_model.register_forward_hook(lambda m, args, out: widths.append(out.logits.shape[1]))
+    model.generate(**b, max_new_tokens=3, min_new_tokens=3)
+    handle.remove()
+    # the prefill (whole prompt) and two decoding steps, each with one position's logits over the vocabulary
+    assert widths == [1, 1, 1]
+
+
+def test_placeholders_without_dna_are_refused_by_generate_and_scoring_continuations_skip_the_check(tiny_dir, records,
+                                                                                                    monkeypatch):
+    from dnallm.scoring import label_logprobs
+
+    model = build(tiny_dir).eval()
+    b = batch_for(model, records[:2], targets=False, padding_side="left")
+    with pytest.raises(ValueError, match="DNA placeholder tokens but no DNA inputs"):
+        model.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"], max_new_tokens=2)
+    checks = []
+    real = model._check_no_placeholders
+    monkeypatch.setattr(model, "_check_no_placeholders", lambda ids: checks.append(ids.shape) or real(ids))
+    label_logprobs(model, [r["question"] for r in records[:2]], [(r["ref_window"], r["variant_window"]) for r in records[:2]])
+    model.generate(**b, max_new_tokens=3, min_new_tokens=3)
+    assert checks == []  # the tree pass and the decoding steps continue a KV cache: no device read-back
