@@ -12,10 +12,14 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     # Heavy imports (transformers models, peft) happen on first use, not on `import dnallm`.
-    if name in ("explain_variant", "Explanation", "parse_answer"):
+    if name in ("explain_variant", "Explanation"):
         from dnallm import inference
 
         return getattr(inference, name)
+    if name == "parse_answer":
+        from dnallm.parsing import parse_answer
+
+        return parse_answer
     if name == "DNALLMForConditionalGeneration":
         from dnallm.modeling import DNALLMForConditionalGeneration
 

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from dnallm.inference import generate_answers, parse_answer
+from dnallm.inference import generate_answers
 from dnallm.labels import KEGG_LABELS, LABEL_TO_ID
+from dnallm.parsing import parse_answer
 
 CONTROLS = ("text-only", "dna-only", "shuffled-dna", "ref-as-variant")
 ABSTAIN_THRESHOLD = 0.5

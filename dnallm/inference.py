@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -10,36 +9,10 @@ from pathlib import Path
 import torch
 
 from dnallm.data import WINDOW_SIZE, centred_windows, check_bases, split_kegg_sequences
-from dnallm.labels import KEGG_LABELS, normalize_label
+from dnallm.labels import KEGG_LABELS
 from dnallm.modeling import DNALLMForConditionalGeneration
-from dnallm.processing import ANSWER_PREFIX
+from dnallm.parsing import parse_answer, split_reasoning
 from dnallm.questions import build_question
-
-_ANSWER_LINE = re.compile(rf"^{ANSWER_PREFIX}\s*(.+?)\s*$")
-
-
-def parse_answer(text: str) -> str | None:
-    """The label on the final `Answer:` line, or None.
-
-    Strict: only the last non-empty line counts, it must read `Answer: <label>` and the label must be one
-    of the 37; a disease named only in the reasoning is not an answer.
-    """
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if not lines:
-        return None
-    m = _ANSWER_LINE.match(lines[-1])
-    if not m:
-        return None
-    label = normalize_label(m.group(1))
-    return label if label in KEGG_LABELS else None
-
-
-def split_reasoning(text: str) -> str:
-    """The think-block content of a generated answer (or everything before the answer line)."""
-    m = re.search(r"<think>(.*?)(</think>|$)", text, flags=re.S)
-    if m:
-        return m.group(1).strip()
-    return re.sub(rf"\n?{ANSWER_PREFIX}.*$", "", text.strip(), flags=re.S).strip()
 
 
 def prepare_windows(reference_sequence: str, variant_sequence: str, window: int = WINDOW_SIZE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from dnallm.inference import parse_answer
+from dnallm.parsing import parse_answer
 
 # A think block with content, then the answer line as the final line.
 _FORMAT = re.compile(r"^\s*<think>\s*\S.*?</think>\s*Answer:[^\n]+\s*$", re.S)

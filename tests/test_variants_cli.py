@@ -289,15 +289,15 @@ def test_batch_cli_generate_mode_matches_explain_variant(quickstart_dir, files, 
 # a real, unclean death at a known point, with no test hook in the library.
 KILLED_CLI = """
 import os, signal, sys
-import dnallm.variants as variants
-real_append, rows = variants._append, []
+import dnallm.variants.batch as batch
+real_append, rows = batch._append, []
 def append(f, text):
     real_append(f, text)
     if not text.startswith("record\t"):
         rows.append(text)
         if len(rows) == int(sys.argv[1]):
             os.kill(os.getpid(), signal.SIGKILL)
-variants._append = append
+batch._append = append  # explain_file's module: the name it calls
 from dnallm.cli import app
 app(sys.argv[2:], prog_name="dnallm")
 """

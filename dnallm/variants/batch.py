@@ -1,0 +1,189 @@
+"""The resumable batch runner: `explain_file` explains every variant of a VCF/TSV file into an output TSV.
+
+One line per record, appended and fsynced as it is done; `resume` continues a killed run and gives byte-identical
+output. `Genome.windows` cuts the windows, `questions.build_question` writes the question when none is given,
+`inference.explain_many` asks the model in batches. A VCF header whose `##contig` lengths or `##reference`
+contradict the FASTA (another genome build) stops the run before any work (`Genome.check_build`); a bad record
+only gets its error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from dnallm.genome import VariantError, open_genome
+from dnallm.questions import build_question
+from dnallm.variants.reading import OUT_COLUMNS, VariantRecord, read_variants, read_vcf_header
+from dnallm.variants.vcf_out import write_vcf_out
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _result_row(rec: VariantRecord, question=None, windows=None, explanation=None, error=None) -> dict:
+    row = {"record": rec.key, "line": rec.line, "id": rec.id, "chrom": rec.chrom, "pos": rec.pos, "ref": rec.ref,
+           "alt": rec.alt, "gene": rec.gene, "error": error or rec.error, "question": question}
+    if windows is not None:
+        row.update(padded=windows.padded, warnings=" | ".join(windows.warnings))
+    if explanation is not None:
+        ex = explanation
+        row.update(label=ex.label, probability=f"{ex.label_probabilities[ex.label]:.6f}" if ex.label else None,
+                   top3="|".join(f"{label}:{p:.6f}" for label, p in ex.top_k), reasoning=ex.reasoning)
+    return row
+
+
+def _format_row(row: dict) -> str:
+    return "\t".join(_cell(row.get(c)) for c in OUT_COLUMNS) + "\n"
+
+
+def _resume_keys(out: Path) -> list[str]:
+    """Keys already in `out`, after cutting a partly written last line (a run killed mid-write)."""
+    data = out.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(out, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+            f.flush()
+            os.fsync(f.fileno())
+        data = data[: data.rfind(b"\n") + 1]
+    lines = data.decode().split("\n")[:-1]
+    if not lines:
+        return []
+    if lines[0] != "\t".join(OUT_COLUMNS):
+        raise ValueError(f"{out} does not start with the explain output header; cannot resume it")
+    return [line.split("\t", 1)[0] for line in lines[1:]]
+
+
+def _append(f, text: str) -> None:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path, fmt: str | None = None,
+                 vcf_out: str | Path | None = None, resume: bool = False, batch_size: int = 8, mode: str = "score",
+                 max_new_tokens: int = 1024, progress: bool = True, dtype: str = "auto") -> dict:
+    """Explain every variant of a VCF/TSV file into a TSV (one line per record, appended and fsynced).
+
+    `dtype` (auto | bfloat16 | float16 | float32) applies when `model` is a path (auto: bf16 on CUDA, else fp32).
+
+    Records are taken in fixed chunks of `batch_size` (by record order), so a resumed run batches exactly as an
+    uninterrupted one and writes the same output. `resume` skips the records already in `out` (settings must
+    match, see OUT.meta.json); a bad record gets its message in the `error` column and the run goes on.
+    `vcf_out` (VCF input only) is written at the end from `out`: the input VCF with DNALLM_* INFO fields.
+    Returns a summary with counts and timings.
+    """
+    from tqdm import tqdm
+
+    from dnallm.inference import explain_many, load_model
+    from dnallm.modeling import DNALLMForConditionalGeneration
+
+    variants, out = Path(variants), Path(out)
+    fmt = fmt or ("tsv" if re.search(r"\.(tsv|txt)(\.gz)?$", variants.name, re.I) else "vcf")
+    if mode not in ("generate", "score"):
+        raise ValueError(f"unknown mode {mode!r}; expected 'generate' or 'score'")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    if vcf_out is not None and fmt != "vcf":
+        raise ValueError("--vcf-out needs VCF input (--vcf)")
+    model_name = "<model object>" if isinstance(model, DNALLMForConditionalGeneration) else str(Path(model).resolve())
+    meta = {"variants": str(variants.resolve()), "format": fmt, "fasta": str(Path(fasta).resolve()),
+            "model": model_name, "mode": mode, "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens if mode == "generate" else None,
+            "dtype": None if isinstance(model, DNALLMForConditionalGeneration) else dtype}
+    meta_path = out.with_name(out.name + ".meta.json")
+    genome = open_genome(fasta)
+    total = sum(1 for _ in read_variants(variants, fmt))  # also surfaces file-level errors before any work
+    if fmt == "vcf":  # a header from another build than the FASTA stops the run before any work
+        genome.check_build(*read_vcf_header(variants), source=variants.name)
+
+    done: list[str] = []
+    if out.exists() and out.stat().st_size and not resume:
+        raise FileExistsError(f"{out} exists: pass --resume to continue it, or remove it")
+    if resume and out.exists():
+        old = json.loads(meta_path.read_text()) if meta_path.exists() else None
+        if old is None:
+            raise ValueError(f"cannot resume {out}: {meta_path.name} (the settings it was written with) is missing")
+        diff = {key: (old.get(key), value) for key, value in meta.items() if old.get(key) != value}
+        if diff:
+            raise ValueError(f"cannot resume {out}: it was written with other settings "
+                             f"({'; '.join(f'{k}: {a!r} then, {b!r} now' for k, (a, b) in diff.items())})")
+        done = _resume_keys(out)
+    if not done:
+        tmp = meta_path.with_name(meta_path.name + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(tmp, meta_path)
+    t_load = time.perf_counter()
+    if not isinstance(model, DNALLMForConditionalGeneration):
+        model = load_model(model_name, dtype=dtype)
+    load_s = time.perf_counter() - t_load
+    window = model.config.dna_config.window_size
+
+    stats = {"records": total, "skipped": len(done), "written": 0, "errors": 0, "padded": 0}
+    bar = tqdm(total=total, initial=len(done), unit="variant", desc=f"explain ({mode})", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    records = read_variants(variants, fmt)
+    with open(out, "a" if done else "w", encoding="utf-8") as f:
+        if not done:
+            _append(f, "\t".join(OUT_COLUMNS) + "\n")
+        index = 0
+        while True:
+            chunk = []
+            for rec in records:
+                chunk.append(rec)
+                if len(chunk) == batch_size:
+                    break
+            if not chunk:
+                break
+            keys = [r.key for r in chunk]
+            seen = done[index:index + len(chunk)]
+            if seen != keys[:len(seen)]:
+                theirs, ours = next((a, b) for a, b in zip(seen, keys) if a != b)
+                raise ValueError(f"cannot resume {out}: it holds record {theirs} where the input has {ours} "
+                                 "(was the input changed?)")
+            index += len(chunk)
+            if len(seen) == len(chunk):
+                continue
+            rows: list[dict | None] = [None] * len(chunk)
+            todo = []  # (i, question, windows): the whole chunk is asked, so batches match an uninterrupted run
+            for i, rec in enumerate(chunk):
+                if rec.error:
+                    rows[i] = _result_row(rec)
+                    continue
+                question = rec.question or build_question(rec.gene, rec.chrom, rec.network, rec.pathway_genes)
+                try:
+                    w = genome.windows(rec.chrom, rec.pos, rec.ref, rec.alt, where=rec.where, window=window)
+                except VariantError as e:
+                    rows[i] = _result_row(rec, question=question, error=str(e))
+                    continue
+                todo.append((i, question, w))
+            explanations = explain_many(model, [q for _, q, _ in todo], [(w.reference, w.variant) for _, _, w in todo],
+                                        mode=mode, max_new_tokens=max_new_tokens, k=3, batch_size=batch_size)
+            for (i, question, w), ex in zip(todo, explanations):
+                rows[i] = _result_row(chunk[i], question=question, windows=w, explanation=ex)
+            for row in rows[len(seen):]:
+                _append(f, _format_row(row))
+                stats["written"] += 1
+                stats["errors"] += bool(row["error"])
+                stats["padded"] += bool(row.get("padded"))
+                bar.update(1)
+    bar.close()
+    if index < len(done):
+        raise ValueError(f"cannot resume {out}: it holds {len(done)} records, the input only {index} "
+                         "(was the input changed?)")
+    seconds = time.perf_counter() - t0
+    stats.update(seconds=round(seconds, 3), model_load_seconds=round(load_s, 3),
+                 variants_per_second=round(stats["written"] / seconds, 3) if seconds > 0 else None)
+    if vcf_out is not None:
+        stats["vcf_lines_dropped"] = write_vcf_out(variants, out, vcf_out)
+    return stats
