@@ -295,6 +295,18 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                    position_ids=position_ids, logits_to_keep=logits_to_keep, **kwargs)
 
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """Beam search and num_return_sequences copy each text row `expand_size` times; its DNA windows (two rows
+        of the dna_* tensors per text row) are copied as one group. transformers' per-tensor repeat_interleave
+        would pair the copies with the wrong windows (ref, ref / var, var)."""
+        dna = {k: model_kwargs.pop(k) for k in DNA_INPUTS if model_kwargs.get(k) is not None}
+        if expand_size > 1 and input_ids is not None:
+            rows = input_ids.shape[0]
+            dna = {k: v.unflatten(0, (rows, -1)).repeat_interleave(expand_size, 0).flatten(0, 1) for k, v in dna.items()}
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids,
+                                                                        **model_kwargs)
+        return input_ids, {**model_kwargs, **dna}
+
     def prepare_inputs_for_generation(self, input_ids, *args, is_first_iteration: bool | None = False, **kwargs):
         """The DNA goes in at the prefill only: afterwards the KV cache holds it (without a cache, every step)."""
         dna = {k: kwargs.pop(k, None) for k in DNA_INPUTS}

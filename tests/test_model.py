@@ -359,3 +359,20 @@ def test_placeholders_without_dna_are_refused_by_generate_and_scoring_continuati
     label_logprobs(model, [r["question"] for r in records[:2]], [(r["ref_window"], r["variant_window"]) for r in records[:2]])
     model.generate(**b, max_new_tokens=3, min_new_tokens=3)
     assert checks == []  # the tree pass and the decoding steps continue a KV cache: no device read-back
+
+
+def test_beam_copies_keep_their_own_dna_windows(tiny_dir, records):
+    model = build(tiny_dir).eval()
+    _nonzero_lora(model)
+    b = batch_for(model, records[:2], targets=False, padding_side="left")
+    with torch.no_grad():
+        expected = model.embed_inputs(b["input_ids"], dna_input_ids=b["dna_input_ids"],
+                                      dna_attention_mask=b["dna_attention_mask"]).repeat_interleave(2, 0)
+    prefill = []
+    handle = model.language_model.register_forward_hook(
+        lambda m, args, kwargs, out: prefill.append(kwargs["inputs_embeds"]) if not prefill else None, with_kwargs=True)
+    out = model.generate(**b, max_new_tokens=2, num_beams=2, num_return_sequences=2)
+    handle.remove()
+    assert out.shape[0] == 4
+    # each of the 4 rows (2 per prompt) was spliced with its own prompt's reference and variant windows
+    torch.testing.assert_close(prefill[0], expected)
