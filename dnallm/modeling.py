@@ -13,6 +13,7 @@ encoder or base LM weights: those are loaded from `config.dna_config.encoder_nam
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,9 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
             do_sample=False, eos_token_id=processor.end_token_ids, pad_token_id=processor.tokenizer.pad_token_id,
             suppress_tokens=[*processor.dna_marker_ids, processor.dna_pad_id])
         self.post_init()
+        # The wrapper attends as its LM does: generate reads the top config (e.g. flash attention with a static
+        # cache needs the attention mask kept), and PreTrainedModel.__init__ set it to its own default.
+        self.config._attn_implementation_internal = language_model.config._attn_implementation
 
     def init_weights(self):
         """Nothing to initialise: the encoder and the LM arrive pretrained and the projector initialises itself;
@@ -203,18 +207,26 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         hub = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
         for k in ("trust_remote_code", "_from_auto", "_commit_hash", "adapter_kwargs"):
             kwargs.pop(k, None)  # what the Auto classes add; nothing here runs remote code
-        if model_args:
-            raise TypeError(f"unexpected positional arguments {model_args}")
+        if "torch_dtype" in kwargs:  # transformers' older name
+            dtype = kwargs.pop("torch_dtype")
+        unknown = sorted(set(kwargs) - set(inspect.signature(DNALLMConfig.__init__).parameters))
+        if model_args or unknown:
+            raise TypeError(f"unsupported arguments for a dnallm checkpoint: {list(model_args) + unknown} (the "
+                            "frozen parts load from their own paths; keyword arguments may override config fields)")
         if not path.exists() and len(path.parts) == 2:  # "org/name": a checkpoint on the hub
             from huggingface_hub import snapshot_download
 
             path = Path(snapshot_download(str(pretrained_model_name_or_path), **hub))
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} is not a dnallm checkpoint (no config.json)")
-        if isinstance(dtype, str):
-            dtype = None if dtype == "auto" else getattr(torch, dtype)
-        if config is None or kwargs:
+        if config is None:
             config = DNALLMConfig.from_pretrained(path, **kwargs)
+        elif kwargs:
+            raise TypeError("give either config= or config field overrides, not both")
+        if dtype == "auto":  # the dtype the text model was saved in
+            dtype = getattr(config.text_config, "dtype", None) if config.text_config is not None else None
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
         model = cls.build(config, dtype=dtype, base_dir=path, attn_implementation=attn_implementation)
         model.processor = DNALLMProcessor.from_pretrained(path)  # the exact tokenizers it was trained with
         state = load_file(path / PROJECTOR_FILE)
@@ -313,7 +325,8 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         model_inputs = super().prepare_inputs_for_generation(input_ids, *args, is_first_iteration=is_first_iteration,
                                                              **kwargs)
         if is_first_iteration and all(v is None for v in dna.values()):
-            self._check_no_placeholders(input_ids)  # once per generate: the steps run with a cache, unchecked
+            # once per generate (the steps run with a cache, unchecked), on the ids this forward will read
+            self._check_no_placeholders(model_inputs.get("input_ids", input_ids))
         if is_first_iteration or not kwargs.get("use_cache", True):
             model_inputs.update(dna)
         return model_inputs

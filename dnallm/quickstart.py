@@ -62,7 +62,7 @@ def check_preset(preset: dict, where: str) -> dict:
     schema = {"model": known(DNALLMConfig), "sft": known(SFTConfig), "grpo": known(GRPOConfig), "data": {"views"},
               "dna_pretrain": {"steps", "batch_size", "lr", "layout"},
               "text_pretrain": {"epochs", "batch_size", "lr", "layout"}, "eval": {"batch_size", "max_new_tokens"}}
-    if not isinstance(preset, dict) or "model" not in preset:
+    if not isinstance(preset, dict) or not isinstance(preset.get("model"), dict):
         raise ValueError(f"{where}: a preset is a mapping with at least a 'model' section")
     sections = [(section, preset[section], schema.get(section)) for section in preset]
     sections.append(("model.dna_config", preset["model"].get("dna_config") or {}, known(DNAEncoderConfig)))
@@ -146,7 +146,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    preset = load_preset(preset) if isinstance(preset, str) else preset
+    preset = load_preset(preset) if isinstance(preset, str) else check_preset(preset, "the preset given")
     take = (lambda ds: ds.select(range(min(limit, len(ds))))) if limit else (lambda ds: ds)
     torch.manual_seed(0)
     timings = {}
@@ -168,7 +168,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
     t = time.time()
     # Paths are relative to the checkpoint folder DIR/model, so the whole DIR can be moved.
     config = DNALLMConfig(**{**preset["model"], "text_model_name_or_path": "../text-model",
-                             "dna_config": {**preset["model"]["dna_config"], "encoder_type": "genos",
+                             "dna_config": {**preset["model"].get("dna_config", {}), "encoder_type": "genos",
                                             "encoder_name_or_path": "../encoder"}})
     (out / "model").mkdir(exist_ok=True)
     model = DNALLMForConditionalGeneration.build(config, base_dir=out / "model")

@@ -52,7 +52,7 @@ def continuation_label_logprobs(model, input_ids: torch.Tensor, attention_mask: 
     # The packed continuation: prefix (minus its padding) + the tree over the label tokens, as an additive mask.
     allowed = torch.cat([attention_mask.bool()[:, None, :].expand(n, n_fed, -1),
                          tree.tree.expand(n, -1, -1)], -1)                       # [n, T, prefix + T]
-    dtype = model.get_input_embeddings().weight.dtype
+    dtype = model.language_model.dtype  # (an unmerged adapter with trainable tokens builds its embedding matrix on access)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=model.device)
     mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
     # transformers 5.2x calls the KV cache `cache` (5.17, on the GPU image: `past_key_values`): pass it back by the

@@ -376,3 +376,15 @@ def test_beam_copies_keep_their_own_dna_windows(tiny_dir, records):
     assert out.shape[0] == 4
     # each of the 4 rows (2 per prompt) was spliced with its own prompt's reference and variant windows
     torch.testing.assert_close(prefill[0], expected)
+
+
+def test_from_pretrained_takes_dtype_refuses_what_it_cannot_honour_and_attends_as_its_lm(tiny_dir, tmp_path):
+    build(tiny_dir).save_pretrained(tmp_path)
+    loaded = DNALLMForConditionalGeneration.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    assert loaded.language_model.dtype == torch.bfloat16 and next(loaded.projector.parameters()).dtype == torch.bfloat16
+    with pytest.raises(TypeError, match=r"unsupported arguments.*device_map"):
+        DNALLMForConditionalGeneration.from_pretrained(tmp_path, device_map="auto")
+    cfg = DNALLMConfig.from_pretrained(tmp_path)
+    eager = DNALLMForConditionalGeneration.build(cfg, attn_implementation="eager")
+    # generate reads the wrapper's config (e.g. whether flash attention needs the mask kept): it must be the LM's
+    assert eager.config._attn_implementation == eager.language_model.config._attn_implementation == "eager"
