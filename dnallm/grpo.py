@@ -9,11 +9,18 @@ completion tokens (trl's "dapo" loss). One optimisation pass per generation batc
 The trainable weights (projector, LoRA) are kept in fp32 while a bf16 model computes in bf16 under autocast;
 the policy forward/backward runs in micro-batches whose gradients add up to the full batch's; out/last holds a
 resumable state (same files as SFT's, see dnallm.training) and `resume` continues it to the same result.
+
+Several ranks (`torchrun --nproc_per_node N train/grpo.py ...`): data parallel. Every rank draws the same
+prompts_per_step prompts and takes every N-th; each samples its completions with its own seed; the loss is the
+token mean over the completions of all ranks, and the gradients are summed across ranks before the step, so every
+rank takes the same step as one process holding the whole batch. (trl's GRPOTrainer is not used because it carries
+multimodal inputs only as image fields: docs/benchmarks.md.)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,7 +31,7 @@ import torch
 from dnallm.losses import chunked_token_logprobs
 from dnallm.modeling import DNALLMForConditionalGeneration
 from dnallm.rewards import total_reward
-from dnallm.training import _load_trainable, _publish, _staging
+from dnallm.training import _barrier, _load_trainable, _publish, _staging
 
 
 @dataclass
@@ -95,19 +102,43 @@ def _save_state(out_dir: Path, model: DNALLMForConditionalGeneration, optimizer,
     """Everything a resume needs, in out/last: weights, optimizer, step and log, RNG states (prompt sampling
     uses `rng`, generation torch's). There is no scheduler: the learning rate is constant. Written and switched
     in atomically like SFT's state (a crash mid-save leaves the previous state whole)."""
-    last = _staging(out_dir, "last", state["step"], rank=0)
-    model.save_pretrained(last)
-    torch.save({"optimizer": optimizer.state_dict()}, last / "optimizer.pt")
-    torch.save({"python": rng.getstate(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, last / "rng.pt")
-    (last / "trainer_state.json").write_text(json.dumps(state, indent=2))
-    _publish(out_dir, "last", last)
+    rank = _rank_and_world()[0]
+    last = _staging(out_dir, "last", state["step"], rank)
+    last.mkdir(parents=True, exist_ok=True)
+    torch.save({"python": rng.getstate(), "torch": torch.get_rng_state(),  # every rank samples with its own
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, last / _rng_file(rank))
+    if rank == 0:  # the weights and the optimizer are the same on every rank
+        model.save_pretrained(last)
+        torch.save({"optimizer": optimizer.state_dict()}, last / "optimizer.pt")
+        (last / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    _barrier()
+    if rank == 0:
+        _publish(out_dir, "last", last)
+    _barrier()
+
+
+def _rng_file(rank: int) -> str:
+    return "rng.pt" if rank == 0 else f"rng-rank{rank}.pt"
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def _sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if _rank_and_world()[1] > 1:
+        dist.all_reduce(x)
+    return x
 
 
 def _load_state(last: Path, model: DNALLMForConditionalGeneration, optimizer, rng: random.Random) -> dict:
     _load_trainable(model, last)
     optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=False)["optimizer"])
-    saved = torch.load(last / "rng.pt", weights_only=False)
+    saved = torch.load(last / _rng_file(_rank_and_world()[0]), weights_only=False)
     rng.setstate(saved["python"])
     torch.set_rng_state(saved["torch"])
     if saved["cuda"]:
@@ -128,8 +159,16 @@ def grpo_train(model: DNALLMForConditionalGeneration, records, cfg: GRPOConfig, 
                                                                   cfg.length_target, cfg.length_limit))
     out_dir = Path(out_dir)
     proc, tok = model.processor, model.processor.tokenizer
-    rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():  # torchrun set the environment
+            dist.init_process_group("nccl" if model.device.type == "cuda" else "gloo")
+    rank, world = _rank_and_world()
+    if cfg.prompts_per_step % world:
+        raise ValueError(f"prompts_per_step {cfg.prompts_per_step} does not split over {world} ranks")
+    rng = random.Random(cfg.seed)  # the same prompt draws on every rank
+    torch.manual_seed(cfg.seed + rank)  # different completions on every rank
     if cfg.beta > 0:
         if reference_adapter is None:
             raise ValueError("beta > 0 needs reference_adapter (the SFT checkpoint's adapter folder)")
@@ -160,7 +199,7 @@ def grpo_train(model: DNALLMForConditionalGeneration, records, cfg: GRPOConfig, 
     G, log, start = cfg.num_generations, state["log"], time.time()
     stop_at = min(cfg.steps, cfg.stop_after_steps or cfg.steps)
     for step in range(state["step"] + 1, stop_at + 1):
-        chosen = [records[i] for i in rng.sample(range(len(records)), cfg.prompts_per_step)]
+        chosen = [records[i] for i in rng.sample(range(len(records)), cfg.prompts_per_step)][rank::world]
         rows = [r for r in chosen for _ in range(G)]
         windows = [[r["ref_window"], r["variant_window"]] for r in chosen]
         batch = proc([proc.prompt(r["question"]) for r in rows], [w for w in windows for _ in range(G)],
@@ -203,9 +242,9 @@ def grpo_train(model: DNALLMForConditionalGeneration, records, cfg: GRPOConfig, 
                     p.requires_grad_(False)
 
         model.train()
-        # The token-level mean runs over all completion tokens of the step, so each micro-batch's loss is divided
-        # by the full count and the accumulated gradient equals the full batch's.
-        n_tokens = completion_mask.sum().clamp(min=1)
+        # The token-level mean runs over all completion tokens of the step (of every rank), so each micro-batch's
+        # loss is divided by the full count and the accumulated gradient (summed over ranks) equals the full batch's.
+        n_tokens = _sum_over_ranks(completion_mask.sum().float()).clamp(min=1)
         loss_sum, kl_sum = 0.0, 0.0
         for i, ref in zip(starts, refs):
             ids, pmask, comp, cmask, dna = micro_batch(i)
@@ -221,24 +260,35 @@ def grpo_train(model: DNALLMForConditionalGeneration, records, cfg: GRPOConfig, 
             loss = (per_token * cmask).sum() / n_tokens
             loss.backward()
             loss_sum += loss.item()
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        if world > 1:
+            for p in params:  # every rank's share of the token mean -> the full batch's gradient, on every rank
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                _sum_over_ranks(p.grad)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        entry = {"step": step, "loss": loss_sum, "reward": total.mean().item(),
-                 "accuracy": sum(x.get("correct", 0.0) for x in rewards) / len(rewards),
-                 "format": sum(x.get("format", 0.0) for x in rewards) / len(rewards),
-                 "mean_tokens": completion_mask.sum(1).float().mean().item(),
-                 "kl": kl_sum / n_tokens.item(), "seconds": round(time.time() - start, 1)}
+        # Step figures over the completions of all ranks.
+        sums = _sum_over_ranks(torch.tensor([loss_sum, kl_sum, total.sum().item(), len(rewards),
+                                             sum(x.get("correct", 0.0) for x in rewards),
+                                             sum(x.get("format", 0.0) for x in rewards)], dtype=torch.float64,
+                                            device=model.device)).tolist()
+        entry = {"step": step, "loss": sums[0], "reward": sums[2] / sums[3], "accuracy": sums[4] / sums[3],
+                 "format": sums[5] / sums[3], "mean_tokens": n_tokens.item() / sums[3],
+                 "kl": sums[1] / n_tokens.item(), "grad_norm": grad_norm.item(), "ranks": world,
+                 "seconds": round(time.time() - start, 1)}
         log.append(entry)
-        if step % cfg.log_every == 0:
+        if step % cfg.log_every == 0 and rank == 0:
             print(f"[grpo] {json.dumps(entry)}", flush=True)
         if step % (cfg.save_every or stop_at) == 0 or step == stop_at:
             _save_state(out_dir, model, optimizer, rng, {"step": step, "log": log})
     if cfg.beta > 0:
         model.language_model.delete_adapter("reference")
-    model.save_pretrained(out_dir)  # fp32 weights; from_pretrained(dtype=...) casts them
+    if rank == 0:
+        model.save_pretrained(out_dir)  # fp32 weights; from_pretrained(dtype=...) casts them
+        (out_dir / "grpo_log.json").write_text(json.dumps({"config": asdict(cfg), "log": log,
+                                                           "finished": len(log) >= cfg.steps}, indent=2))
+    _barrier()
     for p, dtype in zip(params, given_dtypes):  # hand the model back as it came (a bf16 model runs without autocast)
         p.data = p.data.to(dtype)
-    (out_dir / "grpo_log.json").write_text(json.dumps({"config": asdict(cfg), "log": log,
-                                                       "finished": len(log) >= cfg.steps}, indent=2))
     return log

@@ -210,3 +210,84 @@ def test_a_crash_during_a_state_save_leaves_the_previous_state_whole(tiny_dir, t
     log = grpo_train(build(tiny_dir), records, GRPOConfig(**cfg, resume=True), tmp_path / "crashed",
                      reward_fn=vowel_share)
     assert [e["step"] for e in log] == [1, 2]
+
+
+RANK_RUNNER = """
+import sys, torch
+from safetensors.torch import save_file
+from dnallm.data import load_kegg
+from dnallm.grpo import GRPOConfig, grpo_train
+from dnallm.modeling import DNALLMForConditionalGeneration
+import torch.distributed as dist
+
+def vowel_share(text, record, n):
+    return {"total": sum(c in "aeiou" for c in text) / max(1, len(text))}
+
+ckpt, out = sys.argv[1], sys.argv[2]
+model = DNALLMForConditionalGeneration.from_pretrained(ckpt, is_trainable=True)
+cfg = GRPOConfig(steps=2, prompts_per_step=2, num_generations=4, max_new_tokens=10, lr=1e-2, micro_batch_size=2,
+                 gradient_checkpointing=False)
+log = grpo_train(model, load_kegg("train").select(range(8)), cfg, out, reward_fn=vowel_share)
+rank = dist.get_rank()
+save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+          f"{out}/weights-rank{rank}.safetensors")
+torch.save(log, f"{out}/log-rank{rank}.pt")
+"""
+
+
+def test_two_ranks_take_the_same_step_from_their_summed_gradients(tiny_dir, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    build(tiny_dir).save_pretrained(tmp_path / "sft")
+    (tmp_path / "runner.py").write_text(RANK_RUNNER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "grpo"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                           str(tmp_path / "runner.py"), str(tmp_path / "sft"), str(out)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    w0, w1 = load_file(out / "weights-rank0.safetensors"), load_file(out / "weights-rank1.safetensors")
+    initial = trainable(build(tiny_dir))
+    # each rank drew other prompts and sampled other completions, yet both hold the same weights after two steps,
+    # and those moved: the steps used the gradient summed over both ranks
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert any(not torch.equal(w0[k], initial[k]) for k in w0 if k in initial)
+    logs = [torch.load(out / f"log-rank{r}.pt") for r in (0, 1)]
+    assert logs[0] == [{**e, "seconds": logs[0][i]["seconds"]} for i, e in enumerate(logs[1])]  # all-rank figures
+    assert all(e["ranks"] == 2 and e["grad_norm"] > 0 for e in logs[0])
+    state = out / "last"
+    assert {"rng.pt", "rng-rank1.pt", "optimizer.pt", "trainer_state.json"} <= {p.name for p in state.iterdir()}
+
+
+def test_grpo_entry_point_runs_on_two_ranks(tiny_dir, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    build(tiny_dir).save_pretrained(tmp_path / "sft")
+    preset = {"model": {"dna_config": {"encoder_type": "genos", "encoder_name_or_path": str(tiny_dir / "encoder")},
+                        "text_model_name_or_path": str(tiny_dir / "text-model")},
+              "grpo": {"steps": 1, "prompts_per_step": 2, "num_generations": 2, "max_new_tokens": 4,
+                       "gradient_checkpointing": False}}
+    (tmp_path / "preset.yaml").write_text(yaml.safe_dump(preset))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                           str(root / "train/grpo.py"), "--model", str(tmp_path / "sft"), "--config",
+                           str(tmp_path / "preset.yaml"), "--out", str(tmp_path / "out"), "--limit", "8"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "grpo_log.json").read_text())
+    assert result["finished"] and result["log"][0]["ranks"] == 2
+    DNALLMForConditionalGeneration.from_pretrained(tmp_path / "out")  # rank 0 saved a loadable checkpoint

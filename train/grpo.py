@@ -2,12 +2,14 @@
 
 Reads the preset's `grpo:` section (see dnallm.grpo.GRPOConfig: micro_batch_size, gradient_checkpointing,
 save_every, resume, ...); trains on the train split only. On a GPU the model loads in bf16 and the trainable
-weights train in fp32. DIR/last holds a resumable state; `--resume` continues from it.
+weights train in fp32. DIR/last holds a resumable state; `--resume` continues from it. Several GPUs:
+`torchrun --nproc_per_node N train/grpo.py ...` (data parallel, see dnallm.grpo).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
@@ -35,7 +37,9 @@ def main() -> None:
     cfg.resume = cfg.resume or args.resume
     cuda = torch.cuda.is_available()
     model = DNALLMForConditionalGeneration.from_pretrained(args.model, dtype=torch.bfloat16 if cuda else None, is_trainable=True)
-    model.to("cuda" if cuda else "cpu")
+    if cuda:  # one GPU per rank under torchrun
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    model.to(f"cuda:{torch.cuda.current_device()}" if cuda else "cpu")
     records = load_views("train", training_views(preset), window=model.config.dna_config.window_size)  # windows it was trained on
     if args.limit:
         records = records.select(range(args.limit))
