@@ -7,10 +7,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from transformers import DynamicCache, StaticCache
 
 from dnallm.data import WINDOW_SIZE, centred_windows, check_bases, split_kegg_sequences
 from dnallm.labels import KEGG_LABELS
-from dnallm.modeling import DNALLMForConditionalGeneration
+from dnallm.modeling import CACHE_KWARG, DNALLMForConditionalGeneration
 from dnallm.parsing import parse_answer, split_reasoning
 from dnallm.questions import build_question
 
@@ -60,7 +61,6 @@ def load_model(path: str, device: str | None = None, dtype: str | torch.dtype | 
 
 FORCED_ANSWER = "\n</think>\n\nAnswer:"    # appended when the thinking budget runs out
 AFTER_REASONING = "\n\nAnswer:"            # appended after a reasoning the model closed itself (constrained mode)
-TAIL_BATCH = 32
 
 
 def _cut_after_first(row: list[int], stops: set[int]) -> list[int]:
@@ -90,7 +90,8 @@ def generate_answers(model: DNALLMForConditionalGeneration, questions: list[str]
     Thinking budget (Qwen3-style budget forcing): `max_new_tokens` bounds the reasoning. An answer that
     has not ended by then gets `</think>` and `Answer:` appended, and the model writes the label (constrained,
     or in at most `max_answer_tokens` free greedy tokens). The returned text contains the appended suffix, so a
-    reader (and `parse_answer`) sees exactly what the model was given and wrote.
+    reader (and `parse_answer`) sees exactly what the model was given and wrote. The answer continues the KV cache
+    the reasoning's generation left (`_continuation`): prompt and reasoning are not run a second time.
 
     Batches are formed longest-question-first (`length_order`), so they pad little; answers come back in
     the input order. static_cache=True decodes with a preallocated KV cache and, on CUDA, a compiled step;
@@ -100,7 +101,7 @@ def generate_answers(model: DNALLMForConditionalGeneration, questions: list[str]
     CUDA for batches of 64 or more in jobs of three or more batches (docs/benchmarks.md: 5,407 vs 4,366
     variants/h on a 384-variant job at batch 128, H100).
     """
-    from dnallm.scoring import LabelTree, continuation_label_logprobs
+    from dnallm.scoring import LabelTree
 
     proc = model.processor
     tok = proc.tokenizer
@@ -114,6 +115,9 @@ def generate_answers(model: DNALLMForConditionalGeneration, questions: list[str]
         static_cache = model.device.type == "cpu" or (
             model.device.type == "cuda" and batch_size >= 64 and len(questions) > 2 * batch_size)
     compiled = static_cache and model.device.type == "cuda"  # only CUDA compiles, and wants few shapes
+    # room in a static cache for the answer after the reasoning: the suffix, then the label tree or free tokens
+    tail_room = 1 + len(forced_ids) + max(tree.ids.shape[0] if tree is not None else 0, max_answer_tokens)
+    ends = set(proc.end_token_ids)
     texts: list[str | None] = [None] * len(questions)
     order = proc.length_order(questions)
     for i in range(0, len(questions), batch_size):
@@ -122,14 +126,16 @@ def generate_answers(model: DNALLMForConditionalGeneration, questions: list[str]
                      pad_to_multiple_of=128 if compiled else None)
         batch = {k: v.to(model.device) for k, v in batch.items()}
         input_ids, attention_mask = batch.pop("input_ids"), batch.pop("attention_mask")
-        new_tokens = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                                    eos_token_id=[*proc.end_token_ids, *([think_end] if constrained else [])],
-                                    **({"cache_implementation": "static"} if static_cache else {}),
-                                    **batch)[:, input_ids.shape[1]:].tolist()
-        ends = set(proc.end_token_ids)
+        # Our own cache object, so that the answer continues from it after the reasoning (no recomputation).
+        cache = (StaticCache(config=model.config.text_config,
+                             max_cache_len=input_ids.shape[1] + max_new_tokens + tail_room)
+                 if static_cache else DynamicCache(config=model.config.text_config))
+        generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                   eos_token_id=[*proc.end_token_ids, *([think_end] if constrained else [])],
+                                   **{CACHE_KWARG: cache}, **batch)[:, input_ids.shape[1]:]
         stops = ends | {think_end} if constrained else ends
         # Cut each row at its first stop: what follows is padding (the pad token may itself be an end token).
-        rows = [_cut_after_first(row, stops) for row in new_tokens]
+        rows = [_cut_after_first(row, stops) for row in generated.tolist()]
         if constrained:
             # Every row continues: a reasoning the model closed gets `Answer:`; one cut by the budget (or ended
             # without closing its think block) gets the forced `</think>` + `Answer:`.
@@ -139,28 +145,51 @@ def generate_answers(model: DNALLMForConditionalGeneration, questions: list[str]
         else:
             suffixes = [forced_ids] * len(rows)
             unfinished = [j for j, row in enumerate(rows) if not row or row[-1] not in ends]
-        # Continue the unfinished rows: prompt + reasoning so far + answer prefix. In chunks of at most TAIL_BATCH
-        # rows: these prompts are the longest of the job and a full batch of them would need another prefill as
-        # large as the whole reasoning pass.
-        for c in range(0, len(unfinished) if (constrained or max_answer_tokens > 0) else 0, TAIL_BATCH):
-            chunk = unfinished[c:c + TAIL_BATCH]
-            prompts = [input_ids[j][attention_mask[j].bool()].tolist() for j in chunk]
-            ids, mask = _left_pad([p + rows[j] + suffixes[j] for p, j in zip(prompts, chunk)], tok.pad_token_id,
-                                  model.device)
-            dna = {k: v.view(len(rows), 2, *v.shape[1:])[chunk].flatten(0, 1) for k, v in batch.items()}
-            if constrained:
-                best = continuation_label_logprobs(model, ids, mask, tree, **dna).argmax(-1).tolist()
-                tails = [tok(f" {KEGG_LABELS[b]}", add_special_tokens=False)["input_ids"] for b in best]
-            else:
-                tails = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_answer_tokens,
-                                       **dna)[:, ids.shape[1]:].tolist()
-            for j, tail in zip(chunk, tails):
-                rows[j] = rows[j] + suffixes[j] + tail
+        if unfinished and (constrained or max_answer_tokens > 0):
+            tails = _answer_tails(model, input_ids, attention_mask, generated, rows, suffixes, cache, tree,
+                                  max_answer_tokens)
+            for j in unfinished:
+                rows[j] = rows[j] + suffixes[j] + tails[j]
         for j, text in zip(idx, tok.batch_decode(rows, skip_special_tokens=True)):
             texts[j] = text
         if progress:
             progress(min(i + batch_size, len(questions)))
     return texts
+
+
+def _answer_tails(model, input_ids, attention_mask, generated, rows, suffixes, cache, tree, max_answer_tokens):
+    """The answer after each row's reasoning, continuing the KV cache its generation left: [label tokens] per row.
+    tree: the label trie (constrained answers); None: free greedy tokens."""
+    from dnallm.scoring import continuation_label_logprobs
+
+    tok = model.processor.tokenizer
+    ids, new_ids, mask = _continuation(model, input_ids, attention_mask, generated, rows, suffixes, cache)
+    if tree is not None:
+        best = continuation_label_logprobs(model, new_ids, mask, tree, cache=cache).argmax(-1).tolist()
+        return [tok(f" {KEGG_LABELS[b]}", add_special_tokens=False)["input_ids"] for b in best]
+    return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_answer_tokens,
+                          **{CACHE_KWARG: cache})[:, ids.shape[1]:].tolist()
+
+
+def _continuation(model, input_ids, attention_mask, generated, rows, suffixes, cache):
+    """Inputs that continue a generation's KV cache with each row's answer suffix: (all ids, new ids, mask).
+
+    The cache holds the prompt and every generated token but the last. A row's reasoning (`rows[j]`, cut at its
+    stop) stays visible; what it generated after that is masked out. The tokens not yet in the cache (the last
+    generated one if the row kept it, then the `Answer:` suffix) are the new ids, so the answer's positions and
+    context are those of recomputing prompt + reasoning + suffix from scratch, without the recomputation.
+    `generate` reads the cached positions off the cache and feeds only the ids after them."""
+    cached = generated.shape[1] - 1
+    if int(cache.get_seq_length()) != input_ids.shape[1] + cached:
+        raise RuntimeError(f"the KV cache holds {int(cache.get_seq_length())} positions after generation, expected "
+                           f"prompt + generated - 1 = {input_ids.shape[1] + cached} (transformers changed?)")
+    kept = [min(len(row), cached) for row in rows]
+    reasoning_mask = torch.tensor([[1] * k + [0] * (cached - k) for k in kept], device=model.device,
+                                  dtype=attention_mask.dtype).view(len(rows), cached)
+    new_ids, new_mask = _left_pad([row[k:] + suffix for row, k, suffix in zip(rows, kept, suffixes)],
+                                  model.processor.tokenizer.pad_token_id, model.device)
+    ids = torch.cat([input_ids, generated[:, :cached], new_ids], 1)
+    return ids, new_ids, torch.cat([attention_mask, reasoning_mask, new_mask], 1)
 
 
 @dataclass
@@ -288,7 +317,7 @@ def stream_answer(model: DNALLMForConditionalGeneration, question: str, windows:
 
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-    from dnallm.scoring import continuation_label_logprobs
+    from dnallm.scoring import LabelTree
 
     proc = model.processor
     tok = proc.tokenizer
@@ -296,14 +325,15 @@ def stream_answer(model: DNALLMForConditionalGeneration, question: str, windows:
     batch = proc([proc.prompt(question)], [list(windows)], padding_side="left")
     batch = {k: v.to(model.device) for k, v in batch.items()}
     input_ids, attention_mask = batch.pop("input_ids"), batch.pop("attention_mask")
+    cache = DynamicCache(config=model.config.text_config)  # the answer continues it after the reasoning
     stop = Event()
 
     class _StopWhenClosed(StoppingCriteria):
         def __call__(self, ids, scores, **kwargs):
             return torch.full((ids.shape[0],), stop.is_set(), dtype=torch.bool, device=ids.device)
 
-    def run(ids: torch.Tensor, mask: torch.Tensor, limit: int, stop_ids: list[int]):
-        """Stream one greedy generation (as `generate_answers` runs it); return its new token ids."""
+    def run(ids: torch.Tensor, mask: torch.Tensor, limit: int, stop_ids: list[int], **dna):
+        """Stream one greedy generation (as `generate_answers` runs it); return its new token ids [1, n]."""
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         result: dict = {}
 
@@ -313,7 +343,8 @@ def stream_answer(model: DNALLMForConditionalGeneration, question: str, windows:
                     result["ids"] = model.generate(
                         input_ids=ids, attention_mask=mask, max_new_tokens=limit,
                         eos_token_id=[*proc.end_token_ids, *stop_ids], streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_StopWhenClosed()]), **batch)[0, ids.shape[1]:].tolist()
+                        stopping_criteria=StoppingCriteriaList([_StopWhenClosed()]), **{CACHE_KWARG: cache},
+                        **dna)[:, ids.shape[1]:]
             except BaseException as e:  # re-raised in the consumer; end the stream so that it does not block
                 result["error"] = e
                 streamer.end()
@@ -334,9 +365,9 @@ def stream_answer(model: DNALLMForConditionalGeneration, question: str, windows:
             raise result["error"]
         return result["ids"]
 
-    row = yield from run(input_ids, attention_mask, max_new_tokens, [think_end] if constrained else [])
+    generated = yield from run(input_ids, attention_mask, max_new_tokens, [think_end] if constrained else [], **batch)
     ends = set(proc.end_token_ids)
-    row = _cut_after_first(row, ends | {think_end})
+    row = _cut_after_first(generated[0].tolist(), ends | {think_end})
     closed = bool(row) and row[-1] == think_end
     if constrained:
         if row and row[-1] in ends:
@@ -349,9 +380,10 @@ def stream_answer(model: DNALLMForConditionalGeneration, question: str, windows:
     else:  # thinking budget spent (or the think block never closed): the forced answer prefix
         suffix = tok(FORCED_ANSWER, add_special_tokens=False)["input_ids"]
         yield ForcedAnswer(tok.decode(suffix, skip_special_tokens=True))
-    ids = torch.tensor([input_ids[0].tolist() + row + suffix], device=model.device)
     if constrained:
-        best = int(continuation_label_logprobs(model, ids, torch.ones_like(ids), **batch).argmax(-1))
-        yield tok.decode(tok(f" {KEGG_LABELS[best]}", add_special_tokens=False)["input_ids"], skip_special_tokens=True)
+        tail = _answer_tails(model, input_ids, attention_mask, generated, [row], [suffix], cache,
+                             LabelTree(tok, model.device), 0)[0]
+        yield tok.decode(tail, skip_special_tokens=True)
     else:
-        yield from run(ids, torch.ones_like(ids), max_answer_tokens, [])
+        ids, _, mask = _continuation(model, input_ids, attention_mask, generated, [row], [suffix], cache)
+        yield from run(ids, mask, max_answer_tokens, [])

@@ -73,6 +73,11 @@ class DNALLMOutput(CausalLMOutputWithPast):
     n_tokens: int | None = None
 
 
+# transformers 5.2x names the KV cache `cache` (generate's and the models' argument and output); the GPU image's
+# 5.17 `past_key_values`.
+CACHE_KWARG = ("cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+               else "past_key_values")
+
 class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
     config_class = DNALLMConfig
     base_model_prefix = ""
@@ -283,9 +288,10 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                 dna_input_ids=None, dna_attention_mask=None, dna_hidden_states=None, dna_positions_mask=None,
-                labels=None, logits_to_keep: int | torch.Tensor = 0, **kwargs):
+                labels=None, logits_to_keep: int | torch.Tensor = 0, cache=None, past_key_values=None, **kwargs):
         """Logits (and the KV cache) of the LM over the text with its DNA spliced in; `kwargs` go to the LM
-        (`cache`/`past_key_values`, `use_cache`, ...). `logits_to_keep` is named here because `generate` looks
+        (`use_cache`, ...). The KV cache comes in as `cache` or `past_key_values` (named here so that `generate`
+        accepts a cache object from the caller) and goes to the LM under its version's name. `logits_to_keep` is named here because `generate` looks
         for it in this signature: it then computes the prefill's logits at the last position only, not over the
         whole prompt (at batch 128 those full fp32 logits were ~38 GiB more peak memory on an H200).
 
@@ -301,9 +307,11 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
             loss = chunked_cross_entropy(hidden[:, :-1][keep], self.get_output_embeddings(), targets[keep],
                                          self.loss_chunk_size)
             return DNALLMOutput(loss=loss, n_tokens=int(keep.sum()))
+        kv_cache = cache if cache is not None else past_key_values
+        if kv_cache is not None:
+            kwargs[CACHE_KWARG] = kv_cache
         if inputs_embeds is None:
-            continuing = kwargs.get("cache", kwargs.get("past_key_values")) is not None
-            inputs_embeds = self.embed_inputs(input_ids, check_placeholders=not continuing, **dna)
+            inputs_embeds = self.embed_inputs(input_ids, check_placeholders=kv_cache is None, **dna)
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                    position_ids=position_ids, logits_to_keep=logits_to_keep, **kwargs)
 

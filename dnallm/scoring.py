@@ -12,8 +12,10 @@ from __future__ import annotations
 import warnings
 
 import torch
+from transformers import StaticCache
 
 from dnallm.labels import KEGG_LABELS
+from dnallm.modeling import CACHE_KWARG
 from dnallm.processing import ANSWER_PREFIX
 
 
@@ -34,32 +36,36 @@ class LabelTree:
 
 @torch.no_grad()
 def continuation_label_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, tree: LabelTree | None = None,
-                                **dna) -> torch.Tensor:
+                                cache=None, **dna) -> torch.Tensor:
     """Log-likelihood of each label string after each row of a left-padded batch that ends in `Answer:`: [n, 37].
 
     The prefix runs once; all 37 labels' remaining tokens run as one packed, tree-masked continuation of its
     KV cache. Used by label scoring (prefix = prompt) and by constrained answers (prefix = prompt + reasoning).
+
+    `cache`: the KV cache of earlier tokens of these rows (a generated reasoning): `input_ids` are then only the
+    tokens after it, and `attention_mask` covers the cached and the new positions (0 where a row has no token:
+    left padding, or what a row generated after its own stop). It is extended in place.
     """
     tree = tree or LabelTree(model.processor.tokenizer, model.device)
     n_fed = tree.ids.shape[0]
     n = input_ids.shape[0]
-    # Positions follow the real tokens, so left padding does not shift them.
-    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    # Positions follow the real tokens, so padding (also inside the cache) does not shift them.
+    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
     # logits_to_keep=1: only the last prefix position needs the 151k-wide output layer.
     prefix = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                   logits_to_keep=1, **dna)
+                   logits_to_keep=1, **({CACHE_KWARG: cache} if cache is not None else {}), **dna)
     first = torch.log_softmax(prefix.logits[:, -1].float(), -1)[:, tree.first]  # [n, 37]
+    cache = prefix[CACHE_KWARG]
     # The packed continuation: prefix (minus its padding) + the tree over the label tokens, as an additive mask.
     allowed = torch.cat([attention_mask.bool()[:, None, :].expand(n, n_fed, -1),
                          tree.tree.expand(n, -1, -1)], -1)                       # [n, T, prefix + T]
+    if isinstance(cache, StaticCache):  # its keys span its whole length; the unwritten rest is masked
+        allowed = torch.nn.functional.pad(allowed, (0, cache.layers[0].max_cache_len - allowed.shape[-1]))
     dtype = model.language_model.dtype  # (an unmerged adapter with trainable tokens builds its embedding matrix on access)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=model.device)
     mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-    # transformers 5.2x calls the KV cache `cache` (5.17, on the GPU image: `past_key_values`): pass it back by the
-    # name this version returned it under.
-    cache_key = "cache" if "cache" in prefix else "past_key_values"
     logits = model(input_ids=tree.ids.expand(n, -1), attention_mask=mask,
-                   position_ids=positions[:, -1:] + 1 + tree.offset, **{cache_key: prefix[cache_key]}).logits
+                   position_ids=positions[:, -1:] + 1 + tree.offset, **{CACHE_KWARG: cache}).logits
     logp = torch.log_softmax(logits.float(), -1).gather(-1, tree.targets.expand(n, -1)[..., None]).squeeze(-1)
     rest = torch.zeros(n, len(KEGG_LABELS), device=model.device).index_add_(1, tree.owner, logp)
     return (first + rest).cpu()

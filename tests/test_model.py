@@ -227,6 +227,7 @@ def test_pad_to_multiple_of_left_pads_without_changing_the_tokens(tiny_dir, reco
 
 def test_generate_answers_returns_input_order_from_length_sorted_batches(tiny_dir, kegg_train):
     from dnallm.inference import generate_answers
+    from dnallm.modeling import CACHE_KWARG
 
     model = build(tiny_dir).eval()
     _nonzero_lora(model)
@@ -242,12 +243,12 @@ def test_generate_answers_returns_input_order_from_length_sorted_batches(tiny_di
     assert batched == singles
     # the CPU default decodes with a static KV cache; a dynamic cache gives the same greedy answers
     seen, real_generate = [], model.generate
-    model.generate = lambda *a, **kw: seen.append(kw.get("cache_implementation")) or real_generate(*a, **kw)
+    model.generate = lambda *a, **kw: seen.append(type(kw.get(CACHE_KWARG)).__name__) or real_generate(*a, **kw)
     dynamic = generate_answers(model, questions, windows, batch_size=2, max_new_tokens=6, max_answer_tokens=3,
                                static_cache=False)
     generate_answers(model, questions[:2], windows[:2], batch_size=2, max_new_tokens=6, max_answer_tokens=3)
     del model.generate
-    assert dynamic == batched and seen[-1] == "static" and not any(seen[:-1])
+    assert dynamic == batched and seen[-1] == "StaticCache" and set(seen[:-1]) == {"DynamicCache"}
 
 
 def test_chunked_answer_loss_equals_the_full_logits_loss_and_gradients(tiny_dir, records):

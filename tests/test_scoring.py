@@ -66,8 +66,8 @@ def full_forward_label_logprob(model, prefix_ids, dna, label):
     return float(logp[torch.arange(n), torch.tensor(label_ids)].sum())
 
 
-@pytest.mark.parametrize("budget", [3, 40])
-def test_constrained_answer_is_the_most_likely_label_after_the_reasoning(scored_model, kegg_train, budget):
+@pytest.mark.parametrize("budget,static", [(3, True), (40, True), (40, False)])
+def test_constrained_answer_is_the_most_likely_label_after_the_reasoning(scored_model, kegg_train, budget, static):
     from dnallm.inference import AFTER_REASONING, FORCED_ANSWER, generate_answers, parse_answer
 
     model, proc = scored_model, scored_model.processor
@@ -75,7 +75,7 @@ def test_constrained_answer_is_the_most_likely_label_after_the_reasoning(scored_
     rows = [kegg_train[i] for i in (0, 5)]
     questions = [r["question"] for r in rows]
     windows = [(r["ref_window"], r["variant_window"]) for r in rows]
-    texts = generate_answers(model, questions, windows, batch_size=2, max_new_tokens=budget)
+    texts = generate_answers(model, questions, windows, batch_size=2, max_new_tokens=budget, static_cache=static)
     free = generate_answers(model, questions, windows, batch_size=2, max_new_tokens=budget, constrained=False,
                             max_answer_tokens=0)
     for q, w, text, reasoning in zip(questions, windows, texts, free):
@@ -91,3 +91,41 @@ def test_constrained_answer_is_the_most_likely_label_after_the_reasoning(scored_
         prefix = b["input_ids"][0].tolist() + tok(text[: text.rindex(" " + label)], add_special_tokens=False)["input_ids"]
         scores = [full_forward_label_logprob(model, prefix, dna, lab) for lab in KEGG_LABELS]
         assert KEGG_LABELS[max(range(len(scores)), key=scores.__getitem__)] == label
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_the_answer_continues_the_reasoning_kv_cache_with_the_scores_of_a_full_recompute(scored_model, kegg_train,
+                                                                                        static):
+    """The constrained answer reads the KV cache the reasoning's generation left (no second pass over prompt +
+    reasoning). Rows that stopped early (here: kept 6, 2 and 0 of the 6 generated tokens) have dead cache positions
+    after their stop, which must be invisible: each row's 37 scores equal a from-scratch pass over its own prompt +
+    kept reasoning + suffix."""
+    from transformers import DynamicCache, StaticCache
+
+    from dnallm.inference import FORCED_ANSWER, _continuation
+    from dnallm.modeling import CACHE_KWARG
+    from dnallm.scoring import LabelTree, continuation_label_logprobs
+
+    model, proc = scored_model, scored_model.processor
+    tok = proc.tokenizer
+    rows = [kegg_train[i] for i in (0, 5, 9)]
+    b = proc([proc.prompt(r["question"]) for r in rows], [[r["ref_window"], r["variant_window"]] for r in rows],
+             padding_side="left")
+    input_ids, attention_mask = b.pop("input_ids"), b.pop("attention_mask")
+    tree = LabelTree(tok, model.device)
+    config = model.config.text_config
+    cache = (StaticCache(config=config, max_cache_len=input_ids.shape[1] + 6 + 8 + tree.ids.shape[0]) if static
+             else DynamicCache(config=config))
+    with torch.no_grad():
+        generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6,
+                                   min_new_tokens=6, **{CACHE_KWARG: cache}, **b)[:, input_ids.shape[1]:]
+    assert generated.shape[1] == 6
+    kept = [generated[0].tolist(), generated[1, :2].tolist(), []]
+    suffix = tok(FORCED_ANSWER, add_special_tokens=False)["input_ids"]
+    _, new_ids, mask = _continuation(model, input_ids, attention_mask, generated, kept, [suffix] * 3, cache)
+    cached_scores = continuation_label_logprobs(model, new_ids, mask, tree, cache=cache)
+    for i in range(3):
+        ids = torch.tensor([input_ids[i][attention_mask[i].bool()].tolist() + kept[i] + suffix])
+        dna = {k: v[2 * i:2 * i + 2] for k, v in b.items()}
+        fresh = continuation_label_logprobs(model, ids, torch.ones_like(ids), tree, **dna)[0]
+        assert torch.allclose(cached_scores[i], fresh, atol=2e-4), (i, (cached_scores[i] - fresh).abs().max())
