@@ -123,6 +123,7 @@ def collate(examples: list[dict], cache: EmbeddingCache, pad_id: int) -> dict[st
 
 
 def _batches(examples: list[dict], batch_size: int, rng: random.Random) -> list[list[dict]]:
+    # The old loop's batch order, kept for benchmarks/ (training now uses _LengthGroupedSampler).
     # Shuffle, then sort inside chunks of 16 batches by length so batches carry little padding.
     order = rng.sample(range(len(examples)), len(examples))
     chunk = batch_size * 16
@@ -148,20 +149,6 @@ def answer_loss(model: DNALLMForConditionalGeneration, examples: list[dict], cac
         total += out["loss"].item() * out["n_tokens"]
         count += out["n_tokens"]
     return total / max(1, count)
-
-
-def _optimizer(model: DNALLMForConditionalGeneration, cfg: SFTConfig, total_updates: int):
-    if not cfg.train_lora:  # stage 1: projector only (LoRA and the DNA marker rows stay as initialised)
-        for p in model.language_model.parameters():
-            p.requires_grad_(False)
-    lora_params = [p for p in model.language_model.parameters() if p.requires_grad]
-    groups = [g for g in ({"params": list(model.projector.parameters()), "lr": cfg.lr_projector},
-                          {"params": lora_params, "lr": cfg.lr_lora}) if g["params"]]
-    warmup = max(1, int(total_updates * cfg.warmup_ratio))
-    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(s, total_updates) / total_updates)))
-    return groups, optimizer, schedule
 
 
 def _load_trainable(model: DNALLMForConditionalGeneration, path: Path, projector_only: bool = False) -> None:
@@ -260,34 +247,6 @@ def _fsync_tree(path: Path, recursive: bool = True) -> None:
             os.close(fd)
 
 
-def _save_state(out: Path, model, engine, optimizer, schedule, state: dict, rank: int) -> None:
-    """Everything a resume needs, in out/last: weights, optimizer, scheduler, counters, RNG states.
-
-    Atomic: the state is written to a new folder `.last-step<N>` and synced to disk; then the symlink `last`
-    is switched to it in one rename, and the previous folder deleted. A crash mid-save leaves `last` pointing
-    at the previous state, whole.
-    """
-    staging = _staging(out, "last", state["step"], rank)
-    _save_model(model, staging, engine, rank)
-    if engine is not None:
-        # collective: every rank writes its shard; the info lets ds_to_universal reshard for another world size
-        engine.save_checkpoint(str(staging / "deepspeed"), tag="last",
-                               client_state={"universal_checkpoint_info": {"universal_checkpoint_version": 0.2}})
-    if rank == 0:
-        if engine is None:
-            torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()},
-                       staging / "optimizer.pt")
-        rng = {"torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-        torch.save(rng, staging / "rng.pt")
-        (staging / "trainer_state.json").write_text(
-            json.dumps({**state, "world_size": int(os.environ.get("WORLD_SIZE", 1))}, indent=2))
-    _barrier()  # every rank's shard is written
-    if rank == 0:
-        _publish(out, "last", staging)
-    _barrier()
-
-
 def _barrier() -> None:
     import torch.distributed as dist
 
@@ -296,7 +255,7 @@ def _barrier() -> None:
 
 
 def _to_universal(ds_dir: Path, rank: int) -> None:
-    """Convert DeepSpeed's `last` checkpoint to a universal one (loadable on any number of ranks)."""
+    """(Unused since the Trainer port; kept for resharding a DeepSpeed checkpoint to another world size.) Convert DeepSpeed's `last` checkpoint to a universal one (loadable on any number of ranks)."""
     import subprocess
     import sys
 
@@ -500,15 +459,19 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
         gradient_accumulation_steps=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,
         train_sampling_strategy="group_by_length", remove_unused_columns=False, bf16=cfg.bf16,
         eval_strategy="steps", eval_steps=eval_every, save_strategy="steps", save_steps=save_every,
-        logging_steps=cfg.log_every, report_to=["tensorboard"] if cfg.tensorboard else "none",
+        logging_steps=cfg.log_every, report_to="none",
         disable_tqdm=not cfg.progress, deepspeed=ds_config, use_cpu=device.type == "cpu",
         dataloader_num_workers=0, average_tokens_across_devices=True, save_only_model=False,
     )
-    if cfg.tensorboard:
-        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out_dir / "tensorboard"))
+    callbacks = [_Progress(stop_at)]
+    if cfg.tensorboard and rank == 0:  # Trainer's TensorBoard callback, writing to out_dir/tensorboard
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(SummaryWriter(str(out_dir / "tensorboard"))))
     trainer = _make_trainer_class()(
         model=model, args=args, train_dataset=train, eval_dataset=val, data_collator=lambda ex: collate(ex, cache, pad_id),
-        callbacks=[_Progress(stop_at)], sft_cfg=cfg, val_examples=val, cache=cache, out_dir=out_dir)
+        callbacks=callbacks, sft_cfg=cfg, val_examples=val, cache=cache, out_dir=out_dir)
     last = out_dir / "last"
     resume = str(last.resolve()) if cfg.resume and (last / "trainer_state.json").exists() else None
     if resume and rank == 0:  # a checkpoint-N written after `last` (a crash mid-save) is incomplete

@@ -111,7 +111,9 @@ def test_a_crash_during_a_save_leaves_the_previous_state_whole(tiny_dir, tmp_pat
 
     def crashing_save(obj, path, *a, **kw):
         calls.append(path)
-        if len(calls) == 3:  # the first file of the second state (step 2): "killed" after weights were written
+        # Trainer's checkpoint torch.saves optimizer.pt, scheduler.pt, rng_state.pth (adapted from the old loop's
+        # optimizer.pt, rng.pt): call 4 is the first of checkpoint-2, "killed" after its weights were written
+        if len(calls) == 4:
             raise KeyboardInterrupt("killed mid-save")
         return real_save(obj, path, *a, **kw)
 
@@ -120,8 +122,9 @@ def test_a_crash_during_a_save_leaves_the_previous_state_whole(tiny_dir, tmp_pat
         run(tiny_dir, tmp_path / "crashed", epochs=1.0)
     monkeypatch.setattr(torch, "save", real_save)
     last = tmp_path / "crashed/last"
-    assert json.loads((last / "trainer_state.json").read_text())["step"] == 1
-    assert {p.name for p in last.iterdir()} >= {"projector.safetensors", "optimizer.pt", "rng.pt", "adapter"}
+    assert json.loads((last / "trainer_state.json").read_text())["global_step"] == 1
+    assert {p.name for p in last.iterdir()} >= {"projector.safetensors", "optimizer.pt", "scheduler.pt",
+                                                "rng_state.pth", "adapter"}
     resumed = run(tiny_dir, tmp_path / "crashed", epochs=1.0, resume=True)
     assert resumed["finished"]
     a, b = trained_weights(tmp_path / "full/last"), trained_weights(last)
