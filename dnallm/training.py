@@ -254,19 +254,60 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _to_universal(ds_dir: Path, rank: int) -> None:
-    """(Unused since the Trainer port; kept for resharding a DeepSpeed checkpoint to another world size.) Convert DeepSpeed's `last` checkpoint to a universal one (loadable on any number of ranks)."""
+WORLD_FILE = "world_size.json"  # in each checkpoint-N: the number of ranks that wrote it
+
+
+def _resharded(checkpoint: Path, saved_world: int, world: int, rank: int) -> Path:
+    """A copy of `checkpoint` (saved on `saved_world` ranks) that this world of ranks can resume from.
+
+    Trainer counts optimizer updates per rank-batch, so the same examples seen are `step * saved_world / world`
+    updates here: the copy is `checkpoint-<that step>` with the step and the LR schedule's position rescaled, its
+    DeepSpeed shards converted to a universal checkpoint (DeepSpeed's own `ds_to_universal`, loadable on any
+    number of ranks; the caller sets `checkpoint.load_universal`) and each rank's RNG file taken from a saved rank.
+    The original stays untouched until the first save of the resumed run replaces it."""
     import subprocess
     import sys
 
-    import torch.distributed as dist
-
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    step = state["global_step"] * saved_world // world
+    target = checkpoint.parent / f"checkpoint-{step}-ws{world}"
     if rank == 0:
-        subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                        str(ds_dir / "last"), "--output_folder", str(ds_dir / "last_universal")], check=True,
-                       capture_output=True)
-    if dist.is_initialized():
-        dist.barrier()
+        if target.exists():  # left by a crash during an earlier reshard
+            shutil.rmtree(target)
+        staging = checkpoint.parent / f".{target.name}"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(checkpoint, staging, ignore=shutil.ignore_patterns("global_step*", "latest*", "rng_state*"))
+        (staging / "trainer_state.json").write_text(json.dumps({**state, "global_step": step}, indent=2))
+        if (staging / "scheduler.pt").exists():
+            schedule = torch.load(staging / "scheduler.pt", weights_only=False)
+            schedule["last_epoch"], schedule["_step_count"] = step, step + 1
+            torch.save(schedule, staging / "scheduler.pt")
+        for r in range(world):  # Trainer names it rng_state.pth on one rank, rng_state_<r>.pth on several
+            source = checkpoint / ("rng_state.pth" if saved_world == 1 else f"rng_state_{r % saved_world}.pth")
+            if source.exists():
+                shutil.copy2(source, staging / ("rng_state.pth" if world == 1 else f"rng_state_{r}.pth"))
+        for shards in checkpoint.glob("global_step*"):
+            # ds_to_universal requires the marker DeepSpeed expects its client to have saved; Trainer's
+            # save_checkpoint does not pass one, so a copy of the shards gets it.
+            source = staging / ".shards"
+            shutil.copytree(shards, source)
+            for states in source.glob("*model_states.pt"):
+                saved = torch.load(states, weights_only=False)
+                saved.setdefault("universal_checkpoint_info", {"universal_checkpoint_version": 0.2})
+                torch.save(saved, states)
+            convert = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                                      str(source), "--output_folder", str(staging / f"global_step{step}_universal")],
+                                     capture_output=True, text=True)
+            if convert.returncode:
+                raise RuntimeError(f"{shards}: DeepSpeed's ds_to_universal failed:\n{convert.stderr[-2000:]}")
+            shutil.rmtree(source)
+        (staging / WORLD_FILE).write_text(json.dumps({"world_size": world}))
+        _fsync_tree(staging)
+        os.replace(staging, target)
+        print(f"[sft] {checkpoint.name} was saved on {saved_world} rank(s): resharded for {world} as {target.name}",
+              flush=True)
+    _barrier()
+    return target
 
 
 class _LengthGroupedSampler(torch.utils.data.Sampler):
@@ -384,6 +425,7 @@ def _make_trainer_class():
             _barrier()
             if self.args.process_index == 0:  # `last` switches only once checkpoint-N is whole on disk
                 folder = self.out_dir / f"checkpoint-{self.state.global_step}"
+                (folder / WORLD_FILE).write_text(json.dumps({"world_size": self.args.world_size}))
                 _fsync_tree(folder)
                 _replace_with_link(self.out_dir / "last", folder.name)
                 _fsync_tree(self.out_dir, recursive=False)
@@ -453,6 +495,12 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
         ds_config = {**ds_config, "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
                      "gradient_clipping": "auto"}
         ds_config.pop("train_batch_size", None)
+    last = out_dir / "last"
+    resume = last.resolve() if cfg.resume and (last / "trainer_state.json").exists() else None
+    saved_world = (json.loads((resume / WORLD_FILE).read_text())["world_size"]
+                   if resume and (resume / WORLD_FILE).exists() else world)
+    if saved_world != world and ds_config is not None:  # see _resharded
+        ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     pad_id = model.processor.tokenizer.pad_token_id
     args = TrainingArguments(
         output_dir=str(out_dir), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
@@ -472,14 +520,16 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
     trainer = _make_trainer_class()(
         model=model, args=args, train_dataset=train, eval_dataset=val, data_collator=lambda ex: collate(ex, cache, pad_id),
         callbacks=callbacks, sft_cfg=cfg, val_examples=val, cache=cache, out_dir=out_dir)
-    last = out_dir / "last"
-    resume = str(last.resolve()) if cfg.resume and (last / "trainer_state.json").exists() else None
-    if resume and rank == 0:  # a checkpoint-N written after `last` (a crash mid-save) is incomplete
-        for old in out_dir.glob("checkpoint-*"):
-            if old.resolve() != last.resolve():
-                shutil.rmtree(old, ignore_errors=True)
+    if resume:
+        if rank == 0:  # a checkpoint-N written after `last` (a crash mid-save) is incomplete
+            for old in out_dir.glob("checkpoint-*"):
+                if old.resolve() != resume:
+                    shutil.rmtree(old, ignore_errors=True)
+        _barrier()
+        if saved_world != world:
+            resume = _resharded(resume, saved_world, world, rank)
     start = time.time()
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     state = trainer.state
     history = [{"step": h["step"], "epoch": round(h.get("epoch", 0.0), 3), "train_loss": h.get("train_loss_last"),
                 "val_loss": h["eval_answer_loss"]} for h in state.log_history if "eval_answer_loss" in h]
