@@ -50,11 +50,11 @@ def test_checkpoint_moves_between_world_sizes(first, second, tiny_dir, tmp_path)
     out = tmp_path / "run"
     part = _run(first, tmp_path / "stop.yaml", out)
     assert part["steps"] == 2 and not part["finished"]
-    assert json.loads((out / "last/trainer_state.json").read_text())["world_size"] == first
+    assert json.loads((out / "last/world_size.json").read_text())["world_size"] == first
     done = _run(second, tmp_path / "resume.yaml", out)
     # 16 examples / batch 2 = 8 batches per epoch, shared by the ranks
     assert done["finished"] and done["steps"] == 8 // second
-    assert json.loads((out / "last/trainer_state.json").read_text())["world_size"] == second
+    assert json.loads((out / "last/world_size.json").read_text())["world_size"] == second
     if first == second:  # same world size: the resumed run ends with the weights of an uninterrupted one
         (tmp_path / "full.yaml").write_text(yaml.safe_dump({"model": model, "sft": sft}))
         _run(first, tmp_path / "full.yaml", tmp_path / "full")

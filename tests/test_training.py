@@ -29,7 +29,7 @@ def test_resume_mid_epoch_matches_uninterrupted_run(tiny_dir, tmp_path):
     assert full["steps"] == 8 and full["finished"]
     part = run(tiny_dir, tmp_path / "resumed", stop_after_steps=3)  # "killed" in the middle of epoch 1
     assert part["steps"] == 3 and not part["finished"]
-    assert json.loads((tmp_path / "resumed/last/trainer_state.json").read_text())["step"] == 3
+    assert json.loads((tmp_path / "resumed/last/trainer_state.json").read_text())["global_step"] == 3  # Trainer's state file
     resumed = run(tiny_dir, tmp_path / "resumed", resume=True)
     assert resumed["steps"] == 8 and resumed["finished"]
     a, b = trained_weights(tmp_path / "full/last"), trained_weights(tmp_path / "resumed/last")
@@ -83,8 +83,9 @@ def test_examples_per_view_follow_the_thinking_and_direct_settings(tiny_dir):
 
 
 def test_resume_with_gradient_accumulation_matches_uninterrupted_run(tiny_dir, tmp_path):
-    # 9 records, batch 2 -> 5 micro-batches per epoch, 2 epochs = 10; accumulation 4 -> updates after
-    # micro-batches 4 and 8, and the partial accumulation of 9-10 is stepped too.
+    # 9 records, batch 2 -> 5 micro-batches per epoch; accumulation 4 -> Trainer steps after micro-batches 4 and 5
+    # of each epoch (accumulation restarts at every epoch), so 2 epochs = 4 optimizer steps, 2 of them partial.
+    # (Adapted for the Trainer port: the old loop counted micro-batches and accumulated across epochs.)
     train, val = load_kegg("train").select(range(9)), load_kegg("val").select(range(2))
 
     def go(out, **kw):
@@ -93,15 +94,15 @@ def test_resume_with_gradient_accumulation_matches_uninterrupted_run(tiny_dir, t
         return train_sft(build(tiny_dir), train, val, cfg, out)
 
     full = go(tmp_path / "full")
-    assert full["steps"] == 10
-    part = go(tmp_path / "resumed", stop_after_steps=5)  # inside the second accumulation
-    assert part["steps"] == 8  # moved to the end of that accumulation: nothing half-accumulated is saved
-    at_8 = trained_weights(tmp_path / "resumed/last")
+    assert full["steps"] == 4 and full["finished"]
+    part = go(tmp_path / "resumed", stop_after_steps=3)  # after the first accumulation of epoch 2
+    assert part["steps"] == 3 and not part["finished"]
+    at_3 = trained_weights(tmp_path / "resumed/last")
     go(tmp_path / "resumed", resume=True)
     a, b = trained_weights(tmp_path / "full/last"), trained_weights(tmp_path / "resumed/last")
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert not torch.equal(a["net.1.weight"], at_8["net.1.weight"])  # the final partial accumulation stepped
+    assert not torch.equal(a["net.1.weight"], at_3["net.1.weight"])  # the final partial accumulation stepped
 
 
 def test_a_crash_during_a_save_leaves_the_previous_state_whole(tiny_dir, tmp_path, monkeypatch):
@@ -110,7 +111,9 @@ def test_a_crash_during_a_save_leaves_the_previous_state_whole(tiny_dir, tmp_pat
 
     def crashing_save(obj, path, *a, **kw):
         calls.append(path)
-        if len(calls) == 3:  # the first file of the second state (step 2): "killed" after weights were written
+        # Trainer's checkpoint torch.saves optimizer.pt, scheduler.pt, rng_state.pth (adapted from the old loop's
+        # optimizer.pt, rng.pt): call 4 is the first of checkpoint-2, "killed" after its weights were written
+        if len(calls) == 4:
             raise KeyboardInterrupt("killed mid-save")
         return real_save(obj, path, *a, **kw)
 
@@ -119,8 +122,9 @@ def test_a_crash_during_a_save_leaves_the_previous_state_whole(tiny_dir, tmp_pat
         run(tiny_dir, tmp_path / "crashed", epochs=1.0)
     monkeypatch.setattr(torch, "save", real_save)
     last = tmp_path / "crashed/last"
-    assert json.loads((last / "trainer_state.json").read_text())["step"] == 1
-    assert {p.name for p in last.iterdir()} >= {"projector.safetensors", "optimizer.pt", "rng.pt", "adapter"}
+    assert json.loads((last / "trainer_state.json").read_text())["global_step"] == 1
+    assert {p.name for p in last.iterdir()} >= {"projector.safetensors", "optimizer.pt", "scheduler.pt",
+                                                "rng_state.pth", "adapter"}
     resumed = run(tiny_dir, tmp_path / "crashed", epochs=1.0, resume=True)
     assert resumed["finished"]
     a, b = trained_weights(tmp_path / "full/last"), trained_weights(last)
