@@ -197,6 +197,8 @@ def explain(question: Optional[str] = typer.Option(None, help="Question about th
                                                           "probabilities only); default: generate for one "
                                                           "variant, score for --vcf/--tsv"),
             progress: bool = typer.Option(True, help="Progress bar (--vcf/--tsv)"),
+            contrast: bool = typer.Option(False, help="Also score with the reference in the variant's place: "
+                                          "delta_p of the answer's label (evidence that the variant moved it)"),
             dtype: str = DTYPE_OPTION):
     """Explain one variant (sequences or coordinates; prints JSON) or every variant of a VCF/TSV (writes TSV)."""
     from dnallm.inference import explain_variant
@@ -220,7 +222,8 @@ def explain(question: Optional[str] = typer.Option(None, help="Question about th
         try:
             summary = explain_file(vcf or tsv, fasta, model, out, fmt="vcf" if vcf is not None else "tsv",
                                    vcf_out=vcf_out, resume=resume, batch_size=batch_size, mode=mode or "score",
-                                   max_new_tokens=max_new_tokens, progress=progress, dtype=_dtype(dtype))
+                                   max_new_tokens=max_new_tokens, progress=progress, dtype=_dtype(dtype),
+                                   contrast=contrast)
         except (ValueError, OSError, ImportError) as e:
             fail(str(e))
         console.print(f"{summary['written']} records written to {out} ({summary['skipped']} already there, "
@@ -237,11 +240,11 @@ def explain(question: Optional[str] = typer.Option(None, help="Question about th
         if reference is not None or variant is not None:
             result = explain_variant(question, reference, variant, model=model, mode=mode or "generate",
                                      max_new_tokens=max_new_tokens, chrom=chrom, pos=pos, ref=ref, alt=alt,
-                                     fasta=fasta, gene=gene, dtype=_dtype(dtype))
+                                     fasta=fasta, gene=gene, dtype=_dtype(dtype), contrast=contrast)
         elif any(v is not None for v in (chrom, pos, ref, alt)):
             result = explain_variant(question, model=model, mode=mode or "generate", max_new_tokens=max_new_tokens,
                                      chrom=chrom, pos=pos, ref=ref, alt=alt, fasta=fasta, gene=gene,
-                                     dtype=_dtype(dtype))
+                                     dtype=_dtype(dtype), contrast=contrast)
         else:
             fail("give --reference and --variant, or --chrom --pos --ref --alt --fasta, or --vcf/--tsv with "
                  "--fasta and --out")

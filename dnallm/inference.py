@@ -203,19 +203,24 @@ class Explanation:
     # Coordinate input only (None for sequence input, and then left out of to_dict()):
     padded: bool | None = None             # True when a window ran off a contig end and was padded with N
     warnings: list[str] | None = None      # e.g. padding, IUPAC ambiguity codes in the genome window
+    # With contrast=True: the answer's label with the reference fed in the variant's place (dnallm.evidence)
+    contrast: dict | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for key in ("padded", "warnings"):
+        for key in ("padded", "warnings", "contrast"):
             if d[key] is None:
                 del d[key]
         return d
 
 
 def explain_many(model, questions: list[str], windows: list[tuple[str, str]], mode: str = "score",
-                 max_new_tokens: int = 1024, k: int = 3, batch_size: int = 8, constrained: bool = True) -> list:
+                 max_new_tokens: int = 1024, k: int = 3, batch_size: int = 8, constrained: bool = True,
+                 contrast: bool = False) -> list:
     """Explanations for many (question, windows) pairs: batched label scoring, plus batched generation in
-    generate mode. `explain_variant` is this with one pair."""
+    generate mode. `explain_variant` is this with one pair. contrast=True adds the ref-vs-alt contrast
+    (`dnallm.evidence`: the same scoring with the reference window in the variant's place)."""
+    from dnallm.evidence import no_variant_windows, ref_vs_alt
     from dnallm.scoring import label_probabilities, top_k
 
     if mode not in ("generate", "score"):
@@ -223,6 +228,8 @@ def explain_many(model, questions: list[str], windows: list[tuple[str, str]], mo
     if not questions:
         return []
     probs = label_probabilities(model, questions, windows, batch_size=batch_size)
+    reference_probs = (label_probabilities(model, questions, no_variant_windows(windows), batch_size=batch_size)
+                       if contrast else None)
     bests = top_k(probs, k)
     raws = (generate_answers(model, questions, windows, batch_size=batch_size, max_new_tokens=max_new_tokens,
                              constrained=constrained)
@@ -235,6 +242,9 @@ def explain_many(model, questions: list[str], windows: list[tuple[str, str]], mo
         else:
             out.append(Explanation(label=parse_answer(raw), reasoning=split_reasoning(raw), raw_text=raw,
                                    label_probabilities=scores, top_k=best))
+    if contrast:
+        for i, ex in enumerate(out):
+            ex.contrast = ref_vs_alt(probs[i], reference_probs[i], ex.label)
     return out
 
 
@@ -243,7 +253,8 @@ def explain_variant(question: str | None = None, reference_sequence: str | None 
                     model: str | Path | DNALLMForConditionalGeneration = "runs/quickstart/model", mode: str = "generate",
                     max_new_tokens: int = 1024, k: int = 3, *, chrom: str | None = None, pos: int | None = None,
                     ref: str | None = None, alt: str | None = None, fasta: str | Path | None = None,
-                    gene: str | None = None, constrained: bool = True, dtype: str = "auto") -> Explanation:
+                    gene: str | None = None, constrained: bool = True, dtype: str = "auto",
+                    contrast: bool = False) -> Explanation:
     """Ask the model about one variant, given as sequences or as coordinates in a genome FASTA.
 
     Sequences: `reference_sequence` / `variant_sequence` are two 1024 bp windows or KEGG-layout sequences.
@@ -256,7 +267,9 @@ def explain_variant(question: str | None = None, reference_sequence: str | None 
     mode="generate": greedy reasoning, then the final `Answer:` line: constrained to the 37 labels by default,
     else (constrained=False) decoded freely and parsed strictly (label None when it does not parse).
     mode="score": no reasoning; the label is the most likely of the 37 under label scoring (fast).
-    Both return the 37 label probabilities and the top k.
+    Both return the 37 label probabilities and the top k. contrast=True also scores the question with the
+    reference window in the variant's place and reports how the answer's label moved (`result.contrast`:
+    p_variant, p_reference, delta_p, reference_label, movers; see dnallm.evidence).
     `dtype` ("auto" | "bfloat16" | "float16" | "float32") applies when `model` is a path: "auto" is bf16 on
     CUDA and fp32 on the CPU.
     """
@@ -287,7 +300,7 @@ def explain_variant(question: str | None = None, reference_sequence: str | None 
         windows = prepare_windows(reference_sequence, variant_sequence, model.config.dna_config.window_size)
         padded = warnings = None
     result = explain_many(model, [question], [windows], mode=mode, max_new_tokens=max_new_tokens, k=k,
-                          constrained=constrained)[0]
+                          constrained=constrained, contrast=contrast)[0]
     result.padded, result.warnings = padded, warnings
     return result
 

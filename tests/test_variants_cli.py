@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from dnallm.cli import app
 from dnallm.data import HARD_QUESTION, load_kegg
 from dnallm.genome import write_kegg_contigs
-from dnallm.inference import explain_variant
+from dnallm.inference import explain_variant, load_model
 from dnallm.labels import KEGG_LABELS
 from dnallm.questions import build_question
-from dnallm.variants import (OUT_COLUMNS, VariantFileError, parse_vcf_line, read_results, read_tsv, read_vcf,
+from dnallm.variants import (OUT_COLUMNS, VariantFileError, explain_file, parse_vcf_line, read_results, read_tsv, read_vcf,
                              read_vcf_header)
 
 CHRM = "GATCACAGGTCTATCACCCTATTAACCACTCACGGGAGCTCTCCATGCATTTGGTATTTTCGTCTGGGGGGTATGCACGCGATAGCATTGCGAGACGCTG" * 7
@@ -336,3 +336,23 @@ def test_resume_after_a_real_kill_equals_an_uninterrupted_run(quickstart_dir, fi
     assert res.exit_code == 2 and "exists: pass --resume to continue it" in flat(res.output)
     res = runner.invoke(app, ["explain", *batch3, "--out", str(tmp_path / "full.tsv"), "--resume"])
     assert res.exit_code == 2 and "batch_size: 2 then, 3 now" in flat(res.output)
+
+
+def test_batch_contrast_columns_equal_explain_variant_and_stay_empty_without_it(quickstart_dir, files, tmp_path):
+    out, _ = quickstart_dir
+    d, _ = files
+    model = load_model(str(out / "model"))
+    explain_file(d / "in.vcf", d / "genome.fa", model, tmp_path / "c.tsv", batch_size=4, progress=False,
+                 contrast=True)
+    rows = {r["record"]: r for r in read_results(tmp_path / "c.tsv")}
+    records = {r.key: r for r in read_vcf(d / "in.vcf")}
+    good = [key for key, r in rows.items() if not r["error"]]
+    assert len(good) == 6 and all(rows[key]["delta_p"] == "" for key in rows if key not in good)
+    for key in good:
+        r = records[key]
+        single = explain_variant(chrom=r.chrom, pos=r.pos, ref=r.ref, alt=r.alt, fasta=d / "genome.fa", gene=r.gene,
+                                 mode="score", model=model, contrast=True).contrast
+        assert float(rows[key]["delta_p"]) == pytest.approx(single["delta_p"], abs=1e-5)
+        assert rows[key]["reference_label"] == single["reference_label"]
+    explain_file(d / "in.vcf", d / "genome.fa", model, tmp_path / "plain.tsv", batch_size=4, progress=False)
+    assert all(r["delta_p"] == "" == r["reference_label"] for r in read_results(tmp_path / "plain.tsv"))

@@ -39,6 +39,8 @@ def _result_row(rec: VariantRecord, question=None, windows=None, explanation=Non
         ex = explanation
         row.update(label=ex.label, probability=f"{ex.label_probabilities[ex.label]:.6f}" if ex.label else None,
                    top3="|".join(f"{label}:{p:.6f}" for label, p in ex.top_k), reasoning=ex.reasoning)
+        if ex.contrast is not None:  # --contrast: the label's probability with the variant minus with the reference
+            row.update(delta_p=f"{ex.contrast['delta_p']:.6f}", reference_label=ex.contrast["reference_label"])
     return row
 
 
@@ -71,7 +73,7 @@ def _append(f, text: str) -> None:
 
 def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path, fmt: str | None = None,
                  vcf_out: str | Path | None = None, resume: bool = False, batch_size: int = 8, mode: str = "score",
-                 max_new_tokens: int = 1024, progress: bool = True, dtype: str = "auto") -> dict:
+                 max_new_tokens: int = 1024, progress: bool = True, dtype: str = "auto", contrast: bool = False) -> dict:
     """Explain every variant of a VCF/TSV file into a TSV (one line per record, appended and fsynced).
 
     `dtype` (auto | bfloat16 | float16 | float32) applies when `model` is a path (auto: bf16 on CUDA, else fp32).
@@ -80,6 +82,7 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
     uninterrupted one and writes the same output. `resume` skips the records already in `out` (settings must
     match, see OUT.meta.json); a bad record gets its message in the `error` column and the run goes on.
     `vcf_out` (VCF input only) is written at the end from `out`: the input VCF with DNALLM_* INFO fields.
+    `contrast`: fill the `delta_p` / `reference_label` columns (dnallm.evidence; one more scoring pass).
     Returns a summary with counts and timings.
     """
     from tqdm import tqdm
@@ -97,7 +100,7 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
         raise ValueError("--vcf-out needs VCF input (--vcf)")
     model_name = "<model object>" if isinstance(model, DNALLMForConditionalGeneration) else str(Path(model).resolve())
     meta = {"variants": str(variants.resolve()), "format": fmt, "fasta": str(Path(fasta).resolve()),
-            "model": model_name, "mode": mode, "batch_size": batch_size,
+            "model": model_name, "mode": mode, "batch_size": batch_size, "contrast": contrast,
             "max_new_tokens": max_new_tokens if mode == "generate" else None,
             "dtype": None if isinstance(model, DNALLMForConditionalGeneration) else dtype}
     meta_path = out.with_name(out.name + ".meta.json")
@@ -168,7 +171,8 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
                     continue
                 todo.append((i, question, w))
             explanations = explain_many(model, [q for _, q, _ in todo], [(w.reference, w.variant) for _, _, w in todo],
-                                        mode=mode, max_new_tokens=max_new_tokens, k=3, batch_size=batch_size)
+                                        mode=mode, max_new_tokens=max_new_tokens, k=3, batch_size=batch_size,
+                                        contrast=contrast)
             for (i, question, w), ex in zip(todo, explanations):
                 rows[i] = _result_row(chunk[i], question=question, windows=w, explanation=ex)
             for row in rows[len(seen):]:
