@@ -28,6 +28,7 @@ from dnallm.data import load_kegg
 from dnallm.genome import open_genome
 from dnallm.inference import DTYPES, ForcedAnswer, load_model, parse_answer, prepare_windows, split_reasoning, stream_answer
 from dnallm.labels import KEGG_LABELS
+from dnallm.evidence import no_variant_windows, ref_vs_alt
 from dnallm.scoring import label_probabilities, top_k
 
 DEFAULT_MODEL = "runs/quickstart/model"
@@ -222,6 +223,8 @@ def build_app(model_path: str = DEFAULT_MODEL, max_new_tokens: int = 1024, k: in
                     yield outputs(history, state)
             history[-1]["content"] = split_reasoning(text)
             probs = label_probabilities(model, [question], [windows])
+            # evidence: the same scoring with the reference in the variant's place (dnallm.evidence)
+            reference_probs = label_probabilities(model, [question], no_variant_windows([windows]))
         except Exception as e:  # shown in the UI, never as a stack trace
             history[-1]["metadata"]["status"] = "done"
             yield fail(f"the model failed: {type(e).__name__}: {e}", history, state, "")
@@ -236,6 +239,10 @@ def build_app(model_path: str = DEFAULT_MODEL, max_new_tokens: int = 1024, k: in
             reply += (f"\n\n_The thinking budget ({int(budget)} tokens) ran out: `</think>` and `Answer:` were "
                       f"appended and the model wrote the label._")
         reply += f"\n\nLabel scoring: {best[0][0]} ({best[0][1]:.1%})."
+        contrast = ref_vs_alt(probs[0], reference_probs[0], label)
+        reply += (f"\n\nVariant effect: p({contrast['label']}) is {contrast['p_variant']:.1%} with the variant and "
+                  f"{contrast['p_reference']:.1%} with the reference in its place (Δp {contrast['delta_p']:+.1%}); "
+                  f"the reference alone scores highest for {contrast['reference_label']}.")
         if notes:
             reply += "\n\n" + "\n".join(f"- {note}" for note in notes)
         history.append({"role": "assistant", "content": reply})

@@ -170,6 +170,11 @@ def test_app_answers_with_label_and_probabilities(served, model_path, records):
     assert "thinking budget" in text_of(reply)  # BUDGET is too small for the tiny model to finish
     best, p = max(ex.label_probabilities.items(), key=lambda item: item[1])
     assert f"Label scoring: {best} ({p:.1%})." in text_of(reply)
+    # the evidence line: the library's ref-vs-alt contrast for the same answer
+    c = explain_variant(r["question"], r["reference_sequence"], r["variant_sequence"], model=model_path,
+                        max_new_tokens=BUDGET, contrast=True).contrast
+    assert (f"Variant effect: p({c['label']}) is {c['p_variant']:.1%} with the variant and {c['p_reference']:.1%} "
+            f"with the reference in its place (Δp {c['delta_p']:+.1%})") in text_of(reply)
 
 
 def test_follow_up_keeps_the_variant_and_a_new_variant_starts_over(served, model_path, records):
