@@ -343,7 +343,7 @@ def test_batch_contrast_columns_equal_explain_variant_and_stay_empty_without_it(
     d, _ = files
     model = load_model(str(out / "model"))
     explain_file(d / "in.vcf", d / "genome.fa", model, tmp_path / "c.tsv", batch_size=4, progress=False,
-                 contrast=True)
+                 contrast=True, vcf_out=tmp_path / "c.vcf")
     rows = {r["record"]: r for r in read_results(tmp_path / "c.tsv")}
     records = {r.key: r for r in read_vcf(d / "in.vcf")}
     good = [key for key, r in rows.items() if not r["error"]]
@@ -354,5 +354,16 @@ def test_batch_contrast_columns_equal_explain_variant_and_stay_empty_without_it(
                                  mode="score", model=model, contrast=True).contrast
         assert float(rows[key]["delta_p"]) == pytest.approx(single["delta_p"], abs=1e-5)
         assert rows[key]["reference_label"] == single["reference_label"]
-    explain_file(d / "in.vcf", d / "genome.fa", model, tmp_path / "plain.tsv", batch_size=4, progress=False)
+    # --vcf-out: DNALLM_DELTA_P per ALT, as in the TSV; declared only for a contrast run
+    pysam = pytest.importorskip("pysam")
+    with pysam.VariantFile(str(tmp_path / "c.vcf")) as f:
+        assert f.header.info["DNALLM_DELTA_P"].number == "A"
+        vcf = {rec.id: rec for rec in f}
+    assert vcf["v9"].info["DNALLM_DELTA_P"] == pytest.approx((float(rows["18:1"]["delta_p"]),
+                                                              float(rows["18:2"]["delta_p"])), abs=1e-6)
+    assert "DNALLM_DELTA_P" not in vcf["v2"].info  # REF mismatch: no result
+    explain_file(d / "in.vcf", d / "genome.fa", model, tmp_path / "plain.tsv", batch_size=4, progress=False,
+                 vcf_out=tmp_path / "plain.vcf")
     assert all(r["delta_p"] == "" == r["reference_label"] for r in read_results(tmp_path / "plain.tsv"))
+    with pysam.VariantFile(str(tmp_path / "plain.vcf")) as f:
+        assert "DNALLM_DELTA_P" not in f.header.info and "DNALLM_LABEL" in f.header.info

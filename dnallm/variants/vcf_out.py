@@ -25,6 +25,9 @@ INFO_HEADER = (
     '##INFO=<ID=DNALLM_TOP3,Number=A,Type=String,Description="dnallm top-3 labels for each ALT as '
     'label:probability joined by | (spaces written as underscores)">',
 )
+# declared only when the results carry the contrast (`explain --contrast`)
+DELTA_P_HEADER = ('##INFO=<ID=DNALLM_DELTA_P,Number=A,Type=Float,Description="dnallm --contrast: probability of '
+                  'DNALLM_LABEL with the ALT minus with the reference in its place">')
 # the line pysam itself adds (to the record's header, too late for the output's) when it writes END
 _END_HEADER = '##INFO=<ID=END,Number=1,Type=Integer,Description="Stop position of the interval">'
 
@@ -69,7 +72,8 @@ def _clean_copy(vcf_in: Path, clean: Path) -> tuple[list[int], int]:
 
 
 def write_vcf_out(vcf_in: str | Path, results_tsv: str | Path, vcf_out: str | Path) -> int:
-    """The input VCF with DNALLM_LABEL / DNALLM_PROB / DNALLM_TOP3 (Number=A) added to INFO, from the results
+    """The input VCF with DNALLM_LABEL / DNALLM_PROB / DNALLM_TOP3 (+ DNALLM_DELTA_P with --contrast; Number=A)
+    added to INFO, from the results
     TSV; written with pysam to a temporary file and renamed (bgzip when the name ends in .gz). Malformed input
     lines are left out (their error is in the TSV); returns how many."""
     try:
@@ -89,7 +93,8 @@ def write_vcf_out(vcf_in: str | Path, results_tsv: str | Path, vcf_out: str | Pa
             symbolic = False
             for rec in f:
                 symbolic = symbolic or any(a.startswith("<") and a.endswith(">") for a in rec.alts or ())
-            for line in INFO_HEADER:
+            contrast = any(row.get("delta_p") for row in results.values())
+            for line in INFO_HEADER + ((DELTA_P_HEADER,) if contrast else ()):
                 f.header.add_line(line)
             if symbolic and "END" not in f.header.info:
                 f.header.add_line(_END_HEADER)
@@ -107,6 +112,9 @@ def write_vcf_out(vcf_in: str | Path, results_tsv: str | Path, vcf_out: str | Pa
                         rec.info["DNALLM_PROB"] = probs
                     if any(v != "." for v in tops):
                         rec.info["DNALLM_TOP3"] = tops
+                    deltas = [float(r["delta_p"]) if r.get("delta_p") else None for r in rows]
+                    if contrast and any(v is not None for v in deltas):
+                        rec.info["DNALLM_DELTA_P"] = deltas
                     out.write(rec)
         os.replace(tmp, vcf_out)
     finally:
