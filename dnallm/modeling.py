@@ -78,6 +78,7 @@ class DNALLMOutput(CausalLMOutputWithPast):
 CACHE_KWARG = ("cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
                else "past_key_values")
 
+
 class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
     config_class = DNALLMConfig
     base_model_prefix = ""
@@ -291,9 +292,10 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 labels=None, logits_to_keep: int | torch.Tensor = 0, cache=None, past_key_values=None, **kwargs):
         """Logits (and the KV cache) of the LM over the text with its DNA spliced in; `kwargs` go to the LM
         (`use_cache`, ...). The KV cache comes in as `cache` or `past_key_values` (named here so that `generate`
-        accepts a cache object from the caller) and goes to the LM under its version's name. `logits_to_keep` is named here because `generate` looks
-        for it in this signature: it then computes the prefill's logits at the last position only, not over the
-        whole prompt (at batch 128 those full fp32 logits were ~38 GiB more peak memory on an H200).
+        accepts a cache object from the caller) and goes to the LM under its version's name. `logits_to_keep` is
+        named here because `generate` looks for it in this signature: it then computes the prefill's logits at the
+        last position only, not over the whole prompt (at batch 128 those full fp32 logits were ~38 GiB more peak
+        memory on an H200).
 
         With `labels` (-100 outside the answer): the mean cross-entropy over the answer tokens only, and no
         logits: the output layer never runs on the prompt and DNA positions, and on the answer it runs in chunks

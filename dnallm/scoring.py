@@ -53,9 +53,9 @@ def continuation_label_logprobs(model, input_ids: torch.Tensor, attention_mask: 
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
     # logits_to_keep=1: only the last prefix position needs the 151k-wide output layer.
     prefix = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                   logits_to_keep=1, **({CACHE_KWARG: cache} if cache is not None else {}), **dna)
+                   logits_to_keep=1, cache=cache, **dna)
     first = torch.log_softmax(prefix.logits[:, -1].float(), -1)[:, tree.first]  # [n, 37]
-    cache = prefix[CACHE_KWARG]
+    cache = prefix[CACHE_KWARG]  # the one it was given, extended, or the new one
     # The packed continuation: prefix (minus its padding) + the tree over the label tokens, as an additive mask.
     allowed = torch.cat([attention_mask.bool()[:, None, :].expand(n, n_fed, -1),
                          tree.tree.expand(n, -1, -1)], -1)                       # [n, T, prefix + T]
@@ -65,7 +65,7 @@ def continuation_label_logprobs(model, input_ids: torch.Tensor, attention_mask: 
     mask = torch.zeros(allowed.shape, dtype=dtype, device=model.device)
     mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
     logits = model(input_ids=tree.ids.expand(n, -1), attention_mask=mask,
-                   position_ids=positions[:, -1:] + 1 + tree.offset, **{CACHE_KWARG: cache}).logits
+                   position_ids=positions[:, -1:] + 1 + tree.offset, cache=cache).logits
     logp = torch.log_softmax(logits.float(), -1).gather(-1, tree.targets.expand(n, -1)[..., None]).squeeze(-1)
     rest = torch.zeros(n, len(KEGG_LABELS), device=model.device).index_add_(1, tree.owner, logp)
     return (first + rest).cpu()

@@ -337,9 +337,8 @@ class _EpochBatches(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int):
         self.sampler.set_epoch(epoch)
 
-    def __len__(self):
-        chunk, n = self.batch_size * 16, len(self.lengths)
-        return sum(math.ceil(min(chunk, n - c) / self.batch_size) for c in range(0, n, chunk))
+    def __len__(self):  # the same for every epoch: the shuffles do not change how many batches there are
+        return len(_batch_indices(self.lengths, self.batch_size, random.Random(0)))
 
     def __iter__(self):
         return iter(_batch_indices(self.lengths, self.batch_size, random.Random(self.seed * 100_003 + self.sampler.epoch)))
@@ -443,10 +442,8 @@ def _make_trainer_class():
             if self.args.process_index == 0:  # `last` switches only once checkpoint-N is whole on disk
                 folder = self.out_dir / f"checkpoint-{self.state.global_step}"
                 (folder / WORLD_FILE).write_text(json.dumps({"world_size": self.args.world_size}))
-                _fsync_tree(folder)
-                _replace_with_link(self.out_dir / "last", folder.name)
-                _fsync_tree(self.out_dir, recursive=False)
-                for old in self.out_dir.glob("checkpoint-*"):
+                _publish(self.out_dir, "last", folder)
+                for old in self.out_dir.glob("checkpoint-*"):  # e.g. the resharded copy a resume started from
                     if old != folder:
                         shutil.rmtree(old, ignore_errors=True)
             _barrier()
@@ -500,7 +497,8 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
         model.language_model.gradient_checkpointing_enable()
         model.language_model.enable_input_require_grads()
     # Trainer counts optimizer updates; accumulation restarts at every epoch (a partial one closes each epoch).
-    batches_per_epoch = math.ceil(math.ceil(len(train) / cfg.batch_size) / world)
+    batches_per_epoch = math.ceil(len(_EpochBatches([len(e["input_ids"]) for e in train], cfg.batch_size, cfg.seed))
+                                  / world)
     updates_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
     eval_every = max(1, updates_per_epoch // max(1, cfg.evals_per_epoch))
     # steps (save_every, stop_after_steps, the summary's `steps`) are Trainer's optimizer updates
