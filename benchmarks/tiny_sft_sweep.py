@@ -23,7 +23,7 @@ from dnallm.configuration import DNALLMConfig
 from dnallm.data import load_kegg, load_views, training_views
 from dnallm.evaluation import evaluate_split
 from dnallm.modeling import DNALLMForConditionalGeneration
-from dnallm.quickstart import build_tiny_models, load_preset
+from dnallm.quickstart import SHIPPED_STAND_INS, build_tiny_models, load_preset
 from dnallm.training import SFTConfig, train_sft
 
 
@@ -32,6 +32,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--stand-ins", type=Path, default=None, help="reuse this folder's encoder/ and text-model/")
+    parser.add_argument("--text-pretrain", default=None, metavar="JSON",
+                        help="overrides for the preset's text_pretrain section: build OUT/stand-ins with the shipped "
+                             "encoder and a text stand-in pretrained with these settings")
     parser.add_argument("--limit", type=int, default=None, help="first N rows of each split (smoke runs)")
     parser.add_argument("--generate", action="store_true",
                         help="also generate (reasoning + constrained answer) on both splits")
@@ -39,7 +42,14 @@ def main() -> None:
     args = parser.parse_args()
     base = load_preset("tiny")
     stand_ins = args.stand_ins or args.out / "stand-ins"
-    if not (stand_ins / "encoder").exists():
+    if args.text_pretrain:
+        base["text_pretrain"].update(json.loads(args.text_pretrain))
+        t = time.time()
+        log = build_tiny_models(stand_ins, load_kegg("train"), base, device=args.device,
+                                encoder_from=SHIPPED_STAND_INS)
+        print(f"text stand-in built in {time.time() - t:.0f}s, loss {log['text_losses'][0]:.3f} -> "
+              f"{sum(log['text_losses'][-20:]) / 20:.3f}", flush=True)
+    elif not (stand_ins / "encoder").exists():
         t = time.time()
         build_tiny_models(stand_ins, load_kegg("train"), base, device=args.device)
         print(f"stand-ins built in {time.time() - t:.0f}s", flush=True)

@@ -75,12 +75,14 @@ def check_preset(preset: dict, where: str) -> dict:
     return preset
 
 
-def build_tiny_models(out: Path, train, preset: dict, device: str = "cpu", stop_after: int | None = None) -> dict:
+def build_tiny_models(out: Path, train, preset: dict, device: str = "cpu", stop_after: int | None = None,
+                      encoder_from: Path | None = None) -> dict:
     """Steps 1-2: the two small pretrained models the tiny preset stands on.
 
     Writes OUT/encoder, OUT/text-model and OUT/pretrain_log.json (the settings and both loss curves, which the
     tests use to check that this function still reproduces the shipped stand-ins' first steps; `stop_after`
-    ends each pretraining after that many steps, with the full run's schedule).
+    ends each pretraining after that many steps, with the full run's schedule). `encoder_from`: copy that
+    folder's encoder/ (and its logged DNA losses) instead of pretraining one, to rebuild the text stand-in alone.
     """
     from dnallm.data import HARD_QUESTION
     from dnallm.encoders import build_encoder
@@ -89,9 +91,13 @@ def build_tiny_models(out: Path, train, preset: dict, device: str = "cpu", stop_
 
     out = Path(out)
     p = preset["dna_pretrain"]
-    dna_losses = pretrain_dna_encoder(list(train["ref_window"]) + list(train["variant_window"]), out / "encoder",
-                                      steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"], device=device,
-                                      stop_after=stop_after, **p["layout"])
+    if encoder_from is not None:
+        shutil.copytree(Path(encoder_from) / "encoder", out / "encoder", dirs_exist_ok=True)
+        dna_losses = json.loads((Path(encoder_from) / "pretrain_log.json").read_text())["dna_losses"]
+    else:
+        dna_losses = pretrain_dna_encoder(list(train["ref_window"]) + list(train["variant_window"]), out / "encoder",
+                                          steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"], device=device,
+                                          stop_after=stop_after, **p["layout"])
     # The processor adds the DNA span tokens; the pruned vocabulary keeps them and every piece of the
     # rendered training conversations (chat markup, questions, reasoning, answer lines).
     encoder = build_encoder("genos", str(out / "encoder"))
