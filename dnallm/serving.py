@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import threading
+from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 
 from dnallm.genome import open_genome
@@ -130,3 +133,42 @@ def files_in_folder(folder: Path | None, suffixes: tuple[str, ...]) -> list[str]
         if resolved.parent == folder and resolved.is_file():
             names.append(p.name)
     return names
+
+
+class FifoSlots:
+    """At most `k` holders at once, handed out in arrival order: the request queue of a server that shares one
+    model between threads.
+
+    A plain semaphore lets a releasing thread take its slot straight back; a long batch job that releases and
+    re-acquires between its model batches would then starve the requests queued behind it. Here a slot goes to
+    the oldest waiter, so a quick request waits for at most the batch in flight.
+    """
+
+    def __init__(self, k: int):
+        if k < 1:
+            raise StartError(f"--concurrency must be >= 1, got {k}")
+        self.k = k
+        self._cond = threading.Condition()
+        self._free = k
+        self._queue: deque[object] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    @contextmanager
+    def slot(self):
+        """Wait for a slot (blocking the calling thread), hold it for the `with` body."""
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            self._cond.wait_for(lambda: self._free > 0 and self._queue[0] is ticket)
+            self._queue.popleft()
+            self._free -= 1
+            self._cond.notify_all()  # with k > 1 the next in line may fit too
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += 1
+                self._cond.notify_all()
