@@ -336,7 +336,7 @@ def serve_mcp(model: Path = typer.Option(Path("runs/quickstart/model"), help="Ch
     """Serve the model to LLM agents over the Model Context Protocol (stdio, or --http); see README "MCP server"."""
     err = Console(stderr=True)  # stdout is the protocol's channel in stdio mode
     try:
-        from dnallm.mcp_server import make_settings, serve
+        from dnallm.mcp_server import build_server, make_settings, serve
         from dnallm.serving import StartError, check_host
     except ModuleNotFoundError as e:
         err.print(f"[red]error:[/red] {e}; install the mcp extra: pip install -e \".[mcp]\"")
@@ -350,7 +350,12 @@ def serve_mcp(model: Path = typer.Option(Path("runs/quickstart/model"), help="Ch
     except StartError as e:
         err.print(f"[red]error:[/red] {e}", soft_wrap=True)
         raise typer.Exit(2)
-    serve(settings, http=http, host=host, port=port)
+    try:
+        server = build_server(settings)  # the model loads now, before any client connects
+    except (OSError, ValueError) as e:  # not a checkpoint, missing weights, another encoder, ...
+        err.print(f"[red]error:[/red] cannot load {model}: {e}", soft_wrap=True)
+        raise typer.Exit(2)
+    serve(server, http=http, host=host, port=port)
 
 
 if __name__ == "__main__":

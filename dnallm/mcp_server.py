@@ -361,10 +361,8 @@ def make_settings(model: str | Path, fasta=(), genome_dir: str | Path | None = N
         dtype=dtype)
 
 
-def serve(settings: ServerSettings, http: bool = False, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Build the server (the model loads now) and serve it: stdio, or streamable HTTP at http://HOST:PORT/mcp.
-    The caller checked the host (serving.check_host) and the settings."""
-    server = build_server(settings)
+def serve(server: MCPServer, http: bool = False, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve: stdio, or streamable HTTP at http://HOST:PORT/mcp. The caller checked the host (serving.check_host)."""
     if http:
         server.run("streamable-http", host=host, port=port)
     else:

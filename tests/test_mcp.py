@@ -370,7 +370,7 @@ def test_http_subprocess_serves_streamable_http_on_loopback(model_dir, inputs):
         proc.wait(timeout=30)
 
 
-def test_cli_refuses_a_remote_host_and_incomplete_settings_before_loading_the_model(tmp_path, model_dir):
+def test_cli_refuses_a_remote_host_bad_settings_and_a_folder_without_a_checkpoint(tmp_path, model_dir):
     runner = CliRunner()
     res = runner.invoke(app, ["mcp", "--model", str(model_dir), "--http", "--host", "0.0.0.0"])
     assert res.exit_code == 2 and "--host 0.0.0.0 is not a loopback address" in " ".join(res.output.split())
@@ -378,3 +378,5 @@ def test_cli_refuses_a_remote_host_and_incomplete_settings_before_loading_the_mo
     assert res.exit_code == 2 and "--vcf-dir needs --jobs-dir" in " ".join(res.output.split())
     res = runner.invoke(app, ["mcp", "--model", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "is not a checkpoint folder" in " ".join(res.output.split())
+    res = runner.invoke(app, ["mcp", "--model", str(tmp_path)])  # a folder, but no checkpoint in it
+    assert res.exit_code == 2 and "cannot load" in res.output and "no config.json" in " ".join(res.output.split())
