@@ -17,7 +17,6 @@ genome by name from that list; nothing they send is ever used as a path.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import re
 import time
 from pathlib import Path
@@ -30,14 +29,13 @@ from dnallm.inference import DTYPES, ForcedAnswer, load_model, parse_answer, pre
 from dnallm.labels import KEGG_LABELS
 from dnallm.evidence import no_variant_windows, ref_vs_alt
 from dnallm.scoring import label_probabilities, top_k
+# the operator's settings, shared with the MCP server (re-exported: `dnallm app` catches app.StartError)
+from dnallm.serving import COORDINATES_OFF, StartError, allowed_genomes, check_host  # noqa: F401
 
 DEFAULT_MODEL = "runs/quickstart/model"
 NO_ANSWER = "no valid answer"  # the answer field when the final line is not `Answer: <one of the 37 labels>`
 N_EXAMPLES = 8
 SEQUENCES, COORDINATES = "sequences", "coordinates"
-FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".fa.gz", ".fasta.gz", ".fna.gz")  # what --genome-dir offers
-COORDINATES_OFF = ("coordinate input is off: the server was started without a genome (--fasta or --genome-dir); "
-                   "give the reference and variant sequences instead")
 UPDATE_EVERY_S = 0.05  # streamed text is pushed to the page at most this often
 
 TITLE = """\
@@ -66,59 +64,6 @@ CSS = "#error-box { color: #b91c1c; font-weight: 600; }"
 # System fonts only: the app works without internet access (no Google Fonts request).
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "monospace"])
-
-
-class StartError(ValueError):
-    """A server setting refused at start (host, genome files); the message says what to change."""
-
-
-def check_host(host: str, allow_remote: bool = False) -> None:
-    """Refuse to bind anything but loopback unless the operator asked for it: any caller who reaches the server
-    can run the model on the server's hardware."""
-    if allow_remote or host == "localhost":
-        return
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:  # a host name: it may resolve to any interface
-        pass
-    raise StartError(f"--host {host} is not a loopback address (127.0.0.1, ::1, localhost): the app would be "
-                     "reachable from other machines. Pass --allow-remote to serve beyond loopback on purpose "
-                     "(better behind a proxy with authentication).")
-
-
-def allowed_genomes(fasta=(), genome_dir: str | Path | None = None) -> dict[str, Path]:
-    """The genome FASTA files coordinate input may read, by the name callers pick them with.
-
-    Each `--fasta` file, and each FASTA file directly in `--genome-dir` (by suffix: .fa, .fasta, .fna, each
-    optionally .gz). Every file is opened here, at start: pyfaidx writes its .fai/.gzi index on first open, so
-    indexing now means that no request ever makes the server write a file, and a bad file is an error now
-    rather than for the first caller.
-    """
-    paths = [Path(f).expanduser() for f in fasta]
-    if genome_dir is not None:
-        folder = Path(genome_dir).expanduser()
-        if not folder.is_dir():
-            raise StartError(f"--genome-dir {folder} is not a directory")
-        found = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(FASTA_SUFFIXES))
-        if not found:
-            raise StartError(f"--genome-dir {folder} has no FASTA file ({', '.join(FASTA_SUFFIXES)})")
-        paths += found
-    genomes: dict[str, Path] = {}
-    for path in paths:
-        if not path.is_file():
-            raise StartError(f"--fasta {path} does not exist")
-        name, resolved = path.name, path.resolve()
-        if genomes.get(name, resolved) != resolved:
-            raise StartError(f"two genome FASTA files are named {name} ({genomes[name]}, {resolved}): callers "
-                             "pick genomes by file name, so rename one")
-        genomes[name] = resolved
-    for name, path in genomes.items():
-        try:
-            open_genome(path)
-        except (OSError, ValueError, ImportError) as e:
-            raise StartError(f"genome {name}: {e}") from None
-    return genomes
 
 
 def _clean(seq: str | None) -> str:

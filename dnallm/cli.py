@@ -1,4 +1,4 @@
-"""The `dnallm` command: quickstart, eval, explain. Each command calls the library functions the API uses."""
+"""The `dnallm` command: quickstart, eval, explain, app, mcp. Each command calls the library functions the API uses."""
 
 from __future__ import annotations
 
@@ -309,6 +309,53 @@ def serve_app(model: Path = typer.Option(Path("runs/quickstart/model"), help="Ch
     except FileNotFoundError as e:
         console.print(f"[red]error:[/red] {e} (train one with `dnallm quickstart` or pass --model)")
         raise typer.Exit(2)
+
+
+@app.command("mcp")
+def serve_mcp(model: Path = typer.Option(Path("runs/quickstart/model"), help="Checkpoint folder"),
+              fasta: Optional[list[Path]] = typer.Option(None, help="A genome FASTA that chrom/pos/ref/alt input may "
+                                                                    "read (repeatable; callers pick it by file name)"),
+              genome_dir: Optional[Path] = typer.Option(None, help="A folder whose FASTA files (.fa/.fasta/.fna"
+                                                                   "[.gz]) chrom/pos/ref/alt input may read"),
+              vcf_dir: Optional[Path] = typer.Option(None, help="A folder whose .vcf/.vcf.gz files explain_vcf may "
+                                                                "run as jobs (by file name); needs --jobs-dir"),
+              jobs_dir: Optional[Path] = typer.Option(None, help="Where explain_vcf jobs write their results "
+                                                                 "(created if missing)"),
+              http: bool = typer.Option(False, "--http", help="Serve streamable HTTP at http://HOST:PORT/mcp "
+                                                              "instead of stdio"),
+              host: str = typer.Option("127.0.0.1", help="--http: interface to bind (loopback unless "
+                                                         "--allow-remote)"),
+              port: int = typer.Option(8000, help="--http: port"),
+              allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a --host other than loopback"),
+              max_inline: int = typer.Option(20, help="The most VCF records explain_vcf answers inline (vcf_text)"),
+              concurrency: int = typer.Option(1, help="Model calls served at once; the rest wait in arrival order"),
+              max_new_tokens: int = typer.Option(1024, help="Thinking budget: the default and the most a call may "
+                                                            "ask for"),
+              batch_size: int = typer.Option(8, help="Variants per model batch in explain_vcf"),
+              dtype: str = DTYPE_OPTION):
+    """Serve the model to LLM agents over the Model Context Protocol (stdio, or --http); see README "MCP server"."""
+    err = Console(stderr=True)  # stdout is the protocol's channel in stdio mode
+    try:
+        from dnallm.mcp_server import build_server, make_settings, serve
+        from dnallm.serving import StartError, check_host
+    except ModuleNotFoundError as e:
+        err.print(f"[red]error:[/red] {e}; install the mcp extra: pip install -e \".[mcp]\"")
+        raise typer.Exit(2)
+    try:
+        if http:
+            check_host(host, allow_remote)
+        settings = make_settings(model, fasta or [], genome_dir, vcf_dir, jobs_dir, max_inline=max_inline,
+                                 concurrency=concurrency, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                 dtype=_dtype(dtype))
+    except StartError as e:
+        err.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        raise typer.Exit(2)
+    try:
+        server = build_server(settings)  # the model loads now, before any client connects
+    except (OSError, ValueError) as e:  # not a checkpoint, missing weights, another encoder, ...
+        err.print(f"[red]error:[/red] cannot load {model}: {e}", soft_wrap=True)
+        raise typer.Exit(2)
+    serve(server, http=http, host=host, port=port)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ import os
 import re
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable, ContextManager
 
 from dnallm.genome import VariantError, open_genome
 from dnallm.questions import build_question
@@ -73,7 +75,9 @@ def _append(f, text: str) -> None:
 
 def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path, fmt: str | None = None,
                  vcf_out: str | Path | None = None, resume: bool = False, batch_size: int = 8, mode: str = "score",
-                 max_new_tokens: int = 1024, progress: bool = True, dtype: str = "auto", contrast: bool = False) -> dict:
+                 max_new_tokens: int = 1024, progress: bool = True, dtype: str = "auto", contrast: bool = False,
+                 on_progress: Callable[[int, int], None] | None = None,
+                 batch_lock: Callable[[], ContextManager] | None = None) -> dict:
     """Explain every variant of a VCF/TSV file into a TSV (one line per record, appended and fsynced).
 
     `dtype` (auto | bfloat16 | float16 | float32) applies when `model` is a path (auto: bf16 on CUDA, else fp32).
@@ -83,6 +87,10 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
     match, see OUT.meta.json); a bad record gets its message in the `error` column and the run goes on.
     `vcf_out` (VCF input only) is written at the end from `out`: the input VCF with DNALLM_* INFO fields.
     `contrast`: fill the `delta_p` / `reference_label` columns (dnallm.evidence; one more scoring pass).
+    `on_progress(done, total)` is called after each written record (counting those a resume skipped), for
+    callers that report progress other than by the tqdm bar (the MCP server). `batch_lock()`, when given, is
+    entered around each model batch only: a server that shares the model between requests holds its slot per
+    batch, so other requests get their turn between batches of a long file.
     Returns a summary with counts and timings.
     """
     from tqdm import tqdm
@@ -170,9 +178,11 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
                     rows[i] = _result_row(rec, question=question, error=str(e))
                     continue
                 todo.append((i, question, w))
-            explanations = explain_many(model, [q for _, q, _ in todo], [(w.reference, w.variant) for _, _, w in todo],
-                                        mode=mode, max_new_tokens=max_new_tokens, k=3, batch_size=batch_size,
-                                        contrast=contrast)
+            with batch_lock() if batch_lock is not None else nullcontext():
+                explanations = explain_many(model, [q for _, q, _ in todo],
+                                            [(w.reference, w.variant) for _, _, w in todo], mode=mode,
+                                            max_new_tokens=max_new_tokens, k=3, batch_size=batch_size,
+                                            contrast=contrast)
             for (i, question, w), ex in zip(todo, explanations):
                 rows[i] = _result_row(chunk[i], question=question, windows=w, explanation=ex)
             for row in rows[len(seen):]:
@@ -181,6 +191,8 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
                 stats["errors"] += bool(row["error"])
                 stats["padded"] += bool(row.get("padded"))
                 bar.update(1)
+                if on_progress is not None:
+                    on_progress(len(done) + stats["written"], total)
     bar.close()
     if index < len(done):
         raise ValueError(f"cannot resume {out}: it holds {len(done)} records, the input only {index} "
