@@ -65,12 +65,15 @@ def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="Output fo
 
 @app.command("pretrain-stand-ins")
 def pretrain_stand_ins(out: Path = typer.Option(..., help="Folder for encoder/, text-model/ and pretrain_log.json"),
-                       device: str = typer.Option("cpu", help="cpu | cuda (the shipped ones were built on a GPU)")):
+                       device: str = typer.Option("cpu", help="cpu | cuda (the shipped ones were built on a GPU)"),
+                       keep_encoder: bool = typer.Option(False, help="Take the shipped DNA stand-in (and its logged "
+                                                         "losses) and pretrain the text stand-in alone")):
     """Pretrain the tiny preset's two stand-ins on the official train split (what dnallm/assets/tiny ships)."""
     from dnallm.data import load_kegg
-    from dnallm.quickstart import build_tiny_models, load_preset
+    from dnallm.quickstart import SHIPPED_STAND_INS, build_tiny_models, load_preset
 
-    log = build_tiny_models(out, load_kegg("train"), load_preset("tiny"), device=device)
+    log = build_tiny_models(out, load_kegg("train"), load_preset("tiny"), device=device,
+                            encoder_from=SHIPPED_STAND_INS if keep_encoder else None)
     console.print(f"DNA loss {log['dna_losses'][0]:.3f} -> {log['dna_losses'][-1]:.3f}, text loss "
                   f"{log['text_losses'][0]:.3f} -> {log['text_losses'][-1]:.3f}; wrote {out}")
 

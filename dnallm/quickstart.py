@@ -92,7 +92,8 @@ def build_tiny_models(out: Path, train, preset: dict, device: str = "cpu", stop_
     out = Path(out)
     p = preset["dna_pretrain"]
     if encoder_from is not None:
-        shutil.copytree(Path(encoder_from) / "encoder", out / "encoder", dirs_exist_ok=True)
+        if (Path(encoder_from) / "encoder").resolve() != (out / "encoder").resolve():
+            shutil.copytree(Path(encoder_from) / "encoder", out / "encoder", dirs_exist_ok=True)
         dna_losses = json.loads((Path(encoder_from) / "pretrain_log.json").read_text())["dna_losses"]
     else:
         dna_losses = pretrain_dna_encoder(list(train["ref_window"]) + list(train["variant_window"]), out / "encoder",

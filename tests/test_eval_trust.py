@@ -129,6 +129,28 @@ def test_kmer_baseline_reads_the_label_off_the_variant_window():
     assert classification_metrics(list(test["label"]), control)["accuracy"] < 0.3
 
 
+def test_baselines_fit_once_per_training_set(monkeypatch):
+    """test and hard-test share the training windows: the second evaluation reuses the fitted 6-mer classifier,
+    and gives the same answer as a fresh fit; other training data is fitted anew."""
+    from sklearn.pipeline import Pipeline
+
+    from dnallm import baselines
+
+    train, test = load_kegg("train").select(range(200)), load_kegg("test").select(range(20))
+    fits = []
+    real_fit = Pipeline.fit
+    monkeypatch.setattr(Pipeline, "fit", lambda self, *a, **k: (fits.append(1), real_fit(self, *a, **k))[1])
+    baselines._FITTED.clear()
+    args = (list(train["variant_window"]), list(train["label"]), list(test["variant_window"]))
+    first = baselines.kmer_logreg_baseline(*args)
+    second = baselines.kmer_logreg_baseline(*args)
+    assert len(fits) == 1 and first[0] == second[0] and np.array_equal(first[1], second[1])
+    baselines._FITTED.clear()
+    assert np.allclose(baselines.kmer_logreg_baseline(*args)[1], first[1]) and len(fits) == 2
+    baselines.kmer_logreg_baseline(args[0][:150], args[1][:150], args[2])  # another training set: a new fit
+    assert len(fits) == 3
+
+
 def test_majority_baseline_equals_the_majority_class_share():
     train, test = load_kegg("train"), load_kegg("test")
     counts = Counter(train["label"])

@@ -56,7 +56,7 @@ def test_sft_entry_point_trains_the_packaged_tiny_preset_on_stand_ins_next_to_it
     config = json.loads((out / "config.json").read_text())
     # the packaged preset's settings, its stand-ins found relative to the checkpoint folder
     assert (config["dna_config"]["encoder_name_or_path"], config["dna_config"]["layer"], config["projector_stride"]) == \
-        ("../encoder", 2, 32)
+        ("../encoder", 2, 64)
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["train_examples"] == 4 * 15  # each row: kegg x (1 reasoning + 2 direct), kegg_hard x 12 direct
     DNALLMForConditionalGeneration.from_pretrained(out)
