@@ -66,7 +66,11 @@ def continuation_label_logprobs(model, input_ids: torch.Tensor, attention_mask: 
     mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
     logits = model(input_ids=tree.ids.expand(n, -1), attention_mask=mask,
                    position_ids=positions[:, -1:] + 1 + tree.offset, cache=cache).logits
-    logp = torch.log_softmax(logits.float(), -1).gather(-1, tree.targets.expand(n, -1)[..., None]).squeeze(-1)
+    # log p(target) = logit - logsumexp(logits), 16 rows at a time: a whole-batch fp32 log-softmax over
+    # [n, ~150 tree tokens, 151k vocabulary] is ~2 x 12 GiB at n = 128 (the constrained answer after a GPU batch).
+    targets = tree.targets.expand(n, -1)[..., None]
+    logp = torch.cat([logits[i:i + 16].gather(-1, targets[i:i + 16]).squeeze(-1).float()
+                      - torch.logsumexp(logits[i:i + 16].float(), -1) for i in range(0, n, 16)])
     rest = torch.zeros(n, len(KEGG_LABELS), device=model.device).index_add_(1, tree.owner, logp)
     return (first + rest).cpu()
 

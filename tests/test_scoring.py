@@ -45,6 +45,18 @@ def test_cached_label_scores_equal_full_forwards(scored_model, kegg_train):
             assert scores[i, j].item() == pytest.approx(expected, abs=2e-4)
 
 
+def test_scores_of_a_batch_over_16_rows_equal_those_of_small_batches(scored_model, kegg_train):
+    """The tree pass reduces its logits 16 rows at a time: a batch of 20 gives each row its own scores."""
+    rows = [kegg_train[i] for i in range(20)]
+    questions = [r["question"] for r in rows]
+    windows = [(r["ref_window"], r["variant_window"]) for r in rows]
+    big = label_logprobs(scored_model, questions, windows, batch_size=20)
+    small = label_logprobs(scored_model, questions, windows, batch_size=3)
+    assert big.shape == (20, len(KEGG_LABELS))
+    assert torch.allclose(big, small, atol=2e-4)
+    assert (big.argmax(1) != big[:1].argmax(1)).any() or not torch.allclose(big[0], big[-1])  # rows differ
+
+
 def test_probabilities_and_top_k(scored_model, kegg_train):
     r = kegg_train[0]
     probs = label_probabilities(scored_model, [r["question"]], [(r["ref_window"], r["variant_window"])])
