@@ -124,7 +124,8 @@ def test_ism_map_is_the_scoring_of_each_mutated_variant_window(quickstart_dir):
     for k, base in enumerate(m["variant_bases"]):
         assert [d is None for d in m["delta"][k]] == [b == base for b in "ACGT"]
     # independently: the ordinary label scoring of a few mutated windows, as changes of log p(label)
-    cells = [(0, "ACGT".index(m["reference_bases"][3])), (-3, 0 if var[509] != "A" else 1), (2, 3 if var[514] != "T" else 2)]
+    cells = [(0, "ACGT".index(m["reference_bases"][3])), (-3, 0 if var[509] != "A" else 1),
+             (2, 3 if var[514] != "T" else 2)]
     mutated = [var[:512 + o] + "ACGT"[b] + var[513 + o:] for o, b in cells]
     expected = _label_logp(model, question, [(ref, w) for w in mutated], j) - unmutated
     assert [m["delta"][o + 3][b] for o, b in cells] == pytest.approx(expected.tolist(), abs=1e-5)

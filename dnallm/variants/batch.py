@@ -105,7 +105,8 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
         raise ValueError("--vcf-out needs VCF input (--vcf)")
     model_name = "<model object>" if isinstance(model, DNALLMForConditionalGeneration) else str(Path(model).resolve())
     meta = {"variants": str(variants.resolve()), "format": fmt, "fasta": str(Path(fasta).resolve()),
-            "model": model_name, "mode": mode, "batch_size": batch_size, "contrast": contrast, "encoder_dll": encoder_dll,
+            "model": model_name, "mode": mode, "batch_size": batch_size, "contrast": contrast,
+            "encoder_dll": encoder_dll,
             "max_new_tokens": max_new_tokens if mode == "generate" else None,
             "dtype": None if isinstance(model, DNALLMForConditionalGeneration) else dtype}
     meta_path = out.with_name(out.name + ".meta.json")
