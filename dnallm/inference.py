@@ -244,6 +244,7 @@ def explain_many(model, questions: list[str], windows: list[tuple[str, str]], mo
                 variant_kind(reference, variant)
             except ValueError as e:
                 raise ValueError(f"variant {i}: {e}" if len(windows) > 1 else str(e)) from None
+    # the zero-shot score first: an encoder loaded without its LM head stops the call before any scoring
     dlls = encoder_scores(model.dna_encoder, windows, batch_size=batch_size) if encoder_dll else None
     probs = label_probabilities(model, questions, windows, batch_size=batch_size)
     reference_probs = (label_probabilities(model, questions, no_variant_windows(windows), batch_size=batch_size)
