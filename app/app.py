@@ -17,17 +17,20 @@ genome by name from that list; nothing they send is ever used as a path.
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import time
 from pathlib import Path
 
 import gradio as gr
+from PIL import Image
 
 from dnallm.data import load_kegg
 from dnallm.genome import open_genome
 from dnallm.inference import DTYPES, ForcedAnswer, load_model, parse_answer, prepare_windows, split_reasoning, stream_answer
 from dnallm.labels import KEGG_LABELS
 from dnallm.evidence import no_variant_windows, ref_vs_alt
+from dnallm.ism import DEFAULT_FLANK, ism_map, ism_png
 from dnallm.scoring import label_probabilities, top_k
 # the operator's settings, shared with the MCP server (re-exported: `dnallm app` catches app.StartError)
 from dnallm.serving import COORDINATES_OFF, StartError, allowed_genomes, check_host  # noqa: F401
@@ -57,6 +60,11 @@ conversation.
 **Answer and probabilities.** The answer is the label on the model's final `Answer:` line (strict: anything else
 is "no valid answer"). The chart comes from label scoring: the likelihood of each of the 37 labels after
 `Answer:` for the same question and DNA, normalised over the 37; its top label can differ from the written one.
+
+**Evidence.** "Variant effect" compares that scoring with the reference window in the variant's place. The ISM map
+(on request, in Settings) mutates every base within ±flank bp of the variant, one at a time, in the variant window
+and shows how the answer's log-probability moves (blue: the label gets less likely); offset 0 is the variant (the
+allele start for an indel). It costs one scoring per mutated window: 195 for ±32 bp.
 """
 
 CSS = "#error-box { color: #b91c1c; font-weight: 600; }"
@@ -129,14 +137,16 @@ def build_app(model_path: str = DEFAULT_MODEL, max_new_tokens: int = 1024, k: in
     model = load_model(str(Path(model_path).resolve()), dtype=dtype)
     window = model.config.dna_config.window_size
 
-    def outputs(history, state, answer="", chart=None, probabilities=None, error="", question=""):
-        return history, question, answer, chart or {}, probabilities or {}, error, state
+    def outputs(history, state, answer="", chart=None, probabilities=None, error="", question="", ism_image=None,
+                ism_values=None):
+        return history, question, answer, chart or {}, probabilities or {}, ism_image, ism_values or {}, error, state
 
     def fail(message, history, state, question):
         gr.Warning(message)
         return outputs(history, state, error=f"⚠ {message}", question=question)
 
-    def ask(question, source, reference, variant, chrom, pos, ref, alt, genome, history, budget, top, state):
+    def ask(question, source, reference, variant, chrom, pos, ref, alt, genome, history, budget, top, attribute,
+            flank, state):
         history = list(history or [])
         question = (question or "").strip()
         if not question:
@@ -170,13 +180,17 @@ def build_app(model_path: str = DEFAULT_MODEL, max_new_tokens: int = 1024, k: in
             probs = label_probabilities(model, [question], [windows])
             # evidence: the same scoring with the reference in the variant's place (dnallm.evidence)
             reference_probs = label_probabilities(model, [question], no_variant_windows([windows]))
+            label = parse_answer(text)
+            # on request: the ISM map of the answer's label (the top scored label when the answer did not parse),
+            # as explain_variant(..., attribution=True) computes it
+            attribution = (ism_map(model, question, windows, label=label, flank=int(flank))
+                           if attribute else None)
         except Exception as e:  # shown in the UI, never as a stack trace
             history[-1]["metadata"]["status"] = "done"
             yield fail(f"the model failed: {type(e).__name__}: {e}", history, state, "")
             return
         # Done: no status keeps the reasoning open (status "done" would fold it away).
         history[-1]["metadata"] = {"title": "Reasoning", "duration": round(time.perf_counter() - started, 1)}
-        label = parse_answer(text)
         best = top_k(probs, int(top))[0]
         reply = f"**Answer: {label}**" if label else (
             f"**{NO_ANSWER}**: the final line is not `Answer: <one of the 37 labels>`.")
@@ -188,16 +202,23 @@ def build_app(model_path: str = DEFAULT_MODEL, max_new_tokens: int = 1024, k: in
         reply += (f"\n\nVariant effect: p({contrast['label']}) is {contrast['p_variant']:.1%} with the variant and "
                   f"{contrast['p_reference']:.1%} with the reference in its place (Δp {contrast['delta_p']:+.1%}); "
                   f"the reference alone scores highest for {contrast['reference_label']}.")
+        ism_image = None
+        if attribution is not None:
+            ism_image = Image.open(io.BytesIO(ism_png(attribution)))
+            reply += (f"\n\nISM map: {attribution['n_windows']} single-base mutations within "
+                      f"±{attribution['flank']} bp, log p({attribution['label']}) = {attribution['log_p']:.4f} "
+                      "unmutated (the plot below).")
         if notes:
             reply += "\n\n" + "\n".join(f"- {note}" for note in notes)
         history.append({"role": "assistant", "content": reply})
         chart = dict(best)
         probabilities = {name: float(p) for name, p in sorted(zip(KEGG_LABELS, probs[0].tolist()),
                                                               key=lambda item: -item[1])}
-        yield outputs(history, state, answer=label or NO_ANSWER, chart=chart, probabilities=probabilities)
+        yield outputs(history, state, answer=label or NO_ANSWER, chart=chart, probabilities=probabilities,
+                      ism_image=ism_image, ism_values=attribution)
 
     def new_conversation():
-        return [], "", "", {}, {}, "", None
+        return [], "", "", {}, {}, None, {}, "", None
 
     def show_source(source):
         return gr.update(visible=source == SEQUENCES), gr.update(visible=source == COORDINATES)
@@ -236,6 +257,10 @@ def build_app(model_path: str = DEFAULT_MODEL, max_new_tokens: int = 1024, k: in
                     budget = gr.Slider(1, 4096, value=max_new_tokens, step=1,
                                        label="Max new tokens (thinking budget)")
                     top = gr.Slider(1, len(KEGG_LABELS), value=k, step=1, label="Labels in the chart (top-k)")
+                    attribute = gr.Checkbox(False, label="ISM map of the answer's label (one extra scoring per "
+                                                         "mutated base: 195 for ±32 bp)")
+                    flank = gr.Slider(0, window - 1 - window // 2, value=DEFAULT_FLANK, step=1,
+                                      label="ISM flank (bp on each side of the variant)")
                 with gr.Accordion("About", open=False):
                     gr.Markdown(ABOUT)
             with gr.Column(scale=3):
@@ -251,13 +276,19 @@ def build_app(model_path: str = DEFAULT_MODEL, max_new_tokens: int = 1024, k: in
                 chart = gr.Label(show_heading=False, label="Top-k label probabilities (label scoring)")
                 with gr.Accordion("All 37 label probabilities", open=False):
                     probabilities = gr.JSON(label="Label probabilities")
+                # PNG, not Gradio's default WebP: the map's colours arrive as drawn
+                ism_image = gr.Image(label="ISM map (Settings: on request)", type="pil", format="png",
+                                     interactive=False)
+                with gr.Accordion("ISM map values", open=False):
+                    ism_values = gr.JSON(label="ISM map (dnallm.ism.ism_map)")
         source.change(show_source, source, [sequence_fields, coordinate_fields], api_name=False)
         gr.on([question.submit, send.click], ask,
-              [question, source, reference, variant, chrom, pos, ref, alt, genome, chatbot, budget, top, state],
-              [chatbot, question, answer, chart, probabilities, error, state], api_name="ask",
+              [question, source, reference, variant, chrom, pos, ref, alt, genome, chatbot, budget, top, attribute,
+               flank, state],
+              [chatbot, question, answer, chart, probabilities, ism_image, ism_values, error, state], api_name="ask",
               concurrency_limit=concurrency_limit, concurrency_id="model")
-        clear.click(new_conversation, None, [chatbot, question, answer, chart, probabilities, error, state],
-                    api_name=False)
+        clear.click(new_conversation, None, [chatbot, question, answer, chart, probabilities, ism_image, ism_values,
+                                             error, state], api_name=False)
     demo.queue(default_concurrency_limit=concurrency_limit)
     return demo
 

@@ -202,10 +202,11 @@ def explain(question: Optional[str] = typer.Option(None, help="Question about th
             progress: bool = typer.Option(True, help="Progress bar (--vcf/--tsv)"),
             contrast: bool = typer.Option(False, help="Also score with the reference in the variant's place: "
                                           "delta_p of the answer's label (evidence that the variant moved it)"),
+            encoder_dll: bool = typer.Option(False, help="Also the frozen encoder's zero-shot score: log-likelihood "
+                                             "of the variant window minus the reference window under its own LM "
+                                             "head (--vcf/--tsv: encoder_dll column, DNALLM_DLL)"),
             dtype: str = DTYPE_OPTION):
     """Explain one variant (sequences or coordinates; prints JSON) or every variant of a VCF/TSV (writes TSV)."""
-    from dnallm.inference import explain_variant
-
     def fail(message: str):
         console.print(f"[red]error:[/red] {message}")
         raise typer.Exit(2)
@@ -226,7 +227,7 @@ def explain(question: Optional[str] = typer.Option(None, help="Question about th
             summary = explain_file(vcf or tsv, fasta, model, out, fmt="vcf" if vcf is not None else "tsv",
                                    vcf_out=vcf_out, resume=resume, batch_size=batch_size, mode=mode or "score",
                                    max_new_tokens=max_new_tokens, progress=progress, dtype=_dtype(dtype),
-                                   contrast=contrast)
+                                   contrast=contrast, encoder_dll=encoder_dll)
         except (ValueError, OSError, ImportError) as e:
             fail(str(e))
         console.print(f"{summary['written']} records written to {out} ({summary['skipped']} already there, "
@@ -240,20 +241,76 @@ def explain(question: Optional[str] = typer.Option(None, help="Question about th
     if batch_only:
         fail(f"{', '.join(batch_only)} need --vcf or --tsv")
     try:
-        if reference is not None or variant is not None:
-            result = explain_variant(question, reference, variant, model=model, mode=mode or "generate",
-                                     max_new_tokens=max_new_tokens, chrom=chrom, pos=pos, ref=ref, alt=alt,
-                                     fasta=fasta, gene=gene, dtype=_dtype(dtype), contrast=contrast)
-        elif any(v is not None for v in (chrom, pos, ref, alt)):
-            result = explain_variant(question, model=model, mode=mode or "generate", max_new_tokens=max_new_tokens,
-                                     chrom=chrom, pos=pos, ref=ref, alt=alt, fasta=fasta, gene=gene,
-                                     dtype=_dtype(dtype), contrast=contrast)
-        else:
-            fail("give --reference and --variant, or --chrom --pos --ref --alt --fasta, or --vcf/--tsv with "
-                 "--fasta and --out")
+        result = _explain_one(question, reference, variant, chrom, pos, ref, alt, fasta, gene, model,
+                              mode or "generate", max_new_tokens, dtype, contrast=contrast, encoder_dll=encoder_dll)
     except (ValueError, OSError, ImportError) as e:
         fail(str(e))
     print(json.dumps(result.to_dict(), indent=2))
+
+
+def _explain_one(question, reference, variant, chrom, pos, ref, alt, fasta, gene, model, mode, max_new_tokens,
+                 dtype, **evidence):
+    """explain_variant for one variant given as sequences or coordinates (`explain`, `attribute`)."""
+    from dnallm.inference import explain_variant
+
+    if reference is not None or variant is not None:
+        return explain_variant(question, reference, variant, model=model, mode=mode, max_new_tokens=max_new_tokens,
+                               chrom=chrom, pos=pos, ref=ref, alt=alt, fasta=fasta, gene=gene, dtype=_dtype(dtype),
+                               **evidence)
+    if any(v is not None for v in (chrom, pos, ref, alt)):
+        return explain_variant(question, model=model, mode=mode, max_new_tokens=max_new_tokens, chrom=chrom,
+                               pos=pos, ref=ref, alt=alt, fasta=fasta, gene=gene, dtype=_dtype(dtype), **evidence)
+    raise ValueError("give --reference and --variant, or --chrom --pos --ref --alt --fasta, or --vcf/--tsv with "
+                     "--fasta and --out")
+
+
+@app.command()
+def attribute(question: Optional[str] = typer.Option(None, help="Question about the variant (default: built from "
+                                                                "--gene/--chrom, else the kegg_hard question)"),
+              reference: Optional[str] = typer.Option(None, help="Reference sequence (1024 bp window or KEGG layout)"),
+              variant: Optional[str] = typer.Option(None, help="Variant sequence (1024 bp window or KEGG layout)"),
+              chrom: Optional[str] = typer.Option(None, help="One variant by coordinates: chromosome (chr1 or 1)"),
+              pos: Optional[int] = typer.Option(None, help="1-based position of REF (VCF POS)"),
+              ref: Optional[str] = typer.Option(None, help="REF allele (checked against --fasta)"),
+              alt: Optional[str] = typer.Option(None, help="ALT allele"),
+              gene: Optional[str] = typer.Option(None, help="Gene symbol for the built question"),
+              fasta: Optional[Path] = typer.Option(None, help="Genome FASTA (plain or bgzip) for coordinates"),
+              out: Path = typer.Option(..., help="Output folder: ism.tsv, ism.png, explanation.json"),
+              flank: int = typer.Option(32, help="Mutate every position within ±FLANK bp of the variant (at most "
+                                                 "511 for 1024 bp windows)"),
+              batch_size: int = typer.Option(16, help="Mutated windows per scoring batch"),
+              model: Path = typer.Option(Path("runs/quickstart/model"), help="Checkpoint folder"),
+              mode: str = typer.Option("score", help="score (the map of the top scored label) | generate (of the "
+                                                     "label the model writes after its reasoning)"),
+              max_new_tokens: int = typer.Option(1024, help="Reasoning budget in generate mode"),
+              encoder_dll: bool = typer.Option(False, help="Also the encoder's zero-shot score"),
+              dtype: str = DTYPE_OPTION):
+    """In-silico mutagenesis map of one variant: each base within ±FLANK bp mutated, the change of log p(label)."""
+    from dnallm.ism import ism_png, ism_tsv
+
+    def fail(message: str):
+        console.print(f"[red]error:[/red] {message}")
+        raise typer.Exit(2)
+
+    if batch_size < 1:
+        fail(f"--batch-size must be >= 1, got {batch_size}")
+    try:
+        result = _explain_one(question, reference, variant, chrom, pos, ref, alt, fasta, gene, model, mode,
+                              max_new_tokens, dtype, attribution=True, attribution_flank=flank,
+                              attribution_batch_size=batch_size, encoder_dll=encoder_dll)
+    except (ValueError, OSError, ImportError) as e:
+        fail(str(e))
+    out.mkdir(parents=True, exist_ok=True)
+    m = result.attribution
+    (out / "ism.tsv").write_text(ism_tsv(m))
+    (out / "ism.png").write_bytes(ism_png(m))
+    (out / "explanation.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    strongest = min(((d, o, b) for o, row in zip(m["offsets"], m["delta"]) for d, b in zip(row, m["bases"])
+                     if d is not None), default=None)
+    console.print(f"label {m['label']!r} (log p {m['log_p']:.4f}, {m['variant_kind']}): {m['n_windows']} mutated "
+                  f"windows over ±{m['flank']} bp" + (f"; strongest drop {strongest[0]:+.4g} at offset "
+                                                     f"{strongest[1]:+d} -> {strongest[2]}" if strongest else ""))
+    console.print(f"wrote {out / 'ism.tsv'}, {out / 'ism.png'} and {out / 'explanation.json'}")
 
 
 def _load_app_module():

@@ -205,10 +205,14 @@ class Explanation:
     warnings: list[str] | None = None      # e.g. padding, IUPAC ambiguity codes in the genome window
     # With contrast=True: the answer's label with the reference fed in the variant's place (dnallm.evidence)
     contrast: dict | None = None
+    # With attribution=True: the in-silico mutagenesis map of the answer's label (dnallm.ism.ism_map)
+    attribution: dict | None = None
+    # With encoder_dll=True: the frozen encoder's zero-shot score, variant minus reference (dnallm.evidence)
+    encoder_dll: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for key in ("padded", "warnings", "contrast"):
+        for key in ("padded", "warnings", "contrast", "attribution", "encoder_dll"):
             if d[key] is None:
                 del d[key]
         return d
@@ -216,17 +220,32 @@ class Explanation:
 
 def explain_many(model, questions: list[str], windows: list[tuple[str, str]], mode: str = "score",
                  max_new_tokens: int = 1024, k: int = 3, batch_size: int = 8, constrained: bool = True,
-                 contrast: bool = False) -> list:
+                 contrast: bool = False, attribution: bool = False, attribution_flank: int = 32,
+                 attribution_batch_size: int = 16, encoder_dll: bool = False) -> list:
     """Explanations for many (question, windows) pairs: batched label scoring, plus batched generation in
     generate mode. `explain_variant` is this with one pair. contrast=True adds the ref-vs-alt contrast
-    (`dnallm.evidence`: the same scoring with the reference window in the variant's place)."""
+    (`dnallm.evidence`: the same scoring with the reference window in the variant's place); attribution=True the
+    in-silico mutagenesis map of the answer's label over ±`attribution_flank` bp (`dnallm.ism`; 2 x flank + 1
+    positions x 3 bases scorings per pair, `attribution_batch_size` mutated windows per batch); encoder_dll=True
+    the frozen encoder's zero-shot score (`dnallm.evidence.encoder_dll`; needs the encoder's LM head)."""
+    from dnallm.evidence import encoder_dll as encoder_scores
     from dnallm.evidence import no_variant_windows, ref_vs_alt
+    from dnallm.ism import check_flank, ism_map, variant_kind
     from dnallm.scoring import label_probabilities, top_k
 
     if mode not in ("generate", "score"):
         raise ValueError(f"unknown mode {mode!r}; expected 'generate' or 'score'")
     if not questions:
         return []
+    if attribution:  # bad settings fail before any model work
+        check_flank(attribution_flank, model.config.dna_config.window_size)
+        for i, (reference, variant) in enumerate(windows):
+            try:
+                variant_kind(reference, variant)
+            except ValueError as e:
+                raise ValueError(f"variant {i}: {e}" if len(windows) > 1 else str(e)) from None
+    # the zero-shot score first: an encoder loaded without its LM head stops the call before any scoring
+    dlls = encoder_scores(model.dna_encoder, windows, batch_size=batch_size) if encoder_dll else None
     probs = label_probabilities(model, questions, windows, batch_size=batch_size)
     reference_probs = (label_probabilities(model, questions, no_variant_windows(windows), batch_size=batch_size)
                        if contrast else None)
@@ -245,6 +264,13 @@ def explain_many(model, questions: list[str], windows: list[tuple[str, str]], mo
     if contrast:
         for i, ex in enumerate(out):
             ex.contrast = ref_vs_alt(probs[i], reference_probs[i], ex.label)
+    if attribution:  # the map of the answer's label (the top scored label when the answer did not parse)
+        for i, ex in enumerate(out):
+            ex.attribution = ism_map(model, questions[i], windows[i], label=ex.label, flank=attribution_flank,
+                                     batch_size=attribution_batch_size)
+    if encoder_dll:
+        for ex, score in zip(out, dlls):
+            ex.encoder_dll = score
     return out
 
 
@@ -254,7 +280,8 @@ def explain_variant(question: str | None = None, reference_sequence: str | None 
                     max_new_tokens: int = 1024, k: int = 3, *, chrom: str | None = None, pos: int | None = None,
                     ref: str | None = None, alt: str | None = None, fasta: str | Path | None = None,
                     gene: str | None = None, constrained: bool = True, dtype: str = "auto",
-                    contrast: bool = False) -> Explanation:
+                    contrast: bool = False, attribution: bool = False, attribution_flank: int = 32,
+                    attribution_batch_size: int = 16, encoder_dll: bool = False) -> Explanation:
     """Ask the model about one variant, given as sequences or as coordinates in a genome FASTA.
 
     Sequences: `reference_sequence` / `variant_sequence` are two 1024 bp windows or KEGG-layout sequences.
@@ -270,6 +297,12 @@ def explain_variant(question: str | None = None, reference_sequence: str | None 
     Both return the 37 label probabilities and the top k. contrast=True also scores the question with the
     reference window in the variant's place and reports how the answer's label moved (`result.contrast`:
     p_variant, p_reference, delta_p, reference_label, movers; see dnallm.evidence).
+    attribution=True adds the in-silico mutagenesis map of the answer's label (`result.attribution`, see
+    dnallm.ism.ism_map): every position within ±`attribution_flank` bp of the variant (default 32, at most 511)
+    mutated to each other base in the variant window, the change of log p(label) per mutation; offset 0 is the
+    variant base of an SNV, the allele start of an indel (the window centre). `dnallm.ism.ism_png` draws it.
+    encoder_dll=True adds the frozen encoder's zero-shot score (`result.encoder_dll`: log-likelihood of the variant
+    window minus the reference window under the encoder's own LM head; masked-slot log-odds for NT).
     `dtype` ("auto" | "bfloat16" | "float16" | "float32") applies when `model` is a path: "auto" is bf16 on
     CUDA and fp32 on the CPU.
     """
@@ -300,7 +333,9 @@ def explain_variant(question: str | None = None, reference_sequence: str | None 
         windows = prepare_windows(reference_sequence, variant_sequence, model.config.dna_config.window_size)
         padded = warnings = None
     result = explain_many(model, [question], [windows], mode=mode, max_new_tokens=max_new_tokens, k=k,
-                          constrained=constrained, contrast=contrast)[0]
+                          constrained=constrained, contrast=contrast, attribution=attribution,
+                          attribution_flank=attribution_flank, attribution_batch_size=attribution_batch_size,
+                          encoder_dll=encoder_dll)[0]
     result.padded, result.warnings = padded, warnings
     return result
 

@@ -9,6 +9,7 @@ checks that need no model (host, genome allow-list, gradio version) are in test_
 from __future__ import annotations
 
 import importlib.util
+import io
 import re
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from dnallm.cli import _load_app_module, app as cli_app
 from dnallm.data import load_kegg
 from dnallm.genome import write_kegg_contigs
 from dnallm.inference import FORCED_ANSWER, ForcedAnswer, explain_variant, generate_answers, load_model, stream_answer
+from dnallm.ism import ism_png
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = 8  # max new tokens: the tiny model then always runs into the thinking budget (fast, and exercises it)
@@ -81,13 +83,13 @@ def served_without_genome(ui, model_path):
 
 
 def ask(client, question, reference="", variant="", history=(), source="sequences", coordinates=("", None, "", "", ""),
-        budget=BUDGET, k=K):
+        budget=BUDGET, k=K, attribute=False, flank=32):
     chrom, pos, ref, alt, genome_name = coordinates
-    history_out, question_box, answer, chart, probabilities, error = client.predict(
-        question, source, reference, variant, chrom, pos, ref, alt, genome_name, list(history), budget, k,
-        api_name="/ask")
+    history_out, question_box, answer, chart, probabilities, ism_image, ism_values, error = client.predict(
+        question, source, reference, variant, chrom, pos, ref, alt, genome_name, list(history), budget, k, attribute,
+        flank, api_name="/ask")
     return {"history": history_out, "question": question_box, "answer": answer, "chart": chart,
-            "probabilities": probabilities, "error": error}
+            "probabilities": probabilities, "ism_image": ism_image, "ism_values": ism_values, "error": error}
 
 
 def text_of(message) -> str:
@@ -175,6 +177,27 @@ def test_app_answers_with_label_and_probabilities(served, model_path, records):
                         max_new_tokens=BUDGET, contrast=True).contrast
     assert (f"Variant effect: p({c['label']}) is {c['p_variant']:.1%} with the variant and {c['p_reference']:.1%} "
             f"with the reference in its place (Δp {c['delta_p']:+.1%})") in text_of(reply)
+
+
+def test_app_ism_map_on_request_equals_the_api(served, model_path, records):
+    _, url = served
+    r = records[1]
+    client = Client(url, verbose=False)
+    plain = ask(client, r["question"], r["ref_window"], r["variant_window"])
+    assert plain["error"] == "" and plain["ism_image"] is None and plain["ism_values"] == {}  # not asked: no map
+    out = ask(client, r["question"], r["ref_window"], r["variant_window"], attribute=True, flank=3)
+    assert out["error"] == ""
+    # the library's map for the same question, DNA and answer (generate mode, the app's thinking budget)
+    api = explain_variant(r["question"], r["ref_window"], r["variant_window"], model=model_path,
+                          max_new_tokens=BUDGET, attribution=True, attribution_flank=3)
+    assert out["answer"] == (api.label or NO_ANSWER)
+    assert out["ism_values"] == api.attribution  # every value identical
+    # the plot is the library's drawing of that map, pixel for pixel (PNG: lossless)
+    shown = Image.open(out["ism_image"])
+    drawn = Image.open(io.BytesIO(ism_png(api.attribution)))
+    assert shown.size == drawn.size and shown.convert("RGB").tobytes() == drawn.convert("RGB").tobytes()
+    assert (f"ISM map: 21 single-base mutations within ±3 bp, log p({api.attribution['label']}) = "
+            f"{api.attribution['log_p']:.4f}") in text_of(out["history"][-1])
 
 
 def test_follow_up_keeps_the_variant_and_a_new_variant_starts_over(served, model_path, records):

@@ -367,3 +367,41 @@ def test_batch_contrast_columns_equal_explain_variant_and_stay_empty_without_it(
     assert all(r["delta_p"] == "" == r["reference_label"] for r in read_results(tmp_path / "plain.tsv"))
     with pysam.VariantFile(str(tmp_path / "plain.vcf")) as f:
         assert "DNALLM_DELTA_P" not in f.header.info and "DNALLM_LABEL" in f.header.info
+
+
+def test_batch_encoder_dll_column_and_vcf_info_equal_explain_variant(quickstart_dir, files, tmp_path):
+    out, _ = quickstart_dir
+    d, _ = files
+    res = CliRunner().invoke(app, ["explain", "--vcf", str(d / "in.vcf"), "--fasta", str(d / "genome.fa"), "--model",
+                                   str(out / "model"), "--out", str(tmp_path / "d.tsv"), "--vcf-out",
+                                   str(tmp_path / "d.vcf"), "--batch-size", "4", "--encoder-dll", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    rows = {r["record"]: r for r in read_results(tmp_path / "d.tsv")}
+    records = {r.key: r for r in read_vcf(d / "in.vcf")}
+    good = [key for key, r in rows.items() if not r["error"]]
+    assert len(good) == 6 and all(rows[key]["encoder_dll"] == "" for key in rows if key not in good)
+    model = load_model(str(out / "model"))
+    for key in good:
+        r = records[key]
+        single = explain_variant(chrom=r.chrom, pos=r.pos, ref=r.ref, alt=r.alt, fasta=d / "genome.fa", gene=r.gene,
+                                 mode="score", model=model, encoder_dll=True).encoder_dll
+        # batches of 8 windows vs 2: float32 logits summed over ~2 x 1023 bases differ by up to ~1e-5
+        assert float(rows[key]["encoder_dll"]) == pytest.approx(single, abs=1e-4) and single != 0.0
+    pysam = pytest.importorskip("pysam")
+    with pysam.VariantFile(str(tmp_path / "d.vcf")) as f:
+        assert f.header.info["DNALLM_DLL"].number == "A" and "DNALLM_DELTA_P" not in f.header.info
+        vcf = {rec.id: rec for rec in f}
+    assert vcf["v9"].info["DNALLM_DLL"] == pytest.approx((float(rows["18:1"]["encoder_dll"]),
+                                                          float(rows["18:2"]["encoder_dll"])), abs=1e-6)
+    assert "DNALLM_DLL" not in vcf["v2"].info  # REF mismatch: no result
+    # a run without --encoder-dll leaves the column empty and does not declare DNALLM_DLL
+    explain_file(d / "in.vcf", d / "genome.fa", model, tmp_path / "plain.tsv", batch_size=4, progress=False,
+                 vcf_out=tmp_path / "plain.vcf")
+    assert all(r["encoder_dll"] == "" for r in read_results(tmp_path / "plain.tsv"))
+    with pysam.VariantFile(str(tmp_path / "plain.vcf")) as f:
+        assert "DNALLM_DLL" not in f.header.info
+    # resuming with the other setting is refused, naming it
+    res = CliRunner().invoke(app, ["explain", "--vcf", str(d / "in.vcf"), "--fasta", str(d / "genome.fa"), "--model",
+                                   str(out / "model"), "--out", str(tmp_path / "d.tsv"), "--batch-size", "4",
+                                   "--resume", "--no-progress"])
+    assert res.exit_code == 2 and "encoder_dll: True then, False now" in flat(res.output)

@@ -10,6 +10,22 @@ class LoadingError(RuntimeError):
     """A checkpoint with missing, unexpected or mis-shaped weights: never silently random-initialised."""
 
 
+class NoLMHeadError(ValueError):
+    """The zero-shot score (`encoder_dll`) asked of an encoder loaded without its LM head, or of one whose
+    scoring rule is not known (the generic `hf` encoder)."""
+
+
+def split_head_keys(info: dict, prefix: str = "lm_head.") -> tuple[dict, bool]:
+    """Loading info without the LM head's missing weights, and whether any were missing.
+
+    An encoder's states never pass through its LM head, so a checkpoint without one still loads for embeddings;
+    the head (random-initialised by transformers when missing) is then dropped, never used: the zero-shot score
+    refuses with NoLMHeadError instead."""
+    missing = list(info.get("missing_keys", []))
+    head_missing = any(k.startswith(prefix) for k in missing)
+    return {**info, "missing_keys": [k for k in missing if not k.startswith(prefix)]}, head_missing
+
+
 def check_loading_info(info: dict, source: str, ignore_unexpected: tuple[str, ...] = ()) -> None:
     missing = list(info.get("missing_keys", []))
     unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith(ignore_unexpected or ("\0",))]
@@ -74,15 +90,23 @@ class DNAEncoder(nn.Module):
 
     name: str = "base"
     add_special_tokens: bool = False  # whether the model expects its tokenizer's special tokens (CLS, ...)
+    # How the zero-shot score reads the LM head: "causal" (sum of next-base log-probs over the window) or "masked"
+    # (masked-slot log-odds at the changed tokens); None: not known for this encoder type.
+    zero_shot: str | None = None
 
-    def __init__(self, model: nn.Module, tokenizer, layer: int, name_or_path: str):
+    def __init__(self, model: nn.Module, tokenizer, layer: int, name_or_path: str, lm_head: nn.Module | None = None):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.layer = layer
         self.name_or_path = name_or_path
+        # The pretrained LM head (states -> token logits), kept where the checkpoint has one: the zero-shot score
+        # reads it; the embeddings never do. A few MB at most (Genos-1.2B: 128 x 1024; NT v2-500m: ~5M).
+        self.lm_head = lm_head
         self.model.requires_grad_(False)
         self.model.eval()
+        if lm_head is not None:
+            lm_head.requires_grad_(False).eval()
 
     def train(self, mode: bool = True):  # always frozen: dropout off even inside a training model
         return super().train(False)
@@ -142,3 +166,37 @@ class DNAEncoder(nn.Module):
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) for k, v in self.tokenize(windows).items()}
         return self(**batch)
+
+    # ---- the zero-shot score: the encoder's own likelihood of the windows ----
+    def require_lm_head(self) -> nn.Module:
+        """The LM head, or NoLMHeadError naming the checkpoint."""
+        if self.zero_shot is None:
+            raise NoLMHeadError(f"encoder {self.name_or_path!r} (type {self.name!r}): no zero-shot score for this "
+                                "encoder type (it is not known to be causal or masked); encoder_dll supports genos, "
+                                "hyenadna, evo2 (causal) and nt (masked) encoders")
+        if self.lm_head is None:
+            raise NoLMHeadError(f"encoder {self.name_or_path!r} (type {self.name!r}) was loaded without an LM head "
+                                "(its checkpoint has no lm_head weights): encoder_dll needs the head that predicts "
+                                "bases; use a checkpoint saved with it (e.g. the full *ForCausalLM / *ForMaskedLM)")
+        return self.lm_head
+
+    def final_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The states the LM head reads (the model's last layer, after its final norm): [n, tokens, hidden]."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    @torch.no_grad()
+    def log_likelihoods(self, windows: list[str]) -> torch.Tensor:
+        """A causal encoder's log-likelihood of each window, float64 [n]: the sum over its bases of
+        log p(base | the bases before it), each base after the first (no base precedes the first unless the
+        tokenizer adds a BOS)."""
+        head = self.require_lm_head()
+        if self.zero_shot != "causal":
+            raise NoLMHeadError(f"encoder {self.name_or_path!r} is a {self.zero_shot} LM: no window log-likelihood")
+        device = next(self.model.parameters()).device
+        batch = {k: v.to(device) for k, v in self.tokenize(windows).items()}
+        ids, attention = batch["input_ids"], batch["attention_mask"]
+        logp = torch.log_softmax(head(self.final_states(ids, attention)).float(), -1)
+        token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)          # log p(token t | tokens < t)
+        # a DNA position with an attended token before it (right padding and special tokens contribute nothing)
+        scored = dna_positions(self.tokenizer, ids, attention)[:, 1:] & attention[:, :-1].bool()
+        return (token_logp.double() * scored).sum(1).cpu()  # float64: a difference of two ~1e3 sums

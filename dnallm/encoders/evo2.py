@@ -64,6 +64,7 @@ def layer_name(layer: int | str | None, model_name: str, num_layers: int) -> str
 class Evo2Encoder(DNAEncoder):
     name = "evo2"
     add_special_tokens = False
+    zero_shot = "causal"  # StripedHyena's forward returns next-base logits: the head is always there
 
     def __init__(self, evo2_model, layer: int | str | None, name_or_path: str):
         """`evo2_model` is an `evo2.Evo2`: its `.model` (the StripedHyena module) is what gets frozen."""
@@ -97,6 +98,22 @@ class Evo2Encoder(DNAEncoder):
         cfg = self.model.config
         return {"type": self.name, "model_type": cfg.get("model_name", "evo2"), "hidden_size": cfg.hidden_size,
                 "num_hidden_layers": cfg.num_layers, "vocab_size": cfg.vocab_size, "layer": self.layer}
+
+    def require_lm_head(self):
+        """Evo 2's logits come from the model's own (tied) unembedding: there is always a head."""
+        return self.model
+
+    @torch.no_grad()
+    def log_likelihoods(self, windows: list[str]) -> torch.Tensor:
+        """Sum of next-base log-probs per window, from the logits `Evo2.__call__` returns (the model's own
+        unembedding; `(logits, inference_params)` from vortex). Untested here: evo2 runs on CUDA only."""
+        batch = {k: v.to("cuda") for k, v in self.tokenize(windows).items()}
+        ids, attention = batch["input_ids"], batch["attention_mask"]
+        out, _ = self.evo2(ids)
+        logits = out[0] if isinstance(out, tuple) else out
+        token_logp = torch.log_softmax(logits.float(), -1)[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+        scored = dna_positions(self.tokenizer, ids, attention)[:, 1:] & attention[:, :-1].bool()
+        return (token_logp.double() * scored).sum(1).cpu()  # float64: a difference of two ~1e3 sums
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

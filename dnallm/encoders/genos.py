@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM
 
-from dnallm.encoders.base import DNAEncoder, check_loading_info
+from dnallm.encoders.base import DNAEncoder, check_loading_info, split_head_keys
 
 HUB_IDS = {"genos-1.2b": "ZhejiangLab/Genos-1.2B", "genos-10b": "ZhejiangLab/Genos-10B"}
 
@@ -30,14 +30,19 @@ def genos_config(size: str = "1.2b", **overrides) -> MixtralConfig:
 
 class GenosEncoder(DNAEncoder):
     name = "genos"
+    zero_shot = "causal"  # a next-base predictor: the zero-shot score sums its per-base log-probs
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, layer: int = -1, dtype: torch.dtype | None = None) -> "GenosEncoder":
+        """Loaded as the whole causal LM (the checkpoints' layout) so that the strict weight check sees every
+        tensor where it belongs. The embeddings use the base model; the LM head is kept for the zero-shot score
+        (`encoder_dll`). A checkpoint without the head (a base-model save) still loads, without it."""
         name_or_path = HUB_IDS.get(name_or_path.lower(), name_or_path)
         model, info = MixtralForCausalLM.from_pretrained(name_or_path, dtype=dtype, output_loading_info=True)
+        info, head_missing = split_head_keys(info)
         check_loading_info(info, name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        return cls(model.model, tokenizer, layer, name_or_path)  # the LM head is not needed for embeddings
+        return cls(model.model, tokenizer, layer, name_or_path, lm_head=None if head_missing else model.lm_head)
 
 
 def build_base_tokenizer():

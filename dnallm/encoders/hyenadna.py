@@ -25,10 +25,10 @@ from __future__ import annotations
 import json
 
 import torch
-from transformers import AutoModel
+from transformers import AutoModel, AutoModelForCausalLM
 from transformers.utils import cached_file
 
-from dnallm.encoders.base import DNAEncoder, check_loading_info, dna_positions, pack_positions
+from dnallm.encoders.base import DNAEncoder, NoLMHeadError, check_loading_info, dna_positions, pack_positions
 
 HUB_IDS = {
     "hyenadna-large-1m": "LongSafari/hyenadna-large-1m-seqlen-hf",
@@ -67,6 +67,7 @@ def load_hyenadna_tokenizer(name_or_path: str):
 class HyenaDNAEncoder(DNAEncoder):
     name = "hyenadna"
     add_special_tokens = False
+    zero_shot = "causal"
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, layer: int = -1,
@@ -87,6 +88,26 @@ class HyenaDNAEncoder(DNAEncoder):
         cfg = self.model.config
         return {"type": self.name, "model_type": cfg.model_type, "hidden_size": cfg.d_model,
                 "num_hidden_layers": cfg.n_layer, "vocab_size": cfg.vocab_size, "layer": self.layer}
+
+    def require_lm_head(self):
+        """The LM head, loaded on first use: the encoder loads the base model (AutoModel), whose checkpoint's
+        `lm_head.*` weights are left unused, so the zero-shot score loads the causal LM (HyenaDNAForCausalLM, hub
+        remote code) once more and keeps its head. Untested here: the remote code is not installable offline."""
+        if self.lm_head is None:
+            full, info = AutoModelForCausalLM.from_pretrained(self.name_or_path, trust_remote_code=True,
+                                                              dtype=next(self.model.parameters()).dtype,
+                                                              output_loading_info=True)
+            head = full.get_output_embeddings()
+            tied = head.weight is full.get_input_embeddings().weight  # a tied head is the (loaded) embeddings
+            if any(k.startswith("lm_head.") for k in info.get("missing_keys", [])) and not tied:
+                raise NoLMHeadError(f"encoder {self.name_or_path!r} (type 'hyenadna'): the checkpoint has no "
+                                    "lm_head weights, so encoder_dll has no head that predicts bases")
+            self.lm_head = head.to(next(self.model.parameters()).device).requires_grad_(False).eval()
+        return self.lm_head
+
+    def final_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # no attention mask (see forward); the windows are right-padded, so padding never reaches a real base
+        return self.model(input_ids=input_ids, return_dict=True).last_hidden_state
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

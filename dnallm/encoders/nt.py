@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoTokenizer, EsmConfig, EsmForMaskedLM, EsmModel
 
-from dnallm.encoders.base import DNAEncoder, check_loading_info
+from dnallm.encoders.base import DNAEncoder, check_loading_info, split_head_keys
 
 HUB_IDS = {
     "nt-v2-500m": "InstaDeepAI/nucleotide-transformer-v2-500m-multi-species",
@@ -105,18 +105,49 @@ class NTForMaskedLM(EsmForMaskedLM):
 class NTEncoder(DNAEncoder):
     name = "nt"
     add_special_tokens = True  # NT is trained with a leading <cls>; it is run but is not a DNA position
+    zero_shot = "masked"  # a masked LM: the zero-shot score is the masked-slot log-odds at the changed tokens
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, layer: int = -1, dtype: torch.dtype | None = None) -> "NTEncoder":
         name_or_path = HUB_IDS.get(name_or_path.lower(), name_or_path)
         model, info = NTForMaskedLM.from_pretrained(name_or_path, dtype=dtype, output_loading_info=True)
         # The contact-prediction head is never run for embeddings, so it need not be in the checkpoint; an old
-        # checkpoint may also hold the position-id buffer (a fixed arange).
+        # checkpoint may also hold the position-id buffer (a fixed arange). The LM head is kept for the zero-shot
+        # score; a checkpoint without it still loads for embeddings.
         info = {**info, "missing_keys": [k for k in info.get("missing_keys", []) if "contact_head." not in k]}
+        info, head_missing = split_head_keys(info)
         check_loading_info(info, name_or_path, ignore_unexpected=("esm.embeddings.position_ids",))
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        return cls(model.esm, tokenizer, layer, name_or_path)  # the LM head is not needed for embeddings
+        return cls(model.esm, tokenizer, layer, name_or_path, lm_head=None if head_missing else model.lm_head)
 
     @property
     def fingerprint(self) -> dict:
         return {**super().fingerprint, "gated_ffn": uses_glu_ffn(self.model.config)}
+
+    @torch.no_grad()
+    def masked_log_odds(self, pairs: list[tuple[str, str]]) -> torch.Tensor:
+        """The masked-marginal score of each (reference, variant) window pair, float64 [n].
+
+        Both windows are tokenized (6-mers); every token slot where they differ is masked in the reference input
+        at once, and the score is the sum over those slots of log p(variant token) - log p(reference token)
+        (Meier et al. 2021's masked marginal). An SNV changes one 6-mer; an indel shifts the 6-mer grid from the
+        allele on, so every slot after it differs and is masked. Windows whose token counts differ (an N breaks
+        the grid) have no slot-to-slot pairing: ValueError."""
+        head = self.require_lm_head()
+        device = next(self.model.parameters()).device
+        refs = self.tokenize([r for r, _ in pairs])
+        variants = self.tokenize([v for _, v in pairs])
+        if refs["input_ids"].shape != variants["input_ids"].shape or \
+                not refs["attention_mask"].equal(variants["attention_mask"]):
+            lengths = [(len(self.tokenizer.tokenize(r)), len(self.tokenizer.tokenize(v))) for r, v in pairs]
+            bad = next(i for i, (a, b) in enumerate(lengths) if a != b)
+            raise ValueError(f"window pair {bad}: the reference is {lengths[bad][0]} NT tokens, the variant "
+                             f"{lengths[bad][1]}: masked-slot scoring pairs the two tokenizations slot by slot, so "
+                             "they must be the same length (an N in one window breaks the 6-mer grid)")
+        ref_ids, var_ids = refs["input_ids"].to(device), variants["input_ids"].to(device)
+        attention = refs["attention_mask"].to(device)
+        changed = (ref_ids != var_ids) & attention.bool()
+        masked = ref_ids.masked_fill(changed, self.tokenizer.mask_token_id)
+        logp = torch.log_softmax(head(self.final_states(masked, attention)).float(), -1)
+        odds = logp.gather(-1, var_ids[..., None]).squeeze(-1) - logp.gather(-1, ref_ids[..., None]).squeeze(-1)
+        return (odds.double() * changed).sum(1).cpu()

@@ -43,6 +43,8 @@ def _result_row(rec: VariantRecord, question=None, windows=None, explanation=Non
                    top3="|".join(f"{label}:{p:.6f}" for label, p in ex.top_k), reasoning=ex.reasoning)
         if ex.contrast is not None:  # --contrast: the label's probability with the variant minus with the reference
             row.update(delta_p=f"{ex.contrast['delta_p']:.6f}", reference_label=ex.contrast["reference_label"])
+        if ex.encoder_dll is not None:  # --encoder-dll: the encoder's zero-shot score, variant minus reference
+            row.update(encoder_dll=f"{ex.encoder_dll:.6f}")
     return row
 
 
@@ -76,7 +78,7 @@ def _append(f, text: str) -> None:
 def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path, fmt: str | None = None,
                  vcf_out: str | Path | None = None, resume: bool = False, batch_size: int = 8, mode: str = "score",
                  max_new_tokens: int = 1024, progress: bool = True, dtype: str = "auto", contrast: bool = False,
-                 on_progress: Callable[[int, int], None] | None = None,
+                 encoder_dll: bool = False, on_progress: Callable[[int, int], None] | None = None,
                  batch_lock: Callable[[], ContextManager] | None = None) -> dict:
     """Explain every variant of a VCF/TSV file into a TSV (one line per record, appended and fsynced).
 
@@ -87,6 +89,8 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
     match, see OUT.meta.json); a bad record gets its message in the `error` column and the run goes on.
     `vcf_out` (VCF input only) is written at the end from `out`: the input VCF with DNALLM_* INFO fields.
     `contrast`: fill the `delta_p` / `reference_label` columns (dnallm.evidence; one more scoring pass).
+    `encoder_dll`: fill the `encoder_dll` column (the encoder's zero-shot score; needs its LM head, checked before
+    any record is read).
     `on_progress(done, total)` is called after each written record (counting those a resume skipped), for
     callers that report progress other than by the tqdm bar (the MCP server). `batch_lock()`, when given, is
     entered around each model batch only: a server that shares the model between requests holds its slot per
@@ -109,6 +113,7 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
     model_name = "<model object>" if isinstance(model, DNALLMForConditionalGeneration) else str(Path(model).resolve())
     meta = {"variants": str(variants.resolve()), "format": fmt, "fasta": str(Path(fasta).resolve()),
             "model": model_name, "mode": mode, "batch_size": batch_size, "contrast": contrast,
+            "encoder_dll": encoder_dll,
             "max_new_tokens": max_new_tokens if mode == "generate" else None,
             "dtype": None if isinstance(model, DNALLMForConditionalGeneration) else dtype}
     meta_path = out.with_name(out.name + ".meta.json")
@@ -138,6 +143,8 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
         model = load_model(model_name, dtype=dtype)
     load_s = time.perf_counter() - t_load
     window = model.config.dna_config.window_size
+    if encoder_dll:  # an encoder without its LM head fails now, not at the first good record
+        model.dna_encoder.require_lm_head()
 
     stats = {"records": total, "skipped": len(done), "written": 0, "errors": 0, "padded": 0}
     bar = tqdm(total=total, initial=len(done), unit="variant", desc=f"explain ({mode})", file=sys.stderr,
@@ -182,7 +189,7 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
                 explanations = explain_many(model, [q for _, q, _ in todo],
                                             [(w.reference, w.variant) for _, _, w in todo], mode=mode,
                                             max_new_tokens=max_new_tokens, k=3, batch_size=batch_size,
-                                            contrast=contrast)
+                                            contrast=contrast, encoder_dll=encoder_dll)
             for (i, question, w), ex in zip(todo, explanations):
                 rows[i] = _result_row(chunk[i], question=question, windows=w, explanation=ex)
             for row in rows[len(seen):]:

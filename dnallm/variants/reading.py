@@ -24,7 +24,7 @@ VCF_COLUMNS = ("CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO")
 TSV_COLUMNS = ("chrom", "pos", "ref", "alt", "id", "gene", "question", "network", "genes_in_pathway")
 TSV_ALIASES = {"chr": "chrom", "chromosome": "chrom", "position": "pos", "genes": "genes_in_pathway"}
 OUT_COLUMNS = ("record", "line", "id", "chrom", "pos", "ref", "alt", "gene", "label", "probability", "top3",
-               "delta_p", "reference_label", "padded", "warnings", "error", "question", "reasoning")
+               "delta_p", "reference_label", "encoder_dll", "padded", "warnings", "error", "question", "reasoning")
 
 
 class VariantFileError(ValueError):

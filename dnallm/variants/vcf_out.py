@@ -28,6 +28,10 @@ INFO_HEADER = (
 # declared only when the results carry the contrast (`explain --contrast`)
 DELTA_P_HEADER = ('##INFO=<ID=DNALLM_DELTA_P,Number=A,Type=Float,Description="dnallm --contrast: probability of '
                   'DNALLM_LABEL with the ALT minus with the reference in its place">')
+# declared only when the results carry the encoder's zero-shot score (`explain --encoder-dll`)
+DLL_HEADER = ('##INFO=<ID=DNALLM_DLL,Number=A,Type=Float,Description="dnallm --encoder-dll: zero-shot score of the '
+              'frozen DNA encoder for each ALT, log-likelihood of the variant window minus the reference window '
+              '(masked-slot log-odds for a masked encoder)">')
 # the line pysam itself adds (to the record's header, too late for the output's) when it writes END
 _END_HEADER = '##INFO=<ID=END,Number=1,Type=Integer,Description="Stop position of the interval">'
 
@@ -72,7 +76,8 @@ def _clean_copy(vcf_in: Path, clean: Path) -> tuple[list[int], int]:
 
 
 def write_vcf_out(vcf_in: str | Path, results_tsv: str | Path, vcf_out: str | Path) -> int:
-    """The input VCF with DNALLM_LABEL / DNALLM_PROB / DNALLM_TOP3 (+ DNALLM_DELTA_P with --contrast; Number=A)
+    """The input VCF with DNALLM_LABEL / DNALLM_PROB / DNALLM_TOP3 (+ DNALLM_DELTA_P with --contrast, DNALLM_DLL
+    with --encoder-dll; Number=A)
     added to INFO, from the results
     TSV; written with pysam to a temporary file and renamed (bgzip when the name ends in .gz). Malformed input
     lines are left out (their error is in the TSV); returns how many."""
@@ -94,7 +99,8 @@ def write_vcf_out(vcf_in: str | Path, results_tsv: str | Path, vcf_out: str | Pa
             for rec in f:
                 symbolic = symbolic or any(a.startswith("<") and a.endswith(">") for a in rec.alts or ())
             contrast = any(row.get("delta_p") for row in results.values())
-            for line in INFO_HEADER + ((DELTA_P_HEADER,) if contrast else ()):
+            dll = any(row.get("encoder_dll") for row in results.values())
+            for line in INFO_HEADER + ((DELTA_P_HEADER,) if contrast else ()) + ((DLL_HEADER,) if dll else ()):
                 f.header.add_line(line)
             if symbolic and "END" not in f.header.info:
                 f.header.add_line(_END_HEADER)
@@ -115,6 +121,9 @@ def write_vcf_out(vcf_in: str | Path, results_tsv: str | Path, vcf_out: str | Pa
                     deltas = [float(r["delta_p"]) if r.get("delta_p") else None for r in rows]
                     if contrast and any(v is not None for v in deltas):
                         rec.info["DNALLM_DELTA_P"] = deltas
+                    scores = [float(r["encoder_dll"]) if r.get("encoder_dll") else None for r in rows]
+                    if dll and any(v is not None for v in scores):
+                        rec.info["DNALLM_DLL"] = scores
                     out.write(rec)
         os.replace(tmp, vcf_out)
     finally:
