@@ -41,7 +41,7 @@ Gene = Annotated[str | None, Field(description="Gene symbol (e.g. TARDBP), used 
 MaxNewTokens = Annotated[int | None, Field(
     description="Thinking budget: at most this many reasoning tokens before the answer is forced (default and "
                 "upper bound: the server's --max-new-tokens, see list_inputs).", ge=1)]
-AttributionMethod = Literal["contrast"]  # issue 17's in-silico mutagenesis joins as "ism" (see mcp_server)
+AttributionMethod = Literal["contrast", "ism"]
 
 # ---- outputs ----------------------------------------------------------------------------------------------------
 
@@ -83,10 +83,24 @@ class ContrastEvidence(BaseModel):
     movers: list[LabelShift] = Field(description="The labels whose probability changed most, largest |change| first")
 
 
+class IsmMap(BaseModel):
+    label: str = Field(description="The label whose log-probability is tracked (label scoring's most probable)")
+    log_p: float = Field(description="Its log-probability with the unmutated variant window")
+    offsets: list[int] = Field(description="Positions relative to the variant (0: the variant base of an SNV, the "
+                                           "allele start of an indel)")
+    variant_bases: str = Field(description="The variant window's base at each offset")
+    bases: str = Field(description="The column order of `delta`: ACGT")
+    delta: list[list[float | None]] = Field(description="Per offset, per base: change of log p(label) when the "
+                                                        "variant window carries that base there (null: the base "
+                                                        "already there)")
+    variant_kind: str
+
+
 class Attribution(BaseModel):
     method: AttributionMethod = Field(description="How the evidence was computed")
     question: str
     contrast: ContrastEvidence | None = Field(None, description="method 'contrast': ref-vs-alt label scoring")
+    ism: IsmMap | None = Field(None, description="method 'ism': in-silico mutagenesis map around the variant")
     padded: bool | None = None
     warnings: list[str] = Field(default_factory=list)
 

@@ -31,7 +31,7 @@ import dnallm
 from dnallm import inference
 from dnallm.labels import KEGG_LABELS
 from dnallm.mcp_schemas import (MAX_VCF_TEXT, Alt, Attribution, AttributionMethod, Chrom, ContrastEvidence, Gene,
-                                Genome, LabelList, LabelProbability, LabelScores, LabelShift, MaxNewTokens, ModelInfo,
+                                Genome, IsmMap, LabelList, LabelProbability, LabelScores, LabelShift, MaxNewTokens, ModelInfo,
                                 Pos, Question, Ref, ReferenceSequence, ServerInputs, VariantExplanation,
                                 VariantSequence, VcfRecordResult, VcfResult)
 from dnallm.model_card import checkpoint_card
@@ -218,9 +218,8 @@ def build_server(settings: ServerSettings, model=None) -> MCPServer:
                                warnings=r.warnings or [])
         return await in_slot(work)
 
-    # Attribution methods by name. The ref-vs-alt contrast exists (dnallm.evidence); in-silico mutagenesis
-    # (issue 17, part 2) joins as "ism": add it to mcp_schemas.AttributionMethod, give Attribution an `ism` field
-    # and add its function here.
+    # Attribution methods by name (mcp_schemas.AttributionMethod): the ref-vs-alt contrast (dnallm.evidence) and
+    # the in-silico mutagenesis map (dnallm.ism), both through explain_variant.
     def contrast_attribution(q: str, kwargs: dict) -> Attribution:
         r = explain(q, kwargs, mode="score", contrast=True)
         c = r.contrast
@@ -230,7 +229,13 @@ def build_server(settings: ServerSettings, model=None) -> MCPServer:
         return Attribution(method="contrast", question=q, contrast=evidence, padded=r.padded,
                            warnings=r.warnings or [])
 
-    attribution_methods = {"contrast": contrast_attribution}
+    def ism_attribution(q: str, kwargs: dict) -> Attribution:
+        r = explain(q, kwargs, mode="score", attribution=True)
+        m = r.attribution
+        ism = IsmMap(**{k: m[k] for k in IsmMap.model_fields})
+        return Attribution(method="ism", question=q, ism=ism, padded=r.padded, warnings=r.warnings or [])
+
+    attribution_methods = {"contrast": contrast_attribution, "ism": ism_attribution}
 
     @server.tool(annotations=READ_ONLY)
     async def attribute_variant(question: Question = None, reference_sequence: ReferenceSequence = None,
@@ -238,12 +243,14 @@ def build_server(settings: ServerSettings, model=None) -> MCPServer:
                                 ref: Ref = None, alt: Alt = None, genome: Genome = None, gene: Gene = None,
                                 method: Annotated[AttributionMethod, Field(
                                     description="'contrast': score the labels again with the reference window in "
-                                                "the variant's place")] = "contrast") -> Attribution:
+                                                "the variant's place; 'ism': mutate every base within 32 bp of "
+                                                "the variant (195 scorings, seconds on CPU)")] = "contrast") -> Attribution:
         """Evidence for an answer: did the variant itself move the model? 'contrast' scores the 37 labels with
         the variant and again with the reference in its place, and reports the top label's probability both
         ways (delta_p), the label the reference alone would get, and the labels that moved most. A delta_p near
-        0 means the answer comes from the locus (the region), not from the allele. Same variant input as
-        explain_variant; costs two scoring passes."""
+        0 means the answer comes from the locus (the region), not from the allele. 'ism' maps which bases
+        around the variant drive the top label: for each position within 32 bp and each other base, the change of
+        its log-probability. Same variant input as explain_variant; contrast costs two scoring passes, ism ~200."""
         q, kwargs = variant_input(question, reference_sequence, variant_sequence, chrom, pos, ref, alt, genome, gene)
         return await in_slot(lambda: attribution_methods[method](q, kwargs))
 

@@ -145,7 +145,7 @@ def test_tools_are_listed_with_descriptions_and_typed_input_and_output_schemas(s
     for name in ("explain_variant", "score_labels", "attribute_variant"):
         assert variant_fields <= set(by_name[name].input_schema["properties"]), name
     method = by_name["attribute_variant"].input_schema["properties"]["method"]
-    assert method.get("enum", [method.get("const")]) == ["contrast"]  # one method today (ISM joins later)
+    assert method.get("enum") == ["contrast", "ism"]
     assert set(by_name["explain_vcf"].input_schema["properties"]) >= {"vcf_text", "vcf_file", "genome", "mode"}
     assert by_name["score_labels"].annotations.read_only_hint and not by_name["explain_vcf"].annotations.read_only_hint
     assert "model_info" in instructions and "list_inputs" in instructions
@@ -184,6 +184,16 @@ def test_attribute_variant_gives_the_ref_vs_alt_contrast_of_the_library(server, 
     assert (c["label"], c["p_variant"], c["p_reference"], c["delta_p"], c["reference_label"]) == \
         (want["label"], want["p_variant"], want["p_reference"], want["delta_p"], want["reference_label"])
     assert [(m["label"], m["delta_p"]) for m in c["movers"]] == want["movers"]
+
+
+def test_attribute_variant_ism_is_the_librarys_map(server, model):
+    got = ok(call(server, "attribute_variant", {**windows(3), "method": "ism"}))
+    want = explain_variant(model=model, mode="score", attribution=True, **windows(3)).attribution
+    assert got["method"] == "ism" and got["contrast"] is None
+    m = got["ism"]
+    assert (m["label"], m["log_p"], m["offsets"], m["variant_bases"], m["delta"]) == \
+        (want["label"], want["log_p"], want["offsets"], want["variant_bases"], want["delta"])
+    assert len(m["offsets"]) == 65 and sum(v is None for row in m["delta"] for v in row) == 65
 
 
 def test_explain_vcf_inline_answers_the_good_record_and_names_the_bad_ones(server, model, inputs):
