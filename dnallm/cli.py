@@ -194,6 +194,8 @@ def explain(question: Optional[str] = typer.Option(None, help="Question about th
             vcf_out: Optional[Path] = typer.Option(None, help="Also write the input VCF with DNALLM_* INFO fields"),
             resume: bool = typer.Option(False, help="Continue OUT: skip the records already in it"),
             batch_size: int = typer.Option(8, help="Variants per model batch (--vcf/--tsv)"),
+            devices: int = typer.Option(1, help="--vcf/--tsv: worker processes, one per GPU (or N CPU workers "
+                                        "without CUDA); the output equals a 1-device run's"),
             max_new_tokens: int = typer.Option(1024, help="Reasoning budget in generate mode"),
             model: Path = typer.Option(Path("runs/quickstart/model"), help="Checkpoint folder"),
             mode: Optional[str] = typer.Option(None, help="generate (reasoning + answer) | score (label "
@@ -223,11 +225,18 @@ def explain(question: Optional[str] = typer.Option(None, help="Question about th
             fail(f"{', '.join(unused)} cannot be combined with --vcf/--tsv (the file gives the variants)")
         if fasta is None or out is None:
             fail("--vcf/--tsv need --fasta (the genome) and --out (the results TSV)")
+        if devices < 1:
+            fail(f"--devices must be >= 1, got {devices}")
+        settings = dict(fmt="vcf" if vcf is not None else "tsv", vcf_out=vcf_out, resume=resume,
+                        batch_size=batch_size, mode=mode or "score", max_new_tokens=max_new_tokens, progress=progress,
+                        dtype=_dtype(dtype), contrast=contrast, encoder_dll=encoder_dll)
         try:
-            summary = explain_file(vcf or tsv, fasta, model, out, fmt="vcf" if vcf is not None else "tsv",
-                                   vcf_out=vcf_out, resume=resume, batch_size=batch_size, mode=mode or "score",
-                                   max_new_tokens=max_new_tokens, progress=progress, dtype=_dtype(dtype),
-                                   contrast=contrast, encoder_dll=encoder_dll)
+            if devices == 1:
+                summary = explain_file(vcf or tsv, fasta, model, out, **settings)
+            else:  # chunk k of batch_size records to worker k % N, merged in record order (dnallm.variants.sharded)
+                from dnallm.variants.sharded import explain_file_sharded
+
+                summary = explain_file_sharded(vcf or tsv, fasta, model, out, devices, **settings)
         except (ValueError, OSError, ImportError) as e:
             fail(str(e))
         console.print(f"{summary['written']} records written to {out} ({summary['skipped']} already there, "
@@ -237,7 +246,7 @@ def explain(question: Optional[str] = typer.Option(None, help="Question about th
             console.print(f"wrote {vcf_out} ({summary['vcf_lines_dropped']} malformed input lines left out)")
         return
     batch_only = [name for name, v in (("--out", out), ("--vcf-out", vcf_out)) if v is not None] + \
-        (["--resume"] if resume else [])
+        (["--resume"] if resume else []) + (["--devices"] if devices != 1 else [])
     if batch_only:
         fail(f"{', '.join(batch_only)} need --vcf or --tsv")
     try:

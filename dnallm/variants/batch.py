@@ -9,6 +9,7 @@ only gets its error.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -75,11 +76,33 @@ def _append(f, text: str) -> None:
     os.fsync(f.fileno())
 
 
+def check_settings(variants: Path, fmt: str | None, mode: str, batch_size: int, vcf_out) -> str:
+    """The input format (from the name unless given), after refusing bad settings before any work."""
+    fmt = fmt or ("tsv" if re.search(r"\.(tsv|txt)(\.gz)?$", variants.name, re.I) else "vcf")
+    if mode not in ("generate", "score"):
+        raise ValueError(f"unknown mode {mode!r}; expected 'generate' or 'score'")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    if vcf_out is not None and fmt != "vcf":
+        raise ValueError("--vcf-out needs VCF input (--vcf)")
+    return fmt
+
+
+def open_input(variants: Path, fmt: str, fasta):
+    """(genome, number of records): file-level errors and a VCF from another build stop the run before any work."""
+    genome = open_genome(fasta)
+    total = sum(1 for _ in read_variants(variants, fmt))  # also surfaces file-level errors before any work
+    if fmt == "vcf":  # a header from another build than the FASTA stops the run before any work
+        genome.check_build(*read_vcf_header(variants), source=variants.name)
+    return genome, total
+
+
 def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path, fmt: str | None = None,
                  vcf_out: str | Path | None = None, resume: bool = False, batch_size: int = 8, mode: str = "score",
                  max_new_tokens: int = 1024, progress: bool = True, dtype: str = "auto", contrast: bool = False,
                  encoder_dll: bool = False, on_progress: Callable[[int, int], None] | None = None,
-                 batch_lock: Callable[[], ContextManager] | None = None) -> dict:
+                 batch_lock: Callable[[], ContextManager] | None = None, shard: tuple[int, int] | None = None,
+                 device: str | None = None) -> dict:
     """Explain every variant of a VCF/TSV file into a TSV (one line per record, appended and fsynced).
 
     `dtype` (auto | bfloat16 | float16 | float32) applies when `model` is a path (auto: bf16 on CUDA, else fp32).
@@ -95,6 +118,10 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
     callers that report progress other than by the tqdm bar (the MCP server). `batch_lock()`, when given, is
     entered around each model batch only: a server that shares the model between requests holds its slot per
     batch, so other requests get their turn between batches of a long file.
+    `shard=(rank, n)` (dnallm.variants.sharded, `--devices N`): explain only the chunks k with k % n == rank into
+    `out` (a part file), so every batch holds exactly the records it holds in a 1-device run; `on_progress` then
+    counts this shard's records (first called once at the start, with those a resume skipped). `device` is where
+    a model given as a path is loaded (default: cuda if available, else cpu).
     Returns a summary with counts and timings.
     """
     from tqdm import tqdm
@@ -103,24 +130,19 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
     from dnallm.modeling import DNALLMForConditionalGeneration
 
     variants, out = Path(variants), Path(out)
-    fmt = fmt or ("tsv" if re.search(r"\.(tsv|txt)(\.gz)?$", variants.name, re.I) else "vcf")
-    if mode not in ("generate", "score"):
-        raise ValueError(f"unknown mode {mode!r}; expected 'generate' or 'score'")
-    if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    if vcf_out is not None and fmt != "vcf":
-        raise ValueError("--vcf-out needs VCF input (--vcf)")
+    fmt = check_settings(variants, fmt, mode, batch_size, vcf_out)
+    if shard is not None and (vcf_out is not None or not 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard {shard!r}: expected (rank, n) with 0 <= rank < n, and no vcf_out (the merger writes it)")
     model_name = "<model object>" if isinstance(model, DNALLMForConditionalGeneration) else str(Path(model).resolve())
     meta = {"variants": str(variants.resolve()), "format": fmt, "fasta": str(Path(fasta).resolve()),
             "model": model_name, "mode": mode, "batch_size": batch_size, "contrast": contrast,
             "encoder_dll": encoder_dll,
             "max_new_tokens": max_new_tokens if mode == "generate" else None,
             "dtype": None if isinstance(model, DNALLMForConditionalGeneration) else dtype}
+    if shard is not None:  # a part file resumes only as the same shard of the same number of devices
+        meta["shard"] = f"{shard[0]} of {shard[1]}"
     meta_path = out.with_name(out.name + ".meta.json")
-    genome = open_genome(fasta)
-    total = sum(1 for _ in read_variants(variants, fmt))  # also surfaces file-level errors before any work
-    if fmt == "vcf":  # a header from another build than the FASTA stops the run before any work
-        genome.check_build(*read_vcf_header(variants), source=variants.name)
+    genome, total = open_input(variants, fmt, fasta)
 
     done: list[str] = []
     if out.exists() and out.stat().st_size and not resume:
@@ -140,7 +162,7 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
         os.replace(tmp, meta_path)
     t_load = time.perf_counter()
     if not isinstance(model, DNALLMForConditionalGeneration):
-        model = load_model(model_name, dtype=dtype)
+        model = load_model(model_name, device=device, dtype=dtype)
     load_s = time.perf_counter() - t_load
     window = model.config.dna_config.window_size
     if encoder_dll:  # an encoder without its LM head fails now, not at the first good record
@@ -151,11 +173,13 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
                disable=not progress, dynamic_ncols=True)
     t0 = time.perf_counter()
     records = read_variants(variants, fmt)
+    if shard is not None and on_progress is not None:
+        on_progress(len(done), total)
     with open(out, "a" if done else "w", encoding="utf-8") as f:
         if not done:
             _append(f, "\t".join(OUT_COLUMNS) + "\n")
-        index = 0
-        while True:
+        index = 0  # records of this run's chunks so far (all chunks unless sharded)
+        for k in itertools.count():
             chunk = []
             for rec in records:
                 chunk.append(rec)
@@ -163,6 +187,8 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
                     break
             if not chunk:
                 break
+            if shard is not None and k % shard[1] != shard[0]:
+                continue  # another device's chunk
             keys = [r.key for r in chunk]
             seen = done[index:index + len(chunk)]
             if seen != keys[:len(seen)]:
