@@ -89,7 +89,8 @@ def test_resume_after_a_worker_is_killed_equals_an_uninterrupted_run_and_needs_t
     one = (tmp_path / "one.tsv").read_text().splitlines()
     assert part0 == one[0:3] + one[5:6]  # header, records 0-1, record 4
     # device 1 (records 2-3, 6-7, 10-11) got as far as it got before the parent stopped it: whole chunks, in order
-    part1 = part_path(tmp_path / "out.tsv", 1, 2).read_text().splitlines()
+    part1 = part_path(tmp_path / "out.tsv", 1, 2).read_text()
+    part1 = part1[:part1.rfind("\n") + 1].splitlines()  # a line torn by the stop is cut and redone by the resume
     assert part1 == (one[0:1] + one[3:5] + one[7:9] + one[11:13])[:len(part1)]
     skipped = 3 + len(part1) - 1
     # resuming with another number of devices is refused, naming the one to use; so is starting over without --resume
