@@ -132,7 +132,8 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
     variants, out = Path(variants), Path(out)
     fmt = check_settings(variants, fmt, mode, batch_size, vcf_out)
     if shard is not None and (vcf_out is not None or not 0 <= shard[0] < shard[1]):
-        raise ValueError(f"shard {shard!r}: expected (rank, n) with 0 <= rank < n, and no vcf_out (the merger writes it)")
+        raise ValueError(f"shard {shard!r}: expected (rank, n) with 0 <= rank < n, and no vcf_out (the merger "
+                         "writes it)")
     model_name = "<model object>" if isinstance(model, DNALLMForConditionalGeneration) else str(Path(model).resolve())
     meta = {"variants": str(variants.resolve()), "format": fmt, "fasta": str(Path(fasta).resolve()),
             "model": model_name, "mode": mode, "batch_size": batch_size, "contrast": contrast,
