@@ -12,6 +12,8 @@
                contradict the FASTA (another genome build) stops it before any work (`Genome.check_build`); a
                bad record only gets its error.
   vcf_out.py   `write_vcf_out` (`--vcf-out`): the input VCF with DNALLM_* INFO fields, written with pysam.
+  sharded.py   `explain_file_sharded` (`--devices N`): chunk k to worker process k % N (`explain_file(shard=)`),
+               part files merged in record order, byte-identical to a 1-device run.
 
 TSV input: a header row with columns chrom, pos, ref, alt (required; `-` or an empty cell is an empty allele)
 and optionally id, gene, question, network, genes_in_pathway; one variant (or comma-separated ALTs) per row.
