@@ -269,12 +269,33 @@ def write_predictions(path: Path, records, predicted: list[str | None], main: di
             f.write(json.dumps(line) + "\n")
 
 
+def _run_with_controls(model, records, controls, progress, options: dict, controls_generate: bool):
+    """The main run, then each control's run on its changed inputs: (main run, control runs, control metrics)."""
+    gold = list(records["label"])
+    main = run_inputs(model, *control_inputs(records), progress=progress, **options)
+    control_runs, control_metrics = {}, {}
+    main_inputs = list(zip(*control_inputs(records)))
+    for control in controls:
+        questions, windows = control_inputs(records, control)
+        unchanged = sum(a == b for a, b in zip(main_inputs, zip(questions, windows)))
+        if unchanged == len(gold):  # e.g. dna-only on the hard view, whose question already is that sentence
+            control_metrics[control] = {"skipped": "same inputs as the main run"}
+            continue
+        t = time.time()
+        control_runs[control] = run_inputs(model, questions, windows,
+                                           progress=progress and (lambda s, n, c=control: progress(f"{c}/{s}", n)),
+                                           **{**options, "generate": options["generate"] and controls_generate})
+        control_metrics[control] = {**mode_metrics(gold, control_runs[control]), "inputs_unchanged": unchanged,
+                                    "seconds": round(time.time() - t, 1)}
+    return main, control_runs, control_metrics
+
+
 def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: int = 16,
                    max_new_tokens: int = 1024, progress=None, *, generate: bool = True, score: bool = True,
                    controls: tuple[str, ...] = (), train_records=None, threshold: float = ABSTAIN_THRESHOLD,
                    score_batch_size: int = 16, k: int = 3, report: bool = True, probe: bool = True,
                    controls_generate: bool = True, probe_cache_dir: str | Path | None = None,
-                   constrained: bool = True) -> dict:
+                   constrained: bool = True, encoder_cache=None) -> dict:
     """Evaluate one split and write metrics.json, predictions.jsonl and (report=True) report.md + PNGs.
 
     The top-level accuracy/macro-F1/CI are those of generation when `generate`, else of scoring (`mode`).
@@ -285,8 +306,12 @@ def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: 
     constrained=True decodes the answer line over the 37 labels (`generate_answers`); False keeps free decoding
     with the strict parse. The metrics (and report) record which (`decoding`, `constrained`).
     `progress(stage, done)` is called as the stages advance.
+    `encoder_cache`: an `EmbeddingCache` of the model's encoder that the main run and the controls read the
+    windows' encoder states from (pass one to share it across splits that hold the same windows, as test and
+    hard-test do); None: a new one for this call. Each distinct window is encoded once either way.
     """
     from dnallm.data import load_kegg
+    from dnallm.encoders.cache import EmbeddingCache
 
     if not (generate or score):
         raise ValueError("nothing to evaluate: enable generate and/or score")
@@ -303,7 +328,12 @@ def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: 
     options = dict(generate=generate, score=score, batch_size=batch_size, score_batch_size=score_batch_size,
                    max_new_tokens=max_new_tokens, constrained=constrained)
 
-    main = run_inputs(model, *control_inputs(records), progress=progress, **options)
+    if encoder_cache is None:
+        encoder_cache = EmbeddingCache(model.dna_encoder, dtype=next(model.projector.parameters()).dtype,
+                                       device=model.device)
+    with model.processor.cached_encoder_states(encoder_cache):
+        main, control_runs, control_metrics = _run_with_controls(model, records, controls, progress, options,
+                                                                 controls_generate)
     predicted = main["generated"] if generate else main["scored"]
     modes = mode_metrics(gold, main)
     decoding = ("label scoring (the most likely of the 37 labels, no reasoning)" if not generate else
@@ -321,21 +351,7 @@ def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: 
         metrics["abstain"] = abstain_metrics(gold, probs, threshold)
         metrics["abstain_curve"] = [abstain_metrics(gold, probs, t) for t in CURVE_THRESHOLDS]
 
-    control_runs = {}
-    metrics["controls"] = {}
-    main_inputs = list(zip(*control_inputs(records)))
-    for control in controls:
-        questions, windows = control_inputs(records, control)
-        unchanged = sum(a == b for a, b in zip(main_inputs, zip(questions, windows)))
-        if unchanged == len(gold):  # e.g. dna-only on the hard view, whose question already is that sentence
-            metrics["controls"][control] = {"skipped": "same inputs as the main run"}
-            continue
-        t = time.time()
-        control_runs[control] = run_inputs(model, questions, windows,
-                                           progress=progress and (lambda s, n, c=control: progress(f"{c}/{s}", n)),
-                                           **{**options, "generate": generate and controls_generate})
-        metrics["controls"][control] = {**mode_metrics(gold, control_runs[control]), "inputs_unchanged": unchanged,
-                                        "seconds": round(time.time() - t, 1)}
+    metrics["controls"] = control_metrics
 
     trained_on = "given records"
     if train_records is None:

@@ -193,6 +193,8 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
     # the val-selected checkpoint, as users load it (inference.load_model): LoRA merged into the weights
     best = DNALLMForConditionalGeneration.from_pretrained(out / "model").merge_lora().to(device).eval()
     evaluations = {}
+    # test and hard-test hold the same windows: one encoder pass per distinct window for both evaluations
+    eval_cache = EmbeddingCache(best.dna_encoder, device=device)
     for split in (prefix + "test", "hard-" + prefix + "test"):
         name, view = split_spec(split)
         # Controls in score mode only: on 2 CPU cores each generation pass costs a minute or more.
@@ -201,7 +203,8 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
         evaluations[split] = evaluate_split(
             best, take(load_kegg(name, view=view, window=window)), split, out / "eval" / split, batch_size=preset["eval"]["batch_size"],
             max_new_tokens=preset["eval"]["max_new_tokens"], controls=("text-only", "shuffled-dna"),
-            controls_generate=False, probe_cache_dir=out / "probe-cache", train_records=train_records)
+            controls_generate=False, probe_cache_dir=out / "probe-cache", train_records=train_records,
+            encoder_cache=eval_cache)
     metrics = evaluations[prefix + "test"]
     test = take(load_kegg(prefix + "test", window=window))
     timings["eval_s"] = round(time.time() - t, 1)

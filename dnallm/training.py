@@ -42,6 +42,9 @@ class SFTConfig:
     # Reasoning-mode (thinking) examples per record: true = one; a mapping {view: copies}, e.g. {kegg: 1,
     # kegg_hard: 0} to teach reasoning on the pathway-context view only (the long examples are most of the cost).
     thinking_answers: bool | dict = True
+    # Direct answers ride on the record's thinking example as branches that share its prompt (encode_examples):
+    # the same loss without running the prompt once per copy.
+    pack_direct: bool = False
     eval_batch_size: int = 16
     evals_per_epoch: int = 1
     seed: int = 0
@@ -78,12 +81,19 @@ def _copies(setting: bool | int | dict, view: str) -> int:
 
 
 def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: int, direct_answers: bool | dict = False,
-                    thinking_answers: bool | dict = True) -> list[dict]:
+                    thinking_answers: bool | dict = True, pack_direct: bool = False) -> list[dict]:
     """Tokenize every record once: prompt + answer ids, labels on the answer only, and its two windows.
 
     With direct_answers, each record also yields non-thinking-mode examples whose answer is the label line
     alone (Qwen3's hybrid thinking/non-thinking training): a short, dense signal for the label. Mappings give
     the number of copies of each mode per view (the records' `view` column; records without one are `kegg`).
+
+    pack_direct: a record's direct answers ride on its (first) thinking example instead of repeating the prompt:
+    Qwen3's non-thinking prompt is the thinking prompt plus `<think>\n\n</think>\n\n`, so each direct answer
+    becomes a branch [that suffix + answer line] after the reasoning, at the positions it would have after the
+    prompt, attending to the prompt and itself only (`segments`; `collate` builds the tree mask). The loss and
+    gradients are those of the separate examples (tests/test_training.py); the prompt runs once. On the kegg view
+    the prompt is ~300 of a direct example's ~310 tokens.
     """
     proc = model.processor
     window = model.config.dna_config.window_size
@@ -95,18 +105,42 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
             raise ValueError(f"row {r.get('row')}: windows of {len(windows[0])}/{len(windows[1])} bp, but the model "
                              f"reads {window} bp windows (config.dna_config.window_size); load the data with "
                              f"load_kegg/load_views(..., window={window})")
-        for thinking in (True, False):
-            copies = _copies(thinking_answers if thinking else direct_answers, view)
+        thinking_copies = _copies(thinking_answers, view)
+        direct_copies = _copies(direct_answers, view)
+        packed = pack_direct and thinking_copies and direct_copies
+        for thinking, copies in ((True, thinking_copies), (False, 0 if packed else direct_copies)):
             if not copies:
                 continue
             # Tokenized once; the copies share the tensors (collate only reads them).
             target = proc.target(r["reasoning"] if thinking else None, r["label"])
             b = proc([proc.prompt(r["question"], thinking=thinking)], [windows], targets=[target], dna_ids=False)
-            n = b["input_ids"].shape[1]
-            if n > max_length:
-                raise ValueError(f"row {r.get('row')}: {n} tokens exceed max_length {max_length}")
-            out += [{"input_ids": b["input_ids"][0], "labels": b["labels"][0], "windows": windows}] * copies
+            example = {"input_ids": b["input_ids"][0], "labels": b["labels"][0], "windows": windows}
+            # with pack_direct, the first thinking copy carries the record's direct answers
+            first = _with_direct_branches(proc, example, r, windows, direct_copies) if thinking and packed else example
+            if len(first["input_ids"]) > max_length:
+                raise ValueError(f"row {r.get('row')}: {len(first['input_ids'])} tokens exceed max_length {max_length}")
+            out += [first] + [example] * (copies - 1)
     return out
+
+
+def _with_direct_branches(proc, example: dict, record: dict, windows: list[str], copies: int) -> dict:
+    """`example` (thinking prompt + reasoning answer) with `copies` direct-answer branches appended (see
+    encode_examples): ids, labels, and `segments` (0 prompt, 1 reasoning answer, 2.. the branches)."""
+    direct = proc([proc.prompt(record["question"], thinking=False)], [windows],
+                  targets=[proc.target(None, record["label"])], dna_ids=False)
+    thinking_prompt = int((example["labels"] == -100).sum())  # the thinking prompt is the unlabelled prefix
+    ids, labels = direct["input_ids"][0], direct["labels"][0]
+    if not torch.equal(ids[:thinking_prompt], example["input_ids"][:thinking_prompt]):
+        raise ValueError(f"row {record.get('row')}: the non-thinking prompt does not extend the thinking prompt "
+                         "token for token (chat template?); train without sft.pack_direct")
+    branch_ids, branch_labels = ids[thinking_prompt:], labels[thinking_prompt:]
+    if branch_labels[0] != -100:
+        raise ValueError(f"row {record.get('row')}: a direct-answer branch must start with an unlabelled token")
+    n_answer = len(example["input_ids"]) - thinking_prompt
+    segments = [0] * thinking_prompt + [1] * n_answer + [s for k in range(copies) for s in [2 + k] * len(branch_ids)]
+    return {"input_ids": torch.cat([example["input_ids"]] + [branch_ids] * copies),
+            "labels": torch.cat([example["labels"]] + [branch_labels] * copies),
+            "segments": torch.tensor(segments), "windows": windows}
 
 
 def collate(examples: list[dict], cache: EmbeddingCache, pad_id: int) -> dict[str, torch.Tensor]:
@@ -118,8 +152,36 @@ def collate(examples: list[dict], cache: EmbeddingCache, pad_id: int) -> dict[st
         n = len(e["input_ids"])
         input_ids[i, :n], labels[i, :n], attention_mask[i, :n] = e["input_ids"], e["labels"], 1
     hidden, mask = cache.lookup([w for e in examples for w in e["windows"]])
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-            "dna_hidden_states": hidden, "dna_positions_mask": mask}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+             "dna_hidden_states": hidden, "dna_positions_mask": mask}
+    if any("segments" in e for e in examples):
+        batch["attention_mask"], batch["position_ids"] = tree_attention(examples, width, hidden.dtype)
+    return batch
+
+
+def tree_attention(examples: list[dict], width: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's 4D additive attention mask [n, 1, width, width] and position ids [n, width] for examples with
+    `segments` (packed direct-answer branches): a token sees the earlier tokens of the prompt (segment 0) and of
+    its own segment; a branch's positions restart where the prompt ends. Plain examples are one segment (causal);
+    padding sees only itself."""
+    segments = torch.full((len(examples), width), -1, dtype=torch.long)
+    positions = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        seg = e.get("segments", torch.zeros(len(e["input_ids"]), dtype=torch.long))
+        segments[i, : len(seg)] = seg
+        prompt = int((seg == 0).sum())
+        pos = torch.arange(len(seg))
+        for s in seg.unique().tolist():
+            if s > 0:
+                where = (seg == s).nonzero().squeeze(1)
+                pos[where] = prompt + torch.arange(len(where))
+        positions[i, : len(seg)] = pos
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same = segments[:, :, None] == segments[:, None, :]
+    allowed = causal & (same | (segments[:, None, :] == 0)) & (segments[:, None, :] >= 0)
+    allowed |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no empty softmax)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return mask[:, None], positions
 
 
 def _batch_indices(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -480,7 +542,8 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
     if cfg.init_projector_from:  # stage 2 starts from the stage-1 projector
         _load_trainable(model, Path(cfg.init_projector_from), projector_only=True)
 
-    train = encode_examples(model, train_records, cfg.max_length, cfg.direct_answers, cfg.thinking_answers)
+    train = encode_examples(model, train_records, cfg.max_length, cfg.direct_answers, cfg.thinking_answers,
+                            cfg.pack_direct)
     views = set(train_records["view"]) if "view" in train_records.column_names else {"kegg"}
     model.config.answer_modes = [mode for mode, setting in (("thinking", cfg.thinking_answers),
                                                             ("direct", cfg.direct_answers))

@@ -210,6 +210,32 @@ def test_text_only_prompts_carry_no_dna(quickstart_dir):
     assert len(text_only["texts"]) == 2
 
 
+def test_cached_encoder_states_give_the_same_answers_and_encode_each_window_once(tiny_dir):
+    """Inside processor.cached_encoder_states(cache) batches carry the cached encoder states: generation and
+    label scoring give what they give from DNA token ids, and a window seen again is not encoded again."""
+    from dnallm.encoders.cache import EmbeddingCache
+    from test_model import build
+
+    model = build(tiny_dir).eval()
+    records = load_kegg("test").select(range(3))
+    questions, windows = control_inputs(records)
+    direct = run_inputs(model, questions, windows, max_new_tokens=6, batch_size=2, score_batch_size=2)
+    encoded = []
+    encode = model.dna_encoder.encode
+    model.dna_encoder.encode = lambda chunk: (encoded.extend(chunk), encode(chunk))[1]
+    cache = EmbeddingCache(model.dna_encoder)
+    with model.processor.cached_encoder_states(cache):
+        batch = model.processor([model.processor.prompt(questions[0])], [list(windows[0])])
+        assert "dna_input_ids" not in batch and batch["dna_hidden_states"].shape[0] == 2
+        cached = run_inputs(model, questions, windows, max_new_tokens=6, batch_size=2, score_batch_size=2)
+        shuffled = run_inputs(model, *control_inputs(records, "shuffled-dna"), generate=False, score_batch_size=2)
+    assert "dna_input_ids" in model.processor([model.processor.prompt(questions[0])], [list(windows[0])])
+    assert sorted(encoded) == sorted({w for pair in windows for w in pair})  # 6 windows, each encoded once
+    assert cached["texts"] == direct["texts"]
+    np.testing.assert_allclose(cached["probabilities"], direct["probabilities"], rtol=1e-4, atol=1e-6)
+    assert shuffled["scored"] is not None
+
+
 # ---- end to end ----
 
 def test_cli_eval_writes_metrics_predictions_report_and_pngs(quickstart_dir, tmp_path):
