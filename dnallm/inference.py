@@ -99,7 +99,10 @@ def generate_answers(model: DNALLMForConditionalGeneration, questions: list[str]
     compilation took about a minute at the seed sizes (H100), so the default (None) turns it on where it was
     measured to pay: always on the CPU (nothing compiles there; 1.4x on the tiny model's test split), and on
     CUDA for batches of 64 or more in jobs of three or more batches (docs/benchmarks.md: 5,407 vs 4,366
-    variants/h on a 384-variant job at batch 128, H100).
+    variants/h on a 384-variant job at batch 128, H100). All static caches of a job have one length (`_JobCache`:
+    its first, widest batch's prompt + `max_new_tokens`), so the compiled step compiles once per job; the answer
+    runs on per-chunk copies of the cache (`_answer_tails`), so the cache holds prompt + reasoning only and no
+    decoding step attends over room kept for the answer.
     """
     from dnallm.scoring import LabelTree
 
@@ -115,8 +118,7 @@ def generate_answers(model: DNALLMForConditionalGeneration, questions: list[str]
         static_cache = model.device.type == "cpu" or (
             model.device.type == "cuda" and batch_size >= 64 and len(questions) > 2 * batch_size)
     compiled = static_cache and model.device.type == "cuda"  # only CUDA compiles, and wants few shapes
-    # room in a static cache for the answer after the reasoning: the suffix, then the label tree or free tokens
-    tail_room = 1 + len(forced_ids) + max(tree.ids.shape[0] if tree is not None else 0, max_answer_tokens)
+    job_cache = _JobCache(model.config.text_config) if static_cache else None
     ends = set(proc.end_token_ids)
     texts: list[str | None] = [None] * len(questions)
     order = proc.length_order(questions)
@@ -127,9 +129,8 @@ def generate_answers(model: DNALLMForConditionalGeneration, questions: list[str]
         batch = {k: v.to(model.device) for k, v in batch.items()}
         input_ids, attention_mask = batch.pop("input_ids"), batch.pop("attention_mask")
         # Our own cache object, so that the answer continues from it after the reasoning (no recomputation).
-        cache = (StaticCache(config=model.config.text_config,
-                             max_cache_len=input_ids.shape[1] + max_new_tokens + tail_room)
-                 if static_cache else DynamicCache(config=model.config.text_config))
+        cache = (job_cache.get(input_ids.shape[0], input_ids.shape[1] + max_new_tokens) if static_cache
+                 else DynamicCache(config=model.config.text_config))
         generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                                    eos_token_id=[*proc.end_token_ids, *([think_end] if constrained else [])],
                                    **{CACHE_KWARG: cache}, **batch)[:, input_ids.shape[1]:]
@@ -157,18 +158,79 @@ def generate_answers(model: DNALLMForConditionalGeneration, questions: list[str]
     return texts
 
 
+class _JobCache:
+    """The static KV caches of one `generate_answers` job: every batch gets one of the SAME length, the widest prompt
+    seen (batches come longest first, so the first batch's) + the reasoning budget, so the compiled decoding step
+    keeps one shape for the whole job: one compilation. That is what transformers' own
+    `cache_implementation="static"` does (a new cache per call, at least as long as the last one), which the
+    pre-issue-14 loop used.
+
+    Measured on an H200 (docs/gpu-generation-2026-11-29.md): a cache sized per batch (as 47899a4 did: prompt +
+    budget + room for the answer) changed the decoding step's attention-mask width with every batch's prompt width,
+    and `torch.compile` (generate's CompileConfig, dynamic=None) recompiled the step with dynamic shapes at the second
+    batch: at 16 reasoning tokens, the first two batches' `generate` took 66 s and 76 s, mostly compilation; with one
+    length, 65 s for the first batch (compilation + 192 steps) and 15 s for each later one. `reuse = True` resets
+    one cache object in place instead of building a new one per batch: one CUDA-graph recording, not one per batch, the
+    same speed (102.8 vs 101.5 s), but a peak of 66.2 GiB against 48.1 (the 30 GiB more came during the second
+    batch's `generate`), so it is off. The cache holds no room for the answer: that runs on copies of its rows
+    (`_answer_tails`), so the ~150 label-tree positions do not lengthen every decoding step's attention."""
+
+    reuse = False
+
+    def __init__(self, config):
+        self.config, self.cache, self.rows, self.length = config, None, 0, 0
+
+    def get(self, rows: int, length: int) -> StaticCache:
+        length = max(length, self.length)
+        if self.reuse and self.cache is not None and (rows, length) == (self.rows, self.length):
+            self.cache.reset()  # in place: the same tensors, so the compiled step replays its CUDA graphs
+        else:
+            # A StaticCache allocates its tensors at its first write (the prefill), when the caller holds the old
+            # one no more: the two are never both allocated.
+            self.cache = StaticCache(config=self.config, max_cache_len=length)
+        self.rows, self.length = rows, length
+        return self.cache
+
+
+# Rows per answer pass: its cache copy (~3.5 GiB for 16 rows of 1,472 positions in the Qwen3-4B layout) and the
+# tree's logits stay small next to the reasoning's cache, which is still held during the answer.
+TAIL_ROWS = 16
+
+
+def _cache_rows(cache, rows: slice, length: int, config) -> DynamicCache:
+    """A dynamic cache holding `rows` of `cache`'s first `length` positions. The answer's tokens then go into it
+    (a copy on their first write) and never into `cache`, which keeps only prompt + reasoning."""
+    part = DynamicCache(config=config)
+    for k, layer in enumerate(cache.layers):
+        part.update(layer.keys[rows, :, :length], layer.values[rows, :, :length], k)
+    return part
+
+
 def _answer_tails(model, input_ids, attention_mask, generated, rows, suffixes, cache, tree, max_answer_tokens):
     """The answer after each row's reasoning, continuing the KV cache its generation left: [label tokens] per row.
-    tree: the label trie (constrained answers); None: free greedy tokens."""
+    tree: the label trie (constrained answers); None: free greedy tokens. The rows run TAIL_ROWS at a time, each
+    chunk on its own copy of its rows of the cache (`_cache_rows`), so `cache` needs no room for the answer."""
     from dnallm.scoring import continuation_label_logprobs
 
     tok = model.processor.tokenizer
-    ids, new_ids, mask = _continuation(model, input_ids, attention_mask, generated, rows, suffixes, cache)
-    if tree is not None:
-        best = continuation_label_logprobs(model, new_ids, mask, tree, cache=cache).argmax(-1).tolist()
-        return [tok(f" {KEGG_LABELS[b]}", add_special_tokens=False)["input_ids"] for b in best]
-    return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_answer_tokens,
-                          **{CACHE_KWARG: cache})[:, ids.shape[1]:].tolist()
+    length = input_ids.shape[1] + generated.shape[1] - 1  # prompt + every generated token but the last
+    if int(cache.get_seq_length()) != length:
+        raise RuntimeError(f"the KV cache holds {int(cache.get_seq_length())} positions after generation, expected "
+                           f"prompt + generated - 1 = {length} (transformers changed?)")
+    tails: list[list[int]] = []
+    for c in range(0, len(rows), TAIL_ROWS):
+        s = slice(c, c + TAIL_ROWS)
+        part = _cache_rows(cache, s, length, model.config.text_config)
+        ids, new_ids, mask = _continuation(model, input_ids[s], attention_mask[s], generated[s], rows[s],
+                                           suffixes[s], part)
+        if tree is not None:
+            best = continuation_label_logprobs(model, new_ids, mask, tree, cache=part).argmax(-1).tolist()
+            tails += [tok(f" {KEGG_LABELS[b]}", add_special_tokens=False)["input_ids"] for b in best]
+        else:
+            tails += model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_answer_tokens,
+                                    **{CACHE_KWARG: part})[:, ids.shape[1]:].tolist()
+        del part  # before the next chunk's copy: one copy at a time
+    return tails
 
 
 def _continuation(model, input_ids, attention_mask, generated, rows, suffixes, cache):

@@ -251,6 +251,44 @@ def test_generate_answers_returns_input_order_from_length_sorted_batches(tiny_di
     assert dynamic == batched and seen[-1] == "StaticCache" and set(seen[:-1]) == {"DynamicCache"}
 
 
+def test_a_job_gives_its_static_caches_one_length_without_room_for_the_answer(tiny_dir, kegg_train, monkeypatch):
+    """Issue 15 (GPU generation regression): a static cache sized per batch, with room for the answer, gave the
+    compiled decoding step a new shape (a recompilation) for every prompt width and ~150 more positions to attend
+    over at every step. Now every batch's cache has the job's length (widest prompt + reasoning budget) and the
+    answer runs on chunked copies of the cache's rows. Same answers, also with one cache object reset between
+    batches (`_JobCache.reuse`)."""
+    import dnallm.inference as inference
+
+    model = build(tiny_dir).eval()
+    _nonzero_lora(model)
+    rows = [kegg_train[i] for i in range(5)]
+    questions, windows = [r["question"] for r in rows], [(r["ref_window"], r["variant_window"]) for r in rows]
+    built, real_static = [], inference.StaticCache
+    monkeypatch.setattr(inference, "StaticCache",
+                        lambda **kw: built.append(kw["max_cache_len"]) or real_static(**kw))
+    static = generate_answers_of(model, questions, windows, static_cache=True)
+    proc = model.processor
+    first = [questions[j] for j in proc.length_order(questions)[:2]]
+    width = proc([proc.prompt(q) for q in first], [list(windows[0])] * 2, padding_side="left")["input_ids"].shape[1]
+    assert built == [width + 6] * 3  # batches of 2, 2 and 1: one length for the job, no room for the answer
+    monkeypatch.setattr(inference, "TAIL_ROWS", 1)  # the answer one row at a time: the same answers
+    assert generate_answers_of(model, questions, windows, static_cache=True) == static
+    monkeypatch.setattr(inference._JobCache, "reuse", True)  # one cache object reset between batches: the same
+    built.clear()
+    assert generate_answers_of(model, questions, windows, static_cache=True) == static and len(built) == 2
+    monkeypatch.setattr(inference._JobCache, "reuse", False)
+    assert generate_answers_of(model, questions, windows, static_cache=False) == static
+    unconstrained = generate_answers_of(model, questions, windows, static_cache=True, constrained=False)
+    monkeypatch.setattr(inference, "TAIL_ROWS", 32)
+    assert generate_answers_of(model, questions, windows, static_cache=False, constrained=False) == unconstrained
+
+
+def generate_answers_of(model, questions, windows, **kwargs):
+    from dnallm.inference import generate_answers
+
+    return generate_answers(model, questions, windows, batch_size=2, max_new_tokens=6, max_answer_tokens=3, **kwargs)
+
+
 def test_chunked_answer_loss_equals_the_full_logits_loss_and_gradients(tiny_dir, records):
     import torch.nn.functional as F
 
