@@ -55,6 +55,7 @@ class DNALLMProcessor:
             [tokenizer.eos_token_id] + [vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]))
         self.include_dna = True  # False only inside without_dna()
         self.encoder_cache = None  # an EmbeddingCache only inside cached_encoder_states()
+        self._dna_token_counts: dict[tuple, int] = {}  # num_dna_tokens' memo
 
     @contextmanager
     def without_dna(self):
@@ -111,9 +112,16 @@ class DNALLMProcessor:
         return {"dna_input_ids": enc["input_ids"], "dna_attention_mask": enc["attention_mask"]}
 
     def num_dna_tokens(self, window: str) -> int:
-        enc = self.dna_tokenizer(window, add_special_tokens=self.dna_add_special_tokens)
-        positions = int(dna_positions(self.dna_tokenizer, enc["input_ids"], enc["attention_mask"]).sum())
-        return -(-positions // self.dna_stride)
+        # Memoised per window: tokenizing a 1 kb window just to count its positions was 10 s of the tiny default's
+        # SFT set-up (every window is expanded 3-4 times: reasoning and direct examples, both views, val).
+        counts, key = self._dna_token_counts, (window, self.dna_stride, self.dna_add_special_tokens)
+        if key not in counts:
+            if len(counts) >= 65536:  # bounded for long-running servers
+                counts.clear()
+            enc = self.dna_tokenizer(window, add_special_tokens=self.dna_add_special_tokens)
+            positions = int(dna_positions(self.dna_tokenizer, enc["input_ids"], enc["attention_mask"]).sum())
+            counts[key] = -(-positions // self.dna_stride)
+        return counts[key]
 
     def expand_dna(self, text: str, windows: list[str], where: str = "") -> str:
         parts = text.split(self.dna_pad_token)
