@@ -118,7 +118,7 @@ def generate_answers(model: DNALLMForConditionalGeneration, questions: list[str]
         static_cache = model.device.type == "cpu" or (
             model.device.type == "cuda" and batch_size >= 64 and len(questions) > 2 * batch_size)
     compiled = static_cache and model.device.type == "cuda"  # only CUDA compiles, and wants few shapes
-    job_cache = _JobCache(model.config.text_config) if static_cache else None
+    job_cache = _JobCache(model.config.text_config, one_length=compiled) if static_cache else None
     ends = set(proc.end_token_ids)
     texts: list[str | None] = [None] * len(questions)
     order = proc.length_order(questions)
@@ -165,7 +165,7 @@ class _JobCache:
     `cache_implementation="static"` does (a new cache per call, at least as long as the last one), which the
     pre-issue-14 loop used.
 
-    Measured on an H200 (docs/gpu-generation-2026-11-29.md): a cache sized per batch (as 47899a4 did: prompt +
+    Measured on an H200 (docs/benchmarks.md, "GPU generation regression found and fixed"): a cache sized per batch (as 47899a4 did: prompt +
     budget + room for the answer) changed the decoding step's attention-mask width with every batch's prompt width,
     and `torch.compile` (generate's CompileConfig, dynamic=None) recompiled the step with dynamic shapes at the second
     batch: at 16 reasoning tokens, the first two batches' `generate` took 66 s and 76 s, mostly compilation; with one
@@ -177,11 +177,14 @@ class _JobCache:
 
     reuse = False
 
-    def __init__(self, config):
-        self.config, self.cache, self.rows, self.length = config, None, 0, 0
+    def __init__(self, config, one_length: bool = True):
+        # one_length=False (the CPU, where nothing compiles): each batch's own length, so a batch of short prompts
+        # does not attend over the longest batch's positions at every step.
+        self.config, self.one_length, self.cache, self.rows, self.length = config, one_length, None, 0, 0
 
     def get(self, rows: int, length: int) -> StaticCache:
-        length = max(length, self.length)
+        if self.one_length or self.reuse:  # one cache object for the job needs one length
+            length = max(length, self.length)
         if self.reuse and self.cache is not None and (rows, length) == (self.rows, self.length):
             self.cache.reset()  # in place: the same tensors, so the compiled step replays its CUDA graphs
         else:

@@ -591,7 +591,11 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
     )
     callbacks = [_Progress(stop_at)]
     if cfg.tensorboard and rank == 0:  # Trainer's TensorBoard callback, writing to out_dir/tensorboard
-        from torch.utils.tensorboard import SummaryWriter
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:  # tensorboard comes with the `train` extra, not with the core install
+            raise ImportError("sft.tensorboard is on but the tensorboard package is missing: pip install "
+                              "'dnallm-variants[train]', or set sft.tensorboard: false") from e
         from transformers.integrations import TensorBoardCallback
 
         callbacks.append(TensorBoardCallback(SummaryWriter(str(out_dir / "tensorboard"))))

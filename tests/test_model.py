@@ -268,14 +268,23 @@ def test_a_job_gives_its_static_caches_one_length_without_room_for_the_answer(ti
                         lambda **kw: built.append(kw["max_cache_len"]) or real_static(**kw))
     static = generate_answers_of(model, questions, windows, static_cache=True)
     proc = model.processor
-    first = [questions[j] for j in proc.length_order(questions)[:2]]
-    width = proc([proc.prompt(q) for q in first], [list(windows[0])] * 2, padding_side="left")["input_ids"].shape[1]
-    assert built == [width + 6] * 3  # batches of 2, 2 and 1: one length for the job, no room for the answer
+    order = proc.length_order(questions)
+    widths = [proc([proc.prompt(questions[j]) for j in order[i:i + 2]], [list(windows[j]) for j in order[i:i + 2]],
+                   padding_side="left")["input_ids"].shape[1] for i in (0, 2, 4)]
+    assert len(set(widths)) > 1
+    assert built == [w + 6 for w in widths]  # CPU (nothing compiles): each batch its own length, no answer room
+    built.clear()
+    job = inference._JobCache(model.config.text_config, one_length=True)  # compiled (CUDA) jobs: one length
+    for width in widths:
+        job.get(2, width + 6)
+    assert built == [widths[0] + 6] * 3
+    built.clear()
     monkeypatch.setattr(inference, "TAIL_ROWS", 1)  # the answer one row at a time: the same answers
     assert generate_answers_of(model, questions, windows, static_cache=True) == static
     monkeypatch.setattr(inference._JobCache, "reuse", True)  # one cache object reset between batches: the same
     built.clear()
     assert generate_answers_of(model, questions, windows, static_cache=True) == static and len(built) == 2
+    assert built == [widths[0] + 6] * 2  # batches of 2 share one object (one length); the batch of 1 gets its own
     monkeypatch.setattr(inference._JobCache, "reuse", False)
     assert generate_answers_of(model, questions, windows, static_cache=False) == static
     unconstrained = generate_answers_of(model, questions, windows, static_cache=True, constrained=False)
