@@ -27,7 +27,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from dnallm.configuration import DNALLMConfig
 from dnallm.encoders import DNAEncoder, LoadingError, build_encoder
 from dnallm.encoders.base import check_loading_info
-from dnallm.losses import chunked_cross_entropy
+from dnallm.losses import chunked_cross_entropy, chunked_token_logprobs
 from dnallm.processing import DNALLMProcessor
 from projectors import build_projector
 
@@ -289,7 +289,8 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                 dna_input_ids=None, dna_attention_mask=None, dna_hidden_states=None, dna_positions_mask=None,
-                labels=None, logits_to_keep: int | torch.Tensor = 0, cache=None, past_key_values=None, **kwargs):
+                labels=None, logits_to_keep: int | torch.Tensor = 0, cache=None, past_key_values=None,
+                label_weights=None, **kwargs):
         """Logits (and the KV cache) of the LM over the text with its DNA spliced in; `kwargs` go to the LM
         (`use_cache`, ...). The KV cache comes in as `cache` or `past_key_values` (named here so that `generate`
         accepts a cache object from the caller) and goes to the LM under its version's name. `logits_to_keep` is
@@ -306,8 +307,13 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
             hidden = self.text_hidden_states(input_ids, attention_mask, position_ids, **dna)
             targets = labels[:, 1:]
             keep = targets != -100
-            loss = chunked_cross_entropy(hidden[:, :-1][keep], self.get_output_embeddings(), targets[keep],
-                                         self.loss_chunk_size)
+            if label_weights is None:
+                loss = chunked_cross_entropy(hidden[:, :-1][keep], self.get_output_embeddings(), targets[keep],
+                                             self.loss_chunk_size)
+            else:  # per-token weights (packed direct answers, dnallm.training): the weighted sum over the count
+                logp = chunked_token_logprobs(hidden[:, :-1][keep], self.get_output_embeddings(), targets[keep],
+                                              self.loss_chunk_size)
+                loss = -(logp * label_weights[:, 1:][keep].to(logp.dtype)).sum() / keep.sum()
             return DNALLMOutput(loss=loss, n_tokens=int(keep.sum()))
         kv_cache = cache if cache is not None else past_key_values
         if kv_cache is not None:

@@ -92,8 +92,9 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
     Qwen3's non-thinking prompt is the thinking prompt plus `<think>\n\n</think>\n\n`, so each direct answer
     becomes a branch [that suffix + answer line] after the reasoning, at the positions it would have after the
     prompt, attending to the prompt and itself only (`segments`; `collate` builds the tree mask). The loss and
-    gradients are those of the separate examples (tests/test_training.py); the prompt runs once. On the kegg view
-    the prompt is ~300 of a direct example's ~310 tokens.
+    gradients are those of the separate examples, each branch token weighted by the reasoning answer's length over
+    the branch's (tests/test_training.py; see `_with_direct_branches`); the prompt runs once. On the kegg view the
+    prompt is ~300 of a direct example's ~310 tokens.
     """
     proc = model.processor
     window = model.config.dna_config.window_size
@@ -138,8 +139,13 @@ def _with_direct_branches(proc, example: dict, record: dict, windows: list[str],
         raise ValueError(f"row {record.get('row')}: a direct-answer branch must start with an unlabelled token")
     n_answer = len(example["input_ids"]) - thinking_prompt
     segments = [0] * thinking_prompt + [1] * n_answer + [s for k in range(copies) for s in [2 + k] * len(branch_ids)]
+    # Each branch token weighs n_answer / n_branch_labels (~64 on KEGG): what it weighs in a batch of direct
+    # examples under the token-mean loss, where it shares the step with ~8 label tokens per example instead of
+    # ~512 reasoning tokens. Unweighted, the tiny default's test score fell from 95.2 % to 76.0 % (docs/benchmarks.md).
+    weight = n_answer / int((branch_labels != -100).sum())
     return {"input_ids": torch.cat([example["input_ids"]] + [branch_ids] * copies),
             "labels": torch.cat([example["labels"]] + [branch_labels] * copies),
+            "label_weights": torch.tensor([1.0] * len(example["input_ids"]) + [weight] * len(branch_ids) * copies),
             "segments": torch.tensor(segments), "windows": windows}
 
 
@@ -156,6 +162,10 @@ def collate(examples: list[dict], cache: EmbeddingCache, pad_id: int) -> dict[st
              "dna_hidden_states": hidden, "dna_positions_mask": mask}
     if any("segments" in e for e in examples):
         batch["attention_mask"], batch["position_ids"] = tree_attention(examples, width, hidden.dtype)
+        batch["label_weights"] = torch.ones((len(examples), width))
+        for i, e in enumerate(examples):
+            if "label_weights" in e:
+                batch["label_weights"][i, : len(e["label_weights"])] = e["label_weights"]
     return batch
 
 
