@@ -42,9 +42,8 @@ class SFTConfig:
     # Reasoning-mode (thinking) examples per record: true = one; a mapping {view: copies}, e.g. {kegg: 1,
     # kegg_hard: 0} to teach reasoning on the pathway-context view only (the long examples are most of the cost).
     thinking_answers: bool | dict = True
-    # Direct answers ride on the record's thinking example as branches that share its prompt (encode_examples),
-    # each branch token weighted as in a batch of direct examples. Off in the tiny preset: fewer tokens, but a
-    # lower test score there (docs/benchmarks.md, section 9).
+    # Direct answers ride on the record's thinking example as branches that share its prompt (encode_examples):
+    # the same loss without running the prompt once per copy.
     pack_direct: bool = False
     eval_batch_size: int = 16
     evals_per_epoch: int = 1
