@@ -34,7 +34,20 @@ from dnallm.training import _batches, collate, encode_examples
 STAND_INS = {"nt-500m": (1024, 6), "hyenadna": (256, 1), "evo2-1b": (1920, 1)}
 
 
+# CPU smoke tests of the benchmark code (`--encoder tiny --text tiny`): 2-layer look-alikes of both layouts.
+TINY_ENCODER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, num_local_experts=2)
+TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16)
+
+
+def text_config(name: str):
+    return qwen3_config("1.7b", **TINY_TEXT) if name == "tiny" else qwen3_config(name.removeprefix("qwen3-"))
+
+
 def encoder_config(name: str):
+    if name == "tiny":
+        return genos_config("1.2b", **TINY_ENCODER)
     if name.startswith("genos-"):
         return genos_config(name.removeprefix("genos-"))
     hidden, _ = STAND_INS[name]
@@ -49,7 +62,7 @@ def build(args, device, dtype) -> DNALLMForConditionalGeneration:
         args.stride = max(args.stride, STAND_INS[args.encoder][1])
     with torch.device(device):
         encoder_model = MixtralModel(encoder_config(args.encoder)).to(dtype)
-        text_model = Qwen3ForCausalLM(qwen3_config(args.text.removeprefix("qwen3-"))).to(dtype)
+        text_model = Qwen3ForCausalLM(text_config(args.text)).to(dtype)
     if args.attn:
         text_model.config._attn_implementation = args.attn
     encoder = GenosEncoder(encoder_model, build_base_tokenizer(), -1, f"random-init {args.encoder}")

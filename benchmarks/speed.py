@@ -1,17 +1,27 @@
-"""Issue 7: the BioReason-style baseline and dnallm's fast path, in one process on one GPU, same inputs.
+"""Issues 7 and 15: the BioReason-style baselines and dnallm's fast path, in one process on one GPU, same inputs.
 
-    python benchmarks/speed.py [--text qwen3-4b]                 # everything, one process
+    python benchmarks/speed.py [--text qwen3-4b]                    # everything, one process
+    python benchmarks/speed.py --only-train --train baseline_ds baseline_plain fast fast_flce fast_liger ...
     python benchmarks/speed.py --only-generate 128 [--dynamic-too]  # scoring + generation jobs only
-    python benchmarks/speed.py --only-score 8 32 64                 # label scoring only
+    python benchmarks/speed.py --only-score 16 32 64 [--liger-too]  # label scoring only
+    python benchmarks/speed.py --cpu-smoke --train baseline_ds baseline_plain fast --train-samples 8  # code check
 
-Random-init Genos-1.2B + Qwen3-4B layouts, LoRA r = 32 on all linear layers, bf16, DeepSpeed ZeRO-2.
-  baseline : batch 1, linear projector, one token per base (2 x 1024 DNA tokens), encoder re-run every step,
-             generation with HF generate on the unmerged LoRA model at batch 1.
-  fast     : mlp projector pooling 16 bases per token (2 x 64 DNA tokens), encoder outputs cached, batch 4 of
-             length-grouped examples (as the trainer batches them), chunked answer loss; LoRA merged for inference;
-             scoring of all 37 labels (one prompt pass + one tree-masked pass); a generation job through
-             `generate_answers` (length-grouped batches, reasoning, forced `Answer:` line, label) with a static
-             KV cache and the decoding step compiled (CUDA graphs), compilation included in the time.
+Random-init Genos-1.2B + Qwen3-4B layouts, LoRA r = 32 on all linear layers, bf16.
+Training (benchmarks/train_bench.py has the settings, the FLOP count behind the MFU, and the layouts): each
+setting is `--train-repeats` timed passes over the same `--train-samples` examples after `--train-warmup` steps;
+reported as the median repeat's samples/s with every repeat's rate, tokens/s, LM MFU, peak memory, and the ratio over the
+FASTER of the two baselines:
+  baseline_ds    : batch 1, linear projector, one token per base (2 x 1024 DNA tokens), encoder re-run every step,
+                   DeepSpeed ZeRO-2 (as our SFT trainer runs).
+  baseline_plain : the same step in a plain PyTorch loop (no DeepSpeed; AdamW, gradient clipping), BioReason's way.
+  fast           : mlp projector pooling 16 bases per token (2 x 64 DNA tokens), encoder outputs cached, batch 4 of
+                   length-grouped examples (as the trainer batches them), chunked answer loss, DeepSpeed ZeRO-2.
+  fast_* levers  : liger fused linear cross-entropy (flce), liger RMSNorm/SwiGLU/RoPE kernels (liger), batch 8/16,
+                   gradient checkpointing (ckpt), plain loop with fused AdamW (plain).
+Inference: generation with HF generate on the unmerged LoRA model at batch 1 (baseline); LoRA merged, scoring of
+all 37 labels (one prompt pass + one tree-masked pass); a generation job through `generate_answers`
+(length-grouped batches, reasoning, forced `Answer:` line, label) with a static KV cache and the decoding step
+compiled (CUDA graphs), compilation included in the time.
 Random weights never emit end-of-turn, so every generation runs the full --gen-tokens, like the reference's 550.
 """
 
@@ -25,13 +35,17 @@ import time
 from pathlib import Path
 
 import torch
+import transformers
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sft_step import build, init_distributed, parser as sft_parser, time_sft_steps  # noqa: E402
+from sft_step import build, init_distributed, parser as sft_parser  # noqa: E402
+from train_bench import SETTINGS, matmul_tflops, run_training  # noqa: E402
 
 from dnallm.data import load_kegg  # noqa: E402
 from dnallm.inference import generate_answers  # noqa: E402
 from dnallm.scoring import label_probabilities  # noqa: E402
+
+DEFAULT_TRAIN = ("baseline_ds", "baseline_plain", "fast")
 
 
 def sync():
@@ -99,39 +113,67 @@ def scoring_rate(model, records, n: int, batch: int, repeats: int = 3) -> dict:
             "variants_per_h": round(n / median * 3600, 1)}
 
 
+def liger_inference_kernels(model) -> None:
+    """liger's RMSNorm, SwiGLU and RoPE kernels on the (merged) Qwen3 LM, for the scoring comparison."""
+    from liger_kernel.transformers import apply_liger_kernel_to_qwen3
+
+    apply_liger_kernel_to_qwen3(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                fused_linear_cross_entropy=False, model=model.language_model)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--text", default="qwen3-4b")
-    p.add_argument("--train-steps", type=int, default=8)
+    p.add_argument("--encoder", default="genos-1.2b")
+    p.add_argument("--train", nargs="*", default=list(DEFAULT_TRAIN), metavar="SETTING",
+                   help=f"training settings, in order (liger-kernel ones run last); known: {', '.join(SETTINGS)}")
+    p.add_argument("--train-samples", type=int, default=24,
+                   help="examples per timed repeat: every setting times the same ones, at its own batch size")
+    p.add_argument("--train-repeats", type=int, default=3)
+    p.add_argument("--train-warmup", type=int, default=3)
+    p.add_argument("--only-train", action="store_true", help="training settings only")
     p.add_argument("--gen-tokens", type=int, default=550)
     p.add_argument("--gen-batch", type=int, default=128)
     p.add_argument("--score-n", type=int, default=512)
     p.add_argument("--score-batch", type=int, default=16)
     p.add_argument("--fast-stride", type=int, default=16)
-    p.add_argument("--fast-batch", type=int, default=4)
-    p.add_argument("--fast-grad-ckpt", action="store_true")
     p.add_argument("--skip-baseline-generation", action="store_true")
     p.add_argument("--only-generate", type=int, nargs="*", default=None,
                    help="skip training; measure scoring and fast-path generation at these batch sizes")
     p.add_argument("--only-score", type=int, nargs="*", default=None,
                    help="skip training and generation; measure label scoring at these batch sizes")
+    p.add_argument("--liger-too", action="store_true",
+                   help="--only-score: then again with liger's RMSNorm/SwiGLU/RoPE kernels patched into the LM")
     p.add_argument("--extra-score-batches", type=int, nargs="*", default=[])
     p.add_argument("--dynamic-too", action="store_true", help="also time generation with the dynamic cache")
+    p.add_argument("--cpu-smoke", action="store_true",
+                   help="tiny layouts, fp32, on the CPU: checks the training code paths (no numbers to report)")
     args = p.parse_args()
-    device, dtype = torch.device("cuda"), torch.bfloat16
+    if args.cpu_smoke:
+        device, dtype = torch.device("cpu"), torch.float32
+        args.text = args.encoder = "tiny"
+    else:
+        device, dtype = torch.device("cuda"), torch.bfloat16
     init_distributed(device)
     records = load_kegg("train")
-    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "text": args.text}
+    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+               "transformers": transformers.__version__, "text": args.text, "encoder": args.encoder}
+    print("ENV " + json.dumps(results), flush=True)
 
     if args.only_score or args.only_generate:  # inference only: the fast path's model, LoRA merged, no training
-        fast = sft_parser().parse_args(["--text", args.text, "--stride", str(args.fast_stride)])
+        fast = sft_parser().parse_args(["--text", args.text, "--encoder", args.encoder,
+                                        "--stride", str(args.fast_stride)])
         model = build(fast, device, dtype).eval().merge_lora()
     if args.only_score:
-        for sb in args.only_score:
-            torch.cuda.reset_peak_memory_stats()
-            row = scoring_rate(model, records, args.score_n, sb)
-            row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            print("RESULT score_fast " + json.dumps(row), flush=True)
+        for kernels in (False, True) if args.liger_too else (False,):
+            if kernels:
+                liger_inference_kernels(model)
+            for sb in args.only_score:
+                torch.cuda.reset_peak_memory_stats()
+                row = scoring_rate(model, records, args.score_n, sb)
+                row["liger_kernels"] = kernels
+                row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                print("RESULT score_fast " + json.dumps(row), flush=True)
         return
     if args.only_generate:
         for sb in args.extra_score_batches + [args.score_batch]:
@@ -143,34 +185,28 @@ def main() -> None:
                 gc.collect()
                 torch.cuda.empty_cache()
         return
-    base = sft_parser().parse_args(["--text", args.text, "--projector", "linear", "--stride", "1", "--batch", "1",
-                                    "--no-cache", "--steps", str(args.train_steps), "--label", "baseline"])
-    model = build(base, device, dtype)
-    results["train_baseline"] = time_sft_steps(model, records.select(range(base.steps + base.warmup)), base, device, dtype)
-    print("RESULT " + json.dumps(results["train_baseline"]), flush=True)
+
+    results["matmul_tflops_measured"] = matmul_tflops()
+    print("RESULT matmul " + json.dumps({"bf16_8192_tflops": results["matmul_tflops_measured"]}), flush=True)
+    results["train"] = run_training(args.train, records, args, device, dtype)
+    if args.only_train or args.cpu_smoke:
+        print("SUMMARY " + json.dumps(results), flush=True)
+        return
     if not args.skip_baseline_generation:
-        model.eval()
+        base = sft_parser().parse_args(["--text", args.text, "--encoder", args.encoder, "--projector", "linear",
+                                        "--stride", "1"])
+        model = build(base, device, dtype).eval()
         results["generate_baseline"] = generation_rate(model, records, 1, args.gen_tokens)
         print("RESULT generate_baseline " + json.dumps(results["generate_baseline"]), flush=True)
-    del model  # free the baseline before building the fast path (same card, one at a time)
-    gc.collect()
-    torch.cuda.empty_cache()
-
-    fast = sft_parser().parse_args(["--text", args.text, "--projector", "mlp", "--stride", str(args.fast_stride),
-                                    "--batch", str(args.fast_batch), "--steps", str(args.train_steps), "--label", "fast"]
-                                   + (["--grad-ckpt"] if args.fast_grad_ckpt else []))
-    model = build(fast, device, dtype)
-    n = fast.batch * (fast.steps + fast.warmup)
-    results["train_fast"] = time_sft_steps(model, records.select(range(n)), fast, device, dtype)
-    print("RESULT " + json.dumps(results["train_fast"]), flush=True)
-    gc.collect()
-    torch.cuda.empty_cache()
-    model.eval().merge_lora()  # inference: LoRA folded into the weights
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+    fast = sft_parser().parse_args(["--text", args.text, "--encoder", args.encoder, "--stride", str(args.fast_stride)])
+    model = build(fast, device, dtype).eval().merge_lora()  # inference: LoRA folded into the weights
     results["score_fast"] = scoring_rate(model, records, args.score_n, args.score_batch)
     print("RESULT score_fast " + json.dumps(results["score_fast"]), flush=True)
     results["generate_fast"] = answer_rate(model, records, args.gen_batch, args.gen_tokens, static_cache=True)
     print("RESULT generate_fast " + json.dumps(results["generate_fast"]), flush=True)
-    results["train_speedup"] = round(results["train_fast"]["samples_per_s"] / results["train_baseline"]["samples_per_s"], 2)
     if "generate_baseline" in results:
         results["generate_speedup"] = round(results["generate_fast"]["variants_per_h"]
                                             / results["generate_baseline"]["variants_per_h"], 1)

@@ -3,6 +3,10 @@
 A batch of 8 KEGG answers is ~4,400 target tokens; their fp32 logits alone are 2.7 GB at Qwen3's vocabulary,
 kept again for the backward pass. Here each chunk's logits are recomputed in the backward pass
 (non-reentrant activation checkpointing), so at most one chunk's logits exist at any time.
+
+`chunk_size="liger"` (opt-in, CUDA only): liger-kernel's fused linear cross-entropy instead, which computes the
+input's (and a trainable head's) gradient in the forward pass, chunk by chunk, in Triton kernels; no logits are
+kept and none are recomputed (benchmarks/speed.py measures it against the chunked loss).
 """
 
 from __future__ import annotations
@@ -12,14 +16,44 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 
+FUSED = "liger"
+
+
+def head_weight(head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The effective weight and bias of an LM head: a plain Linear, or peft's trainable-tokens layer over one
+    (tied heads with trainable rows: the base weight with the trained rows written in, differentiable)."""
+    if isinstance(head, torch.nn.Linear):
+        return head.weight, head.bias
+    layer = getattr(head, "token_adapter", head)  # peft TrainableTokensWrapper -> its TrainableTokensLayer
+    if hasattr(layer, "get_merged_weights") and not getattr(layer, "disable_adapters", False):
+        active = [a for a in layer.active_adapters if a in getattr(layer, "trainable_tokens_delta", {})]
+        weight = layer.get_merged_weights(active) if active else layer.base_layer.weight
+        return weight, getattr(layer.base_layer, "bias", None)
+    if hasattr(head, "weight"):
+        return head.weight, getattr(head, "bias", None)
+    raise TypeError(f"no linear weight found in LM head {type(head).__name__}")
+
+
+def fused_linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of `head(hidden)` against `targets` through liger-kernel's fused linear cross-entropy
+    (needs `liger-kernel`, Triton and a CUDA device)."""
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    weight, bias = head_weight(head)
+    return liger_fused_linear_cross_entropy(hidden.contiguous(), weight, targets, bias, reduction="mean")
+
+
 def _chunk_token_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -F.cross_entropy(head(hidden).float(), targets, reduction="none")
 
 
 def chunked_token_logprobs(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
-                           chunk_size: int | None = 1024) -> torch.Tensor:
+                           chunk_size: int | str | None = 1024) -> torch.Tensor:
     """log p(target) of every position: hidden [..., d], targets [...] -> [...], `chunk_size` positions at a
-    time with recomputation in backward (GRPO's policy and reference log-probabilities)."""
+    time with recomputation in backward (GRPO's policy and reference log-probabilities). `chunk_size="liger"`
+    (a fused mean loss only) falls back to chunks of 1024 here."""
+    if chunk_size == FUSED:
+        chunk_size = 1024
     flat_hidden, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     if not chunk_size:
         return _chunk_token_logprobs(head, flat_hidden, flat_targets).view(targets.shape)
@@ -29,11 +63,14 @@ def chunked_token_logprobs(hidden: torch.Tensor, head: torch.nn.Module, targets:
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
-                          chunk_size: int | None = 1024) -> torch.Tensor:
+                          chunk_size: int | str | None = 1024) -> torch.Tensor:
     """Mean cross-entropy of `head(hidden)` [N, vocab] against `targets` [N], `chunk_size` rows at a time.
 
-    chunk_size None or 0: the plain loss over the full logits (no recomputation), for A/B measurements.
+    chunk_size None or 0: the plain loss over the full logits (no recomputation), for A/B measurements;
+    "liger": liger-kernel's fused linear cross-entropy (`fused_linear_cross_entropy`).
     """
     if targets.numel() == 0:
         raise ValueError("no answer tokens in this batch: every label is -100")
+    if chunk_size == FUSED:
+        return fused_linear_cross_entropy(hidden, head, targets)
     return -chunked_token_logprobs(hidden, head, targets, chunk_size).mean()

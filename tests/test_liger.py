@@ -1,0 +1,67 @@
+"""The opt-in liger-kernel loss (`chunk_size="liger"` in dnallm.losses): same loss and gradients as the chunked
+loss. The fused kernel needs liger-kernel, Triton and a CUDA device (skipped otherwise); the head-weight lookup it
+relies on runs everywhere."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dnallm.losses import chunked_cross_entropy, head_weight
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def test_head_weight_is_what_a_peft_trainable_tokens_head_applies():
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, tie_word_embeddings=True)
+    lm = get_peft_model(Qwen3ForCausalLM(config), LoraConfig(r=4, target_modules="all-linear",
+                                                             trainable_token_indices=[90, 91]))
+    head = lm.get_output_embeddings()
+    with torch.no_grad():  # move the trainable rows away from the base rows, so a stale weight would show
+        for p in head.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    weight, bias = head_weight(head)
+    h = torch.randn(7, 32)
+    torch.testing.assert_close(F.linear(h, weight, bias), head(h))
+    assert weight.requires_grad  # the trainable rows get their gradient through the fused loss too
+    weight.sum().backward()
+    assert [n for n, p in lm.named_parameters() if p.grad is not None] == \
+        [n for n, p in lm.named_parameters() if p.requires_grad and "trainable_tokens" in n]
+
+
+def _needs_liger():
+    if not torch.cuda.is_available():
+        pytest.skip("liger's fused loss needs a CUDA device")
+    pytest.importorskip("triton")
+    pytest.importorskip("liger_kernel")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_loss_matches_the_chunked_loss_and_its_gradients(dtype):
+    _needs_liger()
+    torch.manual_seed(0)
+    n, d, vocab = 3000, 256, 32000
+    head = torch.nn.Linear(d, vocab, bias=False, device="cuda", dtype=dtype)
+    targets = torch.randint(0, vocab, (n,), device="cuda")
+    results = []
+    for chunk in (1024, "liger"):
+        hidden = torch.randn(n, d, device="cuda", dtype=dtype, generator=torch.Generator("cuda").manual_seed(1))
+        hidden.requires_grad_(True)
+        head.weight.grad = None
+        loss = chunked_cross_entropy(hidden, head, targets, chunk)
+        loss.backward()
+        results.append((loss.detach(), hidden.grad.clone(), head.weight.grad.clone()))
+    (l_ref, gh_ref, gw_ref), (l_fused, gh_fused, gw_fused) = results
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    assert torch.isfinite(l_fused) and abs(float(l_fused - l_ref)) / float(l_ref) < tol / 10
+    assert _rel(gh_fused, gh_ref) < tol
+    assert _rel(gw_fused, gw_ref) < tol
