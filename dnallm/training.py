@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields
@@ -45,6 +46,12 @@ class SFTConfig:
     # Direct answers ride on the record's thinking example as branches that share its prompt (encode_examples):
     # the same loss without running the prompt once per copy.
     pack_direct: bool = False
+    # Loss weights inside the reasoning examples (1.0 = the plain token mean). answer_weight: the tokens after
+    # `</think>` (the answer line and end of turn); without it they are ~8 of ~500 labelled tokens, and the tiny
+    # default's answer after its own reasoning copied whatever disease the reasoning named. mention_weight: the
+    # tokens of the gold label where the reasoning names it (case-insensitive), the words the answer line follows.
+    answer_weight: float = 1.0
+    mention_weight: float = 1.0
     eval_batch_size: int = 16
     evals_per_epoch: int = 1
     seed: int = 0
@@ -81,7 +88,8 @@ def _copies(setting: bool | int | dict, view: str) -> int:
 
 
 def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: int, direct_answers: bool | dict = False,
-                    thinking_answers: bool | dict = True, pack_direct: bool = False) -> list[dict]:
+                    thinking_answers: bool | dict = True, pack_direct: bool = False, answer_weight: float = 1.0,
+                    mention_weight: float = 1.0) -> list[dict]:
     """Tokenize every record once: prompt + answer ids, labels on the answer only, and its two windows.
 
     With direct_answers, each record also yields non-thinking-mode examples whose answer is the label line
@@ -95,6 +103,9 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
     gradients are those of the separate examples, each branch token weighted by the reasoning answer's length over
     the branch's (tests/test_training.py; see `_with_direct_branches`); the prompt runs once. On the kegg view the
     prompt is ~300 of a direct example's ~310 tokens.
+
+    answer_weight / mention_weight (SFTConfig): per-token loss weights on a reasoning example's answer line and on
+    the gold label's mentions inside its reasoning (`_reasoning_weights`).
     """
     proc = model.processor
     window = model.config.dna_config.window_size
@@ -116,12 +127,37 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
             target = proc.target(r["reasoning"] if thinking else None, r["label"])
             b = proc([proc.prompt(r["question"], thinking=thinking)], [windows], targets=[target], dna_ids=False)
             example = {"input_ids": b["input_ids"][0], "labels": b["labels"][0], "windows": windows}
+            if thinking and (answer_weight != 1.0 or mention_weight != 1.0):
+                example["label_weights"] = _reasoning_weights(proc.tokenizer, example, target, r["label"],
+                                                              answer_weight, mention_weight)
             # with pack_direct, the first thinking copy carries the record's direct answers
             first = _with_direct_branches(proc, example, r, windows, direct_copies) if thinking and packed else example
             if len(first["input_ids"]) > max_length:
                 raise ValueError(f"row {r.get('row')}: {len(first['input_ids'])} tokens exceed max_length {max_length}")
             out += [first] + [example] * (copies - 1)
     return out
+
+
+def _reasoning_weights(tokenizer, example: dict, target: str, label: str, answer_weight: float,
+                       mention_weight: float) -> torch.Tensor:
+    """Per-token loss weights of one reasoning example: `answer_weight` on the target tokens that start after
+    `</think>`, `mention_weight` on those overlapping a case-insensitive mention of `label` inside the think block,
+    1 elsewhere (the prompt's weights are never read: its labels are -100)."""
+    enc = tokenizer(target, add_special_tokens=False, return_offsets_mapping=True)
+    n = len(enc["input_ids"])
+    if enc["input_ids"] != example["input_ids"][-n:].tolist():
+        raise ValueError("the target's tokens differ when tokenized alone; cannot place the loss weights")
+    think_end = target.rindex("</think>")
+    mentions = [(m.start(), m.end()) for m in re.finditer(re.escape(label), target[:think_end], re.IGNORECASE)]
+    target_weights = []
+    for start, end in enc["offset_mapping"]:
+        if start >= think_end + len("</think>"):
+            target_weights.append(answer_weight)
+        elif any(start < m_end and end > m_start for m_start, m_end in mentions):
+            target_weights.append(mention_weight)
+        else:
+            target_weights.append(1.0)
+    return torch.tensor([1.0] * (len(example["input_ids"]) - n) + target_weights)
 
 
 def _with_direct_branches(proc, example: dict, record: dict, windows: list[str], copies: int) -> dict:
@@ -145,7 +181,8 @@ def _with_direct_branches(proc, example: dict, record: dict, windows: list[str],
     weight = n_answer / int((branch_labels != -100).sum())
     return {"input_ids": torch.cat([example["input_ids"]] + [branch_ids] * copies),
             "labels": torch.cat([example["labels"]] + [branch_labels] * copies),
-            "label_weights": torch.tensor([1.0] * len(example["input_ids"]) + [weight] * len(branch_ids) * copies),
+            "label_weights": torch.cat([example.get("label_weights", torch.ones(len(example["input_ids"]))),
+                                        torch.full((len(branch_ids) * copies,), weight)]),
             "segments": torch.tensor(segments), "windows": windows}
 
 
@@ -162,6 +199,7 @@ def collate(examples: list[dict], cache: EmbeddingCache, pad_id: int) -> dict[st
              "dna_hidden_states": hidden, "dna_positions_mask": mask}
     if any("segments" in e for e in examples):
         batch["attention_mask"], batch["position_ids"] = tree_attention(examples, width, hidden.dtype)
+    if any("label_weights" in e for e in examples):
         batch["label_weights"] = torch.ones((len(examples), width))
         for i, e in enumerate(examples):
             if "label_weights" in e:
@@ -553,7 +591,7 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
         _load_trainable(model, Path(cfg.init_projector_from), projector_only=True)
 
     train = encode_examples(model, train_records, cfg.max_length, cfg.direct_answers, cfg.thinking_answers,
-                            cfg.pack_direct)
+                            cfg.pack_direct, cfg.answer_weight, cfg.mention_weight)
     views = set(train_records["view"]) if "view" in train_records.column_names else {"kegg"}
     model.config.answer_modes = [mode for mode, setting in (("thinking", cfg.thinking_answers),
                                                             ("direct", cfg.direct_answers))

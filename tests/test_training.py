@@ -248,3 +248,40 @@ def test_packed_direct_answers_give_the_loss_and_gradients_of_separate_examples(
     assert loss_p == pytest.approx(loss_s, rel=1e-5)
     for name in grads_s:
         torch.testing.assert_close(grads_p[name], grads_s[name], rtol=1e-4, atol=3e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_reasoning_examples_weigh_their_answer_line_and_label_mentions(tiny_dir):
+    """answer_weight / mention_weight: the tokens after `</think>` and the gold label's mentions inside the
+    reasoning carry those weights in the loss, which is the weighted sum of the per-token losses over the token
+    count. Fails if the weights land elsewhere, are dropped by collate, or are ignored by the model's loss."""
+    from dnallm.data import load_views
+    from dnallm.encoders.cache import EmbeddingCache
+    from dnallm.training import collate, encode_examples
+
+    model = build(tiny_dir)
+    records = load_views("val", {"kegg": 1.0}, limit=3)
+    plain = encode_examples(model, records, 8192)
+    assert not any("label_weights" in e for e in plain)
+    weighted = encode_examples(model, records, 8192, answer_weight=8.0, mention_weight=4.0)
+    tok = model.processor.tokenizer
+    mentioned = 0
+    for e, p, r in zip(weighted, plain, records):
+        w = e["label_weights"]
+        assert torch.equal(e["input_ids"], p["input_ids"])
+        assert tok.decode(e["input_ids"][w == 8.0]).strip() == f"Answer: {r['label']}{tok.eos_token}"
+        n_mentions = r["reasoning"].lower().count(r["label"].lower())
+        mention_text = tok.decode(e["input_ids"][w == 4.0]).lower()
+        assert mention_text.count(r["label"].lower()) == n_mentions
+        mentioned += n_mentions
+        assert set(w[e["labels"] == -100].tolist()) == {1.0}  # the prompt keeps weight 1 (never read)
+    assert mentioned > 0
+
+    cache = EmbeddingCache(model.dna_encoder)
+    batch = collate(weighted[:2], cache, tok.pad_token_id)
+    out = model(**batch)
+    logits = model(**{k: v for k, v in batch.items() if k not in ("labels", "label_weights")}).logits
+    targets, keep = batch["labels"][:, 1:], batch["labels"][:, 1:] != -100
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1][keep].float(), targets[keep], reduction="none")
+    expected = (nll * batch["label_weights"][:, 1:][keep]).sum() / keep.sum()
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out["loss"].item() > model(**collate(plain[:2], cache, tok.pad_token_id))["loss"].item()
