@@ -160,6 +160,7 @@ def run_setting(name: str, setting: dict, records, args, device, dtype) -> dict:
     import deepspeed
 
     a = layout_args(setting["layout"], args.text, args.encoder, args.fast_stride, setting)
+    gc.collect()  # DeepSpeed's engine and the model form reference cycles: collect the last setting's first
     resident = torch.cuda.memory_allocated() / 2**30 if device.type == "cuda" else None  # left by earlier settings
     model = build(a, device, dtype)
     if setting.get("grad_ckpt"):  # build() enables the reentrant form; the non-reentrant one needs no input grads
@@ -212,7 +213,7 @@ def run_setting(name: str, setting: dict, records, args, device, dtype) -> dict:
             loss = step(b)
         sync()
         seconds.append(time.perf_counter() - t)
-    final_loss = float(loss)
+    final_loss = float(loss.detach())
     samples = sum(b["input_ids"].shape[0] for b in timed)
     tokens = sum(int(b["attention_mask"].sum()) for b in timed)
     padded = sum(b["attention_mask"].numel() for b in timed)
@@ -259,6 +260,9 @@ def run_training(names: list[str], records, args, device, dtype) -> dict:
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        gc.collect()  # after run_setting's frame is gone (its locals kept the engine/model cycle alive)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         rows[name] = row
         print("RESULT train " + json.dumps(row), flush=True)
     base = [rows[b]["samples_per_s"] for b in BASELINES if b in rows and "samples_per_s" in rows[b]]
