@@ -496,7 +496,10 @@ def _make_trainer_class():
                 lora = [p for p in model.language_model.parameters() if p.requires_grad]
                 groups = [g for g in ({"params": list(model.projector.parameters()), "lr": self.sft_cfg.lr_projector},
                                       {"params": lora, "lr": self.sft_cfg.lr_lora}) if g["params"]]
-                self.optimizer = torch.optim.AdamW(groups, weight_decay=self.sft_cfg.weight_decay, betas=(0.9, 0.95))
+                # fused: one kernel for all parameters instead of a loop over ~60 small tensors (on the CPU, torch
+                # picks that loop by default: ~3 ms of a 50 ms short step of the tiny default)
+                self.optimizer = torch.optim.AdamW(groups, weight_decay=self.sft_cfg.weight_decay, betas=(0.9, 0.95),
+                                                   fused=model.device.type in ("cpu", "cuda"))
             return self.optimizer
 
         def create_scheduler(self, num_training_steps: int, optimizer=None):

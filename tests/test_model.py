@@ -436,3 +436,21 @@ def test_from_pretrained_takes_dtype_refuses_what_it_cannot_honour_and_attends_a
     eager = DNALLMForConditionalGeneration.build(cfg, attn_implementation="eager")
     # generate reads the wrapper's config (e.g. whether flash attention needs the mask kept): it must be the LM's
     assert eager.config._attn_implementation == eager.language_model.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_a_padded_batch_loss_is_the_token_mean_of_its_examples_alone(tiny_dir, records, padding_side):
+    """The training loss drops the padding mask of a right-padded batch (plain causal attention) and keeps it for
+    left padding: either way a padded batch gives the token-weighted mean of its examples' own losses. Fails if
+    a right-padded row's tokens could see the padding or a left-padded batch lost its mask."""
+    model = build(tiny_dir)
+    _nonzero_lora(model)
+    batch = batch_for(model, records, padding_side=padding_side)
+    assert (batch["attention_mask"] == 0).any()  # the three answers differ in length: there is padding
+    out = model(**batch)
+    total, count = 0.0, 0
+    for r in records:
+        alone = model(**batch_for(model, [r]))
+        total, count = total + alone["loss"].item() * alone["n_tokens"], count + alone["n_tokens"]
+    assert out["n_tokens"] == count
+    assert out["loss"].item() == pytest.approx(total / count, rel=1e-5)
