@@ -295,7 +295,8 @@ def test_a_job_gives_its_static_caches_one_length_without_room_for_the_answer(ti
 def generate_answers_of(model, questions, windows, **kwargs):
     from dnallm.inference import generate_answers
 
-    return generate_answers(model, questions, windows, batch_size=2, max_new_tokens=6, max_answer_tokens=3, **kwargs)
+    return generate_answers(model, questions, windows, **{"batch_size": 2, "max_new_tokens": 6, "max_answer_tokens": 3,
+                                                          **kwargs})
 
 
 def test_chunked_answer_loss_equals_the_full_logits_loss_and_gradients(tiny_dir, records):
@@ -454,3 +455,45 @@ def test_a_padded_batch_loss_is_the_token_mean_of_its_examples_alone(tiny_dir, r
         total, count = total + alone["loss"].item() * alone["n_tokens"], count + alone["n_tokens"]
     assert out["n_tokens"] == count
     assert out["loss"].item() == pytest.approx(total / count, rel=1e-5)
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_decoding_drops_finished_rows_and_gives_the_same_answers(tiny_dir, kegg_train, monkeypatch, constrained):
+    """CPU decoding runs in segments and drops the rows that stopped (`_decode_batch`): every row's text is the one
+    a single `generate` over the whole budget gives, rows that stop at different steps included. Fails if a
+    dropped row loses its answer, a continuing row sees the wrong cache rows, or rows come back in the wrong order."""
+    import dnallm.inference as inference
+
+    model = build(tiny_dir).eval()
+    _nonzero_lora(model)
+    rows = [kegg_train[i] for i in range(6)]
+    questions, windows = [r["question"] for r in rows], [(r["ref_window"], r["variant_window"]) for r in rows]
+    widths, real_generate = [], model.generate
+
+    def recording(*a, **kw):
+        out = real_generate(*a, **kw)
+        widths.append(kw["input_ids"].shape[0])
+        recording.last = out[:, kw["input_ids"].shape[1]:]
+        return out
+
+    monkeypatch.setattr(model, "generate", recording)
+    monkeypatch.setattr(inference, "COMPACT_EVERY", 10**6)
+    generate_answers_of(model, questions, windows, max_new_tokens=16, batch_size=6, constrained=False,
+                        max_answer_tokens=0)
+    # make a token that some row emits mid-way (and some row never) an end token: that row stops early, the others
+    # run the whole budget
+    emitted = recording.last.tolist()
+    firsts = {t: [row.index(t) for row in emitted if t in row] for row in emitted for t in row}
+    stop = max((t for t in firsts if len(firsts[t]) < len(emitted)), key=lambda t: max(firsts[t]))
+    assert 0 < max(firsts[stop]) < 15
+    monkeypatch.setattr(model.processor, "end_token_ids", [*model.processor.end_token_ids, stop])
+    kwargs = dict(max_new_tokens=16, batch_size=6, constrained=constrained, max_answer_tokens=3)
+    widths.clear()
+    whole = generate_answers_of(model, questions, windows, **kwargs)
+    assert widths[0] == 6
+    monkeypatch.setattr(inference, "COMPACT_EVERY", 2)
+    widths.clear()
+    segmented = generate_answers_of(model, questions, windows, **kwargs)
+    assert segmented == whole
+    decoding = [w for w in widths if w > 0]
+    assert decoding[0] == 6 and min(decoding) < 6  # rows were dropped along the way
