@@ -24,9 +24,11 @@ def test_bfloat16_model_scores_like_the_float32_one(quickstart_dir):
     r = load_kegg("test")[0]
     a = explain_variant(r["question"], r["ref_window"], r["variant_window"], model=model_fp32, mode="score")
     b = explain_variant(r["question"], r["ref_window"], r["variant_window"], model=model_bf16, mode="score")
-    assert a.label == b.label
     for label, p in a.label_probabilities.items():
         assert abs(b.label_probabilities[label] - p) < 0.05, label
+    # the same answer, unless the cut-down model's top two are within bf16's rounding of each other
+    (first, p1), (_, p2) = sorted(a.label_probabilities.items(), key=lambda kv: -kv[1])[:2]
+    assert b.label == first or p1 - p2 < 0.05, (first, p1, p2, b.label)
     by_path = explain_variant(r["question"], r["ref_window"], r["variant_window"], model=out / "model",
                               mode="score", dtype="bfloat16")
     assert by_path.label_probabilities == b.label_probabilities  # the path is loaded in the dtype asked for

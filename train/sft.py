@@ -51,6 +51,11 @@ def main() -> None:
     # --limit keeps the first rows of each split, then builds the view mix from them (as the quickstart does)
     train, val = (load_views(split, views, window=window, limit=args.limit) for split in ("train", "val"))
     train_sft(model, train, val, sft, args.out)
+    if torch.distributed.is_initialized():
+        # An explicit teardown: left to interpreter exit, a 2-rank gloo run sometimes aborted after finishing
+        # ("terminate called without an active exception", rank 0 SIGABRT; tests/test_distributed_cpu.py).
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
