@@ -176,20 +176,32 @@ def probe(encoder: Optional[str] = typer.Option(None, help="Encoder hub id or lo
         console.print(f"wrote {out}")
 
 
+# One variant's inputs, shared by explain and attribute (the same options, the same help).
+_QUESTION = typer.Option(None, help="Question about the variant (default: built from --gene/--chrom, else the "
+                                    "kegg_hard question)")
+_REFERENCE = typer.Option(None, help="Reference sequence (1024 bp window or KEGG layout)")
+_VARIANT = typer.Option(None, help="Variant sequence (1024 bp window or KEGG layout)")
+_CHROM = typer.Option(None, help="One variant by coordinates: chromosome (chr1 or 1)")
+_POS = typer.Option(None, help="1-based position of REF (VCF POS)")
+_REF = typer.Option(None, help="REF allele (checked against --fasta)")
+_ALT = typer.Option(None, help="ALT allele")
+_GENE = typer.Option(None, help="Gene symbol for the built question")
+_FASTA = typer.Option(None, help="Genome FASTA (plain or bgzip) for coordinates")
+
+
 @app.command()
-def explain(question: Optional[str] = typer.Option(None, help="Question about the variant (default: built from "
-                                                              "--gene/--chrom, else the kegg_hard question)"),
-            reference: Optional[str] = typer.Option(None, help="Reference sequence (1024 bp window or KEGG layout)"),
-            variant: Optional[str] = typer.Option(None, help="Variant sequence (1024 bp window or KEGG layout)"),
-            chrom: Optional[str] = typer.Option(None, help="One variant by coordinates: chromosome (chr1 or 1)"),
-            pos: Optional[int] = typer.Option(None, help="1-based position of REF (VCF POS)"),
-            ref: Optional[str] = typer.Option(None, help="REF allele (checked against --fasta)"),
-            alt: Optional[str] = typer.Option(None, help="ALT allele"),
-            gene: Optional[str] = typer.Option(None, help="Gene symbol for the built question"),
+def explain(question: Optional[str] = _QUESTION,
+            reference: Optional[str] = _REFERENCE,
+            variant: Optional[str] = _VARIANT,
+            chrom: Optional[str] = _CHROM,
+            pos: Optional[int] = _POS,
+            ref: Optional[str] = _REF,
+            alt: Optional[str] = _ALT,
+            gene: Optional[str] = _GENE,
             vcf: Optional[Path] = typer.Option(None, help="Explain every variant of a VCF (.vcf or .vcf.gz)"),
             tsv: Optional[Path] = typer.Option(None, help="Explain every variant of a TSV (chrom pos ref alt "
                                                           "[id gene question network genes_in_pathway])"),
-            fasta: Optional[Path] = typer.Option(None, help="Genome FASTA (plain or bgzip) for coordinates"),
+            fasta: Optional[Path] = _FASTA,
             out: Optional[Path] = typer.Option(None, help="Results TSV for --vcf/--tsv (one line per record)"),
             vcf_out: Optional[Path] = typer.Option(None, help="Also write the input VCF with DNALLM_* INFO fields"),
             resume: bool = typer.Option(False, help="Continue OUT: skip the records already in it"),
@@ -274,16 +286,15 @@ def _explain_one(question, reference, variant, chrom, pos, ref, alt, fasta, gene
 
 
 @app.command()
-def attribute(question: Optional[str] = typer.Option(None, help="Question about the variant (default: built from "
-                                                                "--gene/--chrom, else the kegg_hard question)"),
-              reference: Optional[str] = typer.Option(None, help="Reference sequence (1024 bp window or KEGG layout)"),
-              variant: Optional[str] = typer.Option(None, help="Variant sequence (1024 bp window or KEGG layout)"),
-              chrom: Optional[str] = typer.Option(None, help="One variant by coordinates: chromosome (chr1 or 1)"),
-              pos: Optional[int] = typer.Option(None, help="1-based position of REF (VCF POS)"),
-              ref: Optional[str] = typer.Option(None, help="REF allele (checked against --fasta)"),
-              alt: Optional[str] = typer.Option(None, help="ALT allele"),
-              gene: Optional[str] = typer.Option(None, help="Gene symbol for the built question"),
-              fasta: Optional[Path] = typer.Option(None, help="Genome FASTA (plain or bgzip) for coordinates"),
+def attribute(question: Optional[str] = _QUESTION,
+              reference: Optional[str] = _REFERENCE,
+              variant: Optional[str] = _VARIANT,
+              chrom: Optional[str] = _CHROM,
+              pos: Optional[int] = _POS,
+              ref: Optional[str] = _REF,
+              alt: Optional[str] = _ALT,
+              gene: Optional[str] = _GENE,
+              fasta: Optional[Path] = _FASTA,
               out: Path = typer.Option(..., help="Output folder: ism.tsv, ism.png, explanation.json"),
               flank: int = typer.Option(32, help="Mutate every position within ±FLANK bp of the variant (at most "
                                                  "511 for 1024 bp windows)"),
