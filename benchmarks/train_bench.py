@@ -40,7 +40,7 @@ import torch
 
 from sft_step import build, parser as sft_parser
 from dnallm.encoders.cache import EmbeddingCache
-from dnallm.training import _batches, collate, encode_examples
+from dnallm.training import _batches, collate, encode_examples, pad_examples
 
 SPEC_PEAK_TFLOPS = 989.0  # dense bf16, H100 / H200 SXM datasheet
 
@@ -101,14 +101,7 @@ def model_flops(batch: dict, dims: dict) -> float:
 
 def text_batch(chunk: list[dict], pad: int) -> dict:
     """`collate` without the cached encoder outputs (the baseline encodes its windows inside the step)."""
-    width = max(len(e["input_ids"]) for e in chunk)
-    ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-    labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(chunk), width), dtype=torch.long)
-    for i, e in enumerate(chunk):
-        n = len(e["input_ids"])
-        ids[i, :n], labels[i, :n], mask[i, :n] = e["input_ids"], e["labels"], 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return pad_examples(chunk, pad)
 
 
 def layout_args(layout: str, text: str, encoder: str, fast_stride: int, setting: dict):

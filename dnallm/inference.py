@@ -196,7 +196,8 @@ def _decode_batch(model, input_ids, attention_mask, dna: dict, cache, max_new_to
                 rows[j] = rows[j] + suffixes[j] + tail
         for j in done:
             out[active[j]] = rows[j]
-        keep = [j for j in range(len(active)) if j not in set(done)]
+        finished = set(done)
+        keep = [j for j in range(len(active)) if j not in finished]
         if keep and done:
             _keep_cache_rows(cache, torch.tensor(keep, device=input_ids.device))
         active, generated = [active[j] for j in keep], generated[keep]

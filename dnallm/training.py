@@ -186,7 +186,8 @@ def _with_direct_branches(proc, example: dict, record: dict, windows: list[str],
             "segments": torch.tensor(segments), "windows": windows}
 
 
-def collate(examples: list[dict], cache: EmbeddingCache, pad_id: int) -> dict[str, torch.Tensor]:
+def pad_examples(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """The examples' ids and labels right-padded to one width, with their attention mask."""
     width = max(len(e["input_ids"]) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), -100, dtype=torch.long)
@@ -194,9 +195,14 @@ def collate(examples: list[dict], cache: EmbeddingCache, pad_id: int) -> dict[st
     for i, e in enumerate(examples):
         n = len(e["input_ids"])
         input_ids[i, :n], labels[i, :n], attention_mask[i, :n] = e["input_ids"], e["labels"], 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def collate(examples: list[dict], cache: EmbeddingCache, pad_id: int) -> dict[str, torch.Tensor]:
+    batch = pad_examples(examples, pad_id)
+    width = batch["input_ids"].shape[1]
     hidden, mask = cache.lookup([w for e in examples for w in e["windows"]])
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-             "dna_hidden_states": hidden, "dna_positions_mask": mask}
+    batch.update(dna_hidden_states=hidden, dna_positions_mask=mask)
     if any("segments" in e for e in examples):
         batch["attention_mask"], batch["position_ids"] = tree_attention(examples, width, hidden.dtype)
     if any("label_weights" in e for e in examples):
