@@ -115,3 +115,27 @@ def test_shipped_stand_ins_match_the_preset_and_their_first_pretraining_steps_re
     # the loss fell over the full run: these are trained models, not initialisations
     assert np.mean(log["dna_losses"][-20:]) < log["dna_losses"][0] - 3.0
     assert np.mean(log["text_losses"][-20:]) < log["text_losses"][0] - 5.0
+
+
+def test_probe_and_baseline_fits_run_blas_on_one_thread(monkeypatch):
+    """The small logistic-regression fits run BLAS single-threaded (12x faster on the 2-core CPU; the speed itself
+    is in docs/benchmarks.md): fails if a fit runs under the default thread pool."""
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_info
+
+    from dnallm import baselines
+    from dnallm.probe import _fit
+
+    blas_threads = []
+    real_fit = LogisticRegression.fit
+
+    def recording_fit(self, *a, **k):
+        blas_threads.append({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+        return real_fit(self, *a, **k)
+
+    monkeypatch.setattr(LogisticRegression, "fit", recording_fit)
+    rng = np.random.default_rng(0)
+    _fit(rng.normal(size=(40, 8)), [0, 1, 2, 3] * 10, 1.0)
+    train = load_kegg("train").select(range(60))
+    baselines.run_baselines(train, load_kegg("test").select(range(5)))
+    assert len(blas_threads) == 3 and all(t == {1} for t in blas_threads), blas_threads
