@@ -119,15 +119,12 @@ _PATCHED = False
 
 
 def apply_liger_kernels(model) -> None:
-    """liger's RMSNorm, SwiGLU and RoPE kernels on this model's Qwen3 LM (RoPE: transformers' qwen3 module,
-    globally). The loss stays the model's own (`loss_chunk_size="liger"` selects the fused linear CE)."""
+    """liger's RMSNorm, SwiGLU and RoPE kernels on this model's LM (`dnallm.losses.apply_liger_kernels`, what
+    `sft.liger` applies). The loss stays the model's own (`loss_chunk_size="liger"` selects the fused linear CE)."""
     global _PATCHED
-    from liger_kernel.transformers import apply_liger_kernel_to_qwen3
+    from dnallm.losses import apply_liger_kernels as apply
 
-    lm = model.language_model
-    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    apply_liger_kernel_to_qwen3(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                fused_linear_cross_entropy=False, model=base)
+    apply(model.language_model)
     _PATCHED = True
 
 

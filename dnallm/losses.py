@@ -43,6 +43,29 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targ
     return liger_fused_linear_cross_entropy(hidden.contiguous(), weight, targets, bias, reduction="mean")
 
 
+def apply_liger_kernels(language_model) -> None:
+    """liger-kernel's RMSNorm, SwiGLU and RoPE kernels in the text model (a peft model: its base), for the model
+    types liger knows (Qwen3 among them); the loss stays ours (`chunk_size="liger"` above). RoPE is patched in
+    transformers' module of that model type, so for the whole process. A type liger does not know is an error:
+    training would otherwise run without the kernels it was asked for."""
+    import inspect
+
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError as e:
+        raise ImportError("liger kernels need liger-kernel (pip install liger-kernel; Triton and a CUDA device)") from e
+    base = language_model.get_base_model() if hasattr(language_model, "get_base_model") else language_model
+    model_type = base.config.model_type
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        raise ValueError(f"liger-kernel has no kernels for model type {model_type!r}; "
+                         f"it knows {sorted(MODEL_TYPE_TO_APPLY_LIGER_FN)}")
+    apply = MODEL_TYPE_TO_APPLY_LIGER_FN[model_type]
+    wanted = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
+              "fused_linear_cross_entropy": False}
+    accepted = inspect.signature(apply).parameters
+    apply(model=base, **{k: v for k, v in wanted.items() if k in accepted})
+
+
 def _chunk_token_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -F.cross_entropy(head(hidden).float(), targets, reduction="none")
 

@@ -65,3 +65,39 @@ def test_fused_loss_matches_the_chunked_loss_and_its_gradients(dtype):
     assert torch.isfinite(l_fused) and abs(float(l_fused - l_ref)) / float(l_ref) < tol / 10
     assert _rel(gh_fused, gh_ref) < tol
     assert _rel(gw_fused, gw_ref) < tol
+
+
+def test_sft_liger_needs_a_cuda_device(tiny_dir, tmp_path):
+    """sft.liger on a CPU model is an error naming the device, before any work, not a run without the kernels."""
+    from test_model import build
+
+    from dnallm.data import load_kegg
+    from dnallm.training import SFTConfig, train_sft
+
+    with pytest.raises(ValueError, match="CUDA device"):
+        train_sft(build(tiny_dir), load_kegg("train").select(range(4)), load_kegg("val").select(range(2)),
+                  SFTConfig(liger=True, tensorboard=False), tmp_path)
+
+
+def test_sft_with_liger_trains_as_the_chunked_loss_does(tiny_dir, tmp_path):
+    """sft.liger on CUDA: the fused loss and liger's kernels in the LM; the run's losses follow the plain run's."""
+    _needs_liger()
+    from test_model import build
+
+    from dnallm.data import load_kegg
+    from dnallm.training import SFTConfig, train_sft
+
+    train, val = load_kegg("train").select(range(16)), load_kegg("val").select(range(4))
+    runs = {}
+    for liger in (False, True):
+        model = build(tiny_dir).to("cuda")
+        cfg = SFTConfig(epochs=2.0, batch_size=4, evals_per_epoch=1, lr_projector=1e-2, lr_lora=1e-2, liger=liger,
+                        tensorboard=False, log_every=1000)
+        runs[liger] = train_sft(model, train, val, cfg, tmp_path / f"liger{liger}")
+        assert model.loss_chunk_size == ("liger" if liger else 1024)
+        norm = model.language_model.get_base_model().model.norm
+        assert ("liger" in type(norm).__module__ or "liger" in norm.forward.__func__.__module__) == liger
+    plain, fused = ([h["val_loss"] for h in runs[k]["history"]] for k in (False, True))
+    assert len(plain) == len(fused) == 2
+    for a, b in zip(plain, fused):
+        assert abs(a - b) / a < 1e-2, (plain, fused)
