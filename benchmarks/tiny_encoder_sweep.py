@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", nargs="*", default=None)
-    parser.add_argument("--probe-jobs", type=int, default=-1, help="parallel logistic-regression fits")
+    parser.add_argument("--probe-jobs", type=int, default=1, help="logistic-regression fits in parallel threads")
     args = parser.parse_args()
     train, val, test = (load_kegg(s) for s in ("train", "val", "test"))
     hard_test = load_kegg("test", view="kegg_hard")
