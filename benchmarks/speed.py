@@ -114,11 +114,11 @@ def scoring_rate(model, records, n: int, batch: int, repeats: int = 3) -> dict:
 
 
 def liger_inference_kernels(model) -> None:
-    """liger's RMSNorm, SwiGLU and RoPE kernels on the (merged) Qwen3 LM, for the scoring comparison."""
-    from liger_kernel.transformers import apply_liger_kernel_to_qwen3
+    """liger's RMSNorm, SwiGLU and RoPE kernels on the (merged) LM, for the scoring comparison: what
+    `inference.load_model(..., liger=True)` (and `dnallm eval --liger`) applies."""
+    from dnallm.losses import apply_liger_kernels
 
-    apply_liger_kernel_to_qwen3(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                fused_linear_cross_entropy=False, model=model.language_model)
+    apply_liger_kernels(model.language_model)
 
 
 def main() -> None:

@@ -93,7 +93,9 @@ def evaluate(model: Path = typer.Option(Path("runs/quickstart/model"), help="Che
                                                        "ref-as-variant): each costs as much as the main run"),
              threshold: float = typer.Option(0.5, help="Abstain when the top label probability is below this"),
              limit: Optional[int] = typer.Option(None, help="Evaluate only the first N rows (smoke runs)"),
-             dtype: str = DTYPE_OPTION):
+             dtype: str = DTYPE_OPTION,
+             liger: bool = typer.Option(False, help="liger-kernel's RMSNorm/SwiGLU/RoPE kernels in the LM (CUDA, "
+                                                     "the `liger` extra; faster label scoring)")):
     """Evaluate a checkpoint; writes metrics.json, predictions.jsonl, report.md and PNGs (baselines included)."""
     from tqdm import tqdm
 
@@ -107,7 +109,7 @@ def evaluate(model: Path = typer.Option(Path("runs/quickstart/model"), help="Che
         raise typer.BadParameter(str(e))
     if not (generate or score):
         raise typer.BadParameter("--no-generate and --no-score leave nothing to evaluate")
-    checkpoint = load_model(str(model.resolve()), dtype=_dtype(dtype))
+    checkpoint = load_model(str(model.resolve()), dtype=_dtype(dtype), liger=liger)
     records = load_kegg(name, view=view, window=checkpoint.config.dna_config.window_size)
     if limit:
         records = records.select(range(min(limit, len(records))))

@@ -101,3 +101,31 @@ def test_sft_with_liger_trains_as_the_chunked_loss_does(tiny_dir, tmp_path):
     assert len(plain) == len(fused) == 2
     for a, b in zip(plain, fused):
         assert abs(a - b) / a < 1e-2, (plain, fused)
+
+
+def test_load_model_with_liger_needs_a_cuda_device(tmp_path):
+    """load_model(liger=True) on the CPU is an error naming the device (checked before the checkpoint is read)."""
+    from dnallm.inference import load_model
+
+    with pytest.raises(ValueError, match="CUDA device"):
+        load_model(str(tmp_path), device="cpu", liger=True)
+
+
+def test_liger_kernels_in_the_merged_lm_score_as_the_plain_lm(tiny_dir, tmp_path):
+    """load_model(liger=True) on CUDA: liger's kernels in the merged LM, label probabilities as without them."""
+    _needs_liger()
+    from test_model import build
+
+    from dnallm.data import load_kegg
+    from dnallm.inference import load_model
+    from dnallm.scoring import label_probabilities
+
+    build(tiny_dir).save_pretrained(tmp_path / "ckpt")
+    rows = load_kegg("test").select(range(4))
+    questions, windows = list(rows["question"]), list(zip(rows["ref_window"], rows["variant_window"]))
+    plain = label_probabilities(load_model(str(tmp_path / "ckpt"), "cuda", "float32"), questions, windows)
+    model = load_model(str(tmp_path / "ckpt"), "cuda", "float32", liger=True)
+    norm = model.language_model.model.norm
+    assert "liger" in type(norm).__module__ or "liger" in norm.forward.__func__.__module__
+    fused = label_probabilities(model, questions, windows)
+    torch.testing.assert_close(fused.float().cpu(), plain.float().cpu(), atol=1e-3, rtol=1e-3)
