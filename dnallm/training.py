@@ -474,11 +474,12 @@ EMA_FILE = "ema.safetensors"
 class _WeightAverage(TrainerCallback):
     """An exponential moving average (EMA) of the trainable weights, in float32.
 
-    Why: the tiny default's last steps each move the weights by a noisy batch, and which build of the same math
-    happens to stop where changes its test accuracy by points; the average over the last ~1/(1 - decay) updates
-    is a less noisy estimate of where the run was heading. Our own few lines rather than a library: transformers'
-    Trainer has no EMA, and the average has to be swapped in for our validation and best checkpoint (`swapped_in`)
-    and saved with our resumable checkpoints.
+    Why: with a learning rate that stays up (constant or slowly decaying schedules), the last updates each move the
+    weights by one noisy batch; the average over the last ~1/(1 - decay) updates is a less noisy estimate. On the
+    tiny default, whose cosine schedule ends at zero, it measured no gain (docs/benchmarks.md, section 11), so the
+    preset leaves it off. Our own few lines rather than a library: transformers' Trainer has no EMA, and the
+    average has to be swapped in for our validation and best checkpoint (`swapped_in`) and saved with our
+    resumable checkpoints.
     """
 
     def __init__(self, decay: float):
