@@ -113,14 +113,6 @@ def scoring_rate(model, records, n: int, batch: int, repeats: int = 3) -> dict:
             "variants_per_h": round(n / median * 3600, 1)}
 
 
-def liger_inference_kernels(model) -> None:
-    """liger's RMSNorm, SwiGLU and RoPE kernels on the (merged) LM, for the scoring comparison: what
-    `inference.load_model(..., liger=True)` (and `dnallm eval --liger`) applies."""
-    from dnallm.losses import apply_liger_kernels
-
-    apply_liger_kernels(model.language_model)
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--text", default="qwen3-4b")
@@ -166,8 +158,10 @@ def main() -> None:
         model = build(fast, device, dtype).eval().merge_lora()
     if args.only_score:
         for kernels in (False, True) if args.liger_too else (False,):
-            if kernels:
-                liger_inference_kernels(model)
+            if kernels:  # what load_model(liger=True) applies, on the merged LM
+                from dnallm.losses import apply_liger_kernels
+
+                apply_liger_kernels(model.language_model)
             for sb in args.only_score:
                 torch.cuda.reset_peak_memory_stats()
                 row = scoring_rate(model, records, args.score_n, sb)

@@ -115,19 +115,6 @@ def layout_args(layout: str, text: str, encoder: str, fast_stride: int, setting:
     return sft_parser().parse_args(argv)
 
 
-_PATCHED = False
-
-
-def apply_liger_kernels(model) -> None:
-    """liger's RMSNorm, SwiGLU and RoPE kernels on this model's LM (`dnallm.losses.apply_liger_kernels`, what
-    `sft.liger` applies). The loss stays the model's own (`loss_chunk_size="liger"` selects the fused linear CE)."""
-    global _PATCHED
-    from dnallm.losses import apply_liger_kernels as apply
-
-    apply(model.language_model)
-    _PATCHED = True
-
-
 def prepare(model, records, setting: dict, device, dtype, no_cache: bool) -> list[dict]:
     """All of `records` as length-grouped batches on the device (every setting times the same examples)."""
     examples = encode_examples(model, records, max_length=8192)
@@ -156,8 +143,10 @@ def run_setting(name: str, setting: dict, records, args, device, dtype) -> dict:
     if setting.get("grad_ckpt"):  # build() enables the reentrant form; the non-reentrant one needs no input grads
         model.language_model.gradient_checkpointing_disable()
         model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if setting.get("kernels"):
-        apply_liger_kernels(model)
+    if setting.get("kernels"):  # what sft.liger applies: liger's RMSNorm/SwiGLU/RoPE kernels in the LM
+        from dnallm.losses import apply_liger_kernels
+
+        apply_liger_kernels(model.language_model)
     model.loss_chunk_size = setting.get("loss", 1024)
     model.train()
     dims = lm_dims(model)
