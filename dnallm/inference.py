@@ -57,7 +57,7 @@ def load_model(path: str, device: str | None = None, dtype: str | torch.dtype | 
     liger=True (CUDA, the `liger` extra): liger-kernel's RMSNorm/SwiGLU/RoPE kernels in the merged LM. Label
     scoring at the seed sizes on an H200: 138,001 -> 160,485 variants/h (batch 16, docs/benchmarks.md)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if liger and not str(device).startswith("cuda"):
+    if liger and not str(device).startswith("cuda"):  # apply_liger_kernels checks too; this fails before the load
         raise ValueError(f"liger kernels are Triton kernels and need a CUDA device, not {device}")
     model = DNALLMForConditionalGeneration.from_pretrained(path, dtype=resolve_dtype(dtype, device))
     model.merge_lora()  # inference only: LoRA folded into the weights, no adapter kernels in every layer

@@ -50,11 +50,14 @@ def apply_liger_kernels(language_model) -> None:
     training would otherwise run without the kernels it was asked for."""
     import inspect
 
+    base = language_model.get_base_model() if hasattr(language_model, "get_base_model") else language_model
+    if base.device.type != "cuda":
+        raise ValueError(f"liger-kernel's kernels are Triton kernels and need a CUDA device; the model is on "
+                         f"{base.device}")
     try:
         from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
     except ImportError as e:
         raise ImportError("liger kernels need liger-kernel (pip install liger-kernel; Triton and a CUDA device)") from e
-    base = language_model.get_base_model() if hasattr(language_model, "get_base_model") else language_model
     model_type = base.config.model_type
     if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
         raise ValueError(f"liger-kernel has no kernels for model type {model_type!r}; "
