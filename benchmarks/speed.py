@@ -138,6 +138,9 @@ def main() -> None:
                    help="--only-score: then again with liger's RMSNorm/SwiGLU/RoPE kernels patched into the LM")
     p.add_argument("--extra-score-batches", type=int, nargs="*", default=[])
     p.add_argument("--dynamic-too", action="store_true", help="also time generation with the dynamic cache")
+    p.add_argument("--attn", nargs="+", default=["sdpa"],
+                   help="attention implementations for scoring and generation, each timed in turn on one model "
+                        "(sdpa_gqa: dnallm.attention)")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="tiny layouts, fp32, on the CPU: checks the training code paths (no numbers to report)")
     args = p.parse_args()
@@ -162,22 +165,27 @@ def main() -> None:
                 from dnallm.losses import apply_liger_kernels
 
                 apply_liger_kernels(model.language_model)
-            for sb in args.only_score:
-                torch.cuda.reset_peak_memory_stats()
-                row = scoring_rate(model, records, args.score_n, sb)
-                row["liger_kernels"] = kernels
-                row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-                print("RESULT score_fast " + json.dumps(row), flush=True)
+            for attn in args.attn:
+                model.set_attn_implementation(attn)
+                for sb in args.only_score:
+                    torch.cuda.reset_peak_memory_stats()
+                    row = scoring_rate(model, records, args.score_n, sb)
+                    row.update(liger_kernels=kernels, attn=attn,
+                               peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
+                    print("RESULT score_fast " + json.dumps(row), flush=True)
         return
     if args.only_generate:
-        for sb in args.extra_score_batches + [args.score_batch]:
-            print("RESULT score_fast " + json.dumps(scoring_rate(model, records, args.score_n, sb)), flush=True)
-        for b in args.only_generate:
-            for static in (False, True) if args.dynamic_too else (True,):
-                row = answer_rate(model, records, b, args.gen_tokens, static)
-                print("RESULT generate_fast " + json.dumps(row), flush=True)
-                gc.collect()
-                torch.cuda.empty_cache()
+        for attn in args.attn:
+            model.set_attn_implementation(attn)
+            for sb in args.extra_score_batches + [args.score_batch]:
+                row = scoring_rate(model, records, args.score_n, sb)
+                print("RESULT score_fast " + json.dumps({**row, "attn": attn}), flush=True)
+            for b in args.only_generate:
+                for static in (False, True) if args.dynamic_too else (True,):
+                    row = answer_rate(model, records, b, args.gen_tokens, static)
+                    print("RESULT generate_fast " + json.dumps({**row, "attn": attn}), flush=True)
+                    gc.collect()
+                    torch.cuda.empty_cache()
         return
 
     results["matmul_tflops_measured"] = matmul_tflops()

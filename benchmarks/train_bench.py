@@ -64,6 +64,11 @@ SETTINGS = {
                                grad_ckpt=True),
     "fast_liger_b16_ckpt": dict(layout="fast", batch=16, engine="deepspeed", loss="liger", kernels=True,
                                 grad_ckpt=True),
+    # sdpa_gqa (dnallm.attention): the masked attention of a padded batch without repeat_kv's K/V copies
+    "fast_liger_plain_b8_gqa": dict(layout="fast", batch=8, engine="plain", fused_adamw=True, loss="liger",
+                                    kernels=True, attn="sdpa_gqa"),
+    "fast_liger_b8_ckpt_gqa": dict(layout="fast", batch=8, engine="deepspeed", loss="liger", kernels=True,
+                                   grad_ckpt=True, attn="sdpa_gqa"),
 }
 BASELINES = ("baseline_ds", "baseline_plain")
 
@@ -109,7 +114,7 @@ def layout_args(layout: str, text: str, encoder: str, fast_stride: int, setting:
         argv = ["--projector", "linear", "--stride", "1", "--no-cache"]
     else:
         argv = ["--projector", "mlp", "--stride", str(fast_stride)]
-    argv += ["--text", text, "--encoder", encoder, "--batch", str(setting["batch"])]
+    argv += ["--text", text, "--encoder", encoder, "--batch", str(setting["batch"]), "--attn", setting.get("attn", "sdpa")]
     if setting.get("grad_ckpt"):
         argv.append("--grad-ckpt")
     return sft_parser().parse_args(argv)

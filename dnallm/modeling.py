@@ -24,6 +24,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+import dnallm.attention  # noqa: F401  (registers attn_implementation="sdpa_gqa")
 from dnallm.configuration import DNALLMConfig
 from dnallm.encoders import DNAEncoder, LoadingError, build_encoder
 from dnallm.encoders.base import check_loading_info
@@ -105,6 +106,11 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         # The wrapper attends as its LM does: generate reads the top config (e.g. flash attention with a static
         # cache needs the attention mask kept), and PreTrainedModel.__init__ set it to its own default.
         self.config._attn_implementation_internal = language_model.config._attn_implementation
+
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        """Switch the LM's attention (e.g. "sdpa" <-> "sdpa_gqa", dnallm.attention); the wrapper follows it."""
+        self.language_model.set_attn_implementation(attn_implementation)
+        self.config._attn_implementation_internal = self.language_model.config._attn_implementation
 
     def init_weights(self):
         """Nothing to initialise: the encoder and the LM arrive pretrained and the projector initialises itself;
