@@ -69,6 +69,10 @@ SETTINGS = {
                                     kernels=True, attn="sdpa_gqa"),
     "fast_liger_b8_ckpt_gqa": dict(layout="fast", batch=8, engine="deepspeed", loss="liger", kernels=True,
                                    grad_ckpt=True, attn="sdpa_gqa"),
+    "fast_liger_plain_b8_ckpt_gqa": dict(layout="fast", batch=8, engine="plain", fused_adamw=True, loss="liger",
+                                         kernels=True, grad_ckpt=True, attn="sdpa_gqa"),
+    "fast_liger_plain_b16_ckpt_gqa": dict(layout="fast", batch=16, engine="plain", fused_adamw=True, loss="liger",
+                                          kernels=True, grad_ckpt=True, attn="sdpa_gqa"),
 }
 BASELINES = ("baseline_ds", "baseline_plain")
 

@@ -9,8 +9,12 @@ the mask tiled G times along its query axis (a view when q = 1), one SDPA call, 
 arithmetic is the same attention; only the tensor layout differs. (transformers >= 5.2x does this for a single
 query token outside torch.compile; the compiled decoding step is exactly where it is needed.)
 
+The fold runs on CUDA only; elsewhere this is stock sdpa. On the 2-core CPU it gave the same texts and label
+scores as sdpa but generated ~5 % slower (benchmarks/cpu_eval_speed.py --attn; XPU and MPS have masked GQA kernels
+of their own, which stock sdpa uses).
+
 Registered with transformers' AttentionInterface on import, so `attn_implementation="sdpa_gqa"` works in
-`from_pretrained`, `set_attn_implementation` and dnallm's configs.
+`from_pretrained`, `set_attn_implementation` and dnallm's configs; dnallm.modeling picks it for grouped-KV LMs.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ NAME = "sdpa_gqa"
 
 def sdpa_gqa_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                               **kwargs) -> tuple[torch.Tensor, None]:
+                               fold: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """fold: None = on CUDA (where stock sdpa would copy K/V), True/False = always/never (where a mask is given)."""
     groups = getattr(module, "num_key_value_groups", 1)
-    if groups == 1 or attention_mask is None or kwargs.get("position_bias") is not None:
-        # Nothing to fold, or no mask: stock sdpa then runs `enable_gqa` (flash / cuDNN kernels, no copies).
+    fold = query.is_cuda if fold is None else fold
+    if not fold or groups == 1 or attention_mask is None or kwargs.get("position_bias") is not None:
+        # Stock sdpa: no mask -> `enable_gqa` (flash / cuDNN kernels, no copies); otherwise repeat_kv.
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     batch, heads, q_len, dim = query.shape

@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-import dnallm.attention  # noqa: F401  (registers attn_implementation="sdpa_gqa")
+import dnallm.attention  # registers attn_implementation="sdpa_gqa"
 from dnallm.configuration import DNALLMConfig
 from dnallm.encoders import DNAEncoder, LoadingError, build_encoder
 from dnallm.encoders.base import check_loading_info
@@ -46,9 +46,16 @@ def _resolve(name_or_path: str, base: Path | None) -> str:
 
 
 def load_text_model(name_or_path: str, dtype: torch.dtype | None = None, attn_implementation: str | None = None):
+    """The LM, attending with `attn_implementation`; by default transformers' choice, except that its `sdpa` becomes
+    `sdpa_gqa` (dnallm.attention, the same attention) when the LM groups its KV heads (Qwen3): 2.0x generation
+    throughput at the seed sizes on an H200 (docs/benchmarks.md)."""
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model, info = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, output_loading_info=True, **kwargs)
     check_loading_info(info, name_or_path)
+    c = model.config
+    if (attn_implementation is None and c._attn_implementation == "sdpa"
+            and getattr(c, "num_key_value_heads", None) not in (None, c.num_attention_heads)):
+        model.set_attn_implementation(dnallm.attention.NAME)
     return model
 
 

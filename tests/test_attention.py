@@ -2,12 +2,13 @@
 
 import pytest
 import torch
-from transformers import AttentionInterface
+from transformers import AttentionInterface, Qwen3Config, Qwen3ForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from dnallm.attention import sdpa_gqa_attention_forward
 from dnallm.inference import generate_answers
+from dnallm.modeling import load_text_model
 from dnallm.scoring import label_logprobs
 from test_model import batch_for, build
 
@@ -35,13 +36,15 @@ def test_folded_heads_give_sdpa_with_repeat_kv(q_len, mask_kind, device, dtype):
         mask = torch.zeros(mask.shape, device=device, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
     module = _Attn(groups)
     want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.3)
-    got, _ = sdpa_gqa_attention_forward(module, q, k, v, mask, scaling=0.3)
+    got, _ = sdpa_gqa_attention_forward(module, q, k, v, mask, scaling=0.3, fold=True)
     assert got.shape == want.shape == (b, q_len, kv_heads * groups, d)
     tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
     torch.testing.assert_close(got, want, **tol)
+    if device == "cpu":  # by default the CPU runs stock sdpa itself (the fold does not pay there)
+        assert torch.equal(sdpa_gqa_attention_forward(module, q, k, v, mask, scaling=0.3)[0], want)
     # and it is not the same as attending with the heads mis-assigned to their KV heads
     wrong, _ = sdpa_gqa_attention_forward(module, q.flip(1), k, v, mask.flip(1) if mask_kind == "per_head" else mask,
-                                          scaling=0.3)
+                                          scaling=0.3, fold=True)
     assert not torch.allclose(wrong.flip(2), want, atol=0.1)
 
 
@@ -51,12 +54,13 @@ def _trainable_grads(model):
 
 @pytest.fixture
 def spy():
-    """`sdpa_gqa` registered under another name that records each call's query length and whether it had a mask."""
+    """`sdpa_gqa`, folding on every device, registered under another name that records each call's query length and
+    whether it had a mask."""
     calls = []
 
     def recording(module, query, key, value, attention_mask, **kwargs):
         calls.append((query.shape[2], attention_mask is not None))
-        return sdpa_gqa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        return sdpa_gqa_attention_forward(module, query, key, value, attention_mask, fold=True, **kwargs)
 
     AttentionInterface.register("sdpa_gqa_spy", recording)
     AttentionMaskInterface.register("sdpa_gqa_spy", sdpa_mask)
@@ -77,6 +81,8 @@ def test_the_model_trains_scores_and_generates_as_with_sdpa(tiny_dir, kegg_train
         with torch.no_grad():
             return out.loss.detach(), _trainable_grads(model), model(**prompts).logits
 
+    assert model.config._attn_implementation == "sdpa_gqa"  # the default for a grouped-KV LM
+    model.set_attn_implementation("sdpa")
     want = run()
     model.set_attn_implementation("sdpa_gqa_spy")
     assert model.config._attn_implementation == "sdpa_gqa_spy"
@@ -97,3 +103,14 @@ def test_the_model_trains_scores_and_generates_as_with_sdpa(tiny_dir, kegg_train
                                rtol=1e-5)
     assert generate_answers(model, questions, windows, batch_size=3, max_new_tokens=16) == want_texts
     assert (1, True) in spy  # decoding steps of a padded batch went through the folded path
+
+
+def test_a_grouped_kv_lm_attends_with_sdpa_gqa_unless_told_otherwise(tiny_dir, tmp_path):
+    path = str(tiny_dir / "text-model")
+    assert load_text_model(path).config._attn_implementation == "sdpa_gqa"
+    assert load_text_model(path, attn_implementation="sdpa").config._attn_implementation == "sdpa"
+    assert load_text_model(path, attn_implementation="eager").config._attn_implementation == "eager"
+    config = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, head_dim=16)  # no grouping: nothing to fold
+    Qwen3ForCausalLM(config).save_pretrained(tmp_path)
+    assert load_text_model(str(tmp_path)).config._attn_implementation == "sdpa"
