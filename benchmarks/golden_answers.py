@@ -4,6 +4,7 @@ Used to show that a refactor changes no answer: dump with the old code, dump wit
 
     python benchmarks/golden_answers.py dump --model runs/quickstart/model --out old.json
     python benchmarks/golden_answers.py compare old.json new.json
+    python benchmarks/golden_answers.py dump --model M --out gqa.json --attn sdpa_gqa [--dtype float32]  # on a GPU
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ import time
 import numpy as np
 
 
-def dump(model_path: str, out: str, split: str, views: list[str], batch_size: int, max_new_tokens: int) -> None:
+def dump(model_path: str, out: str, split: str, views: list[str], batch_size: int, max_new_tokens: int,
+         dtype: str = "auto", attn: str | None = None) -> None:
     from dnallm.data import load_kegg
     from dnallm.evaluation import control_inputs
     from dnallm.inference import generate_answers, load_model
     from dnallm.scoring import label_logprobs
 
-    model = load_model(model_path)
+    model = load_model(model_path, dtype=dtype)
+    if attn:
+        model.set_attn_implementation(attn)
     result = {}
     for view in views:
         questions, windows = control_inputs(load_kegg(split, view=view))
@@ -56,12 +60,14 @@ def main() -> None:
     d.add_argument("--views", nargs="+", default=["kegg", "kegg_hard"])
     d.add_argument("--batch-size", type=int, default=80)
     d.add_argument("--max-new-tokens", type=int, default=800)
+    d.add_argument("--dtype", default="auto")
+    d.add_argument("--attn", default=None, help="attention implementation (default: the library's)")
     c = sub.add_parser("compare")
     c.add_argument("a")
     c.add_argument("b")
     args = p.parse_args()
     if args.command == "dump":
-        dump(args.model, args.out, args.split, args.views, args.batch_size, args.max_new_tokens)
+        dump(args.model, args.out, args.split, args.views, args.batch_size, args.max_new_tokens, args.dtype, args.attn)
     else:
         print(json.dumps(compare(args.a, args.b), indent=2))
 

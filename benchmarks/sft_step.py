@@ -141,7 +141,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-r", type=int, default=32)
     p.add_argument("--no-cache", action="store_true", help="re-run the encoder every step")
     p.add_argument("--grad-ckpt", action="store_true")
-    p.add_argument("--attn", default="sdpa")
+    p.add_argument("--attn", default="sdpa_gqa", help="the library's default for Qwen3 (dnallm.attention)")
     p.add_argument("--zero", default="train/configs/zero2.json")
     p.add_argument("--label", default="")
     p.add_argument("--loss-chunk", type=int, default=1024, help="answer tokens per LM-head chunk; 0 = full logits")

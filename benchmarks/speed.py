@@ -138,7 +138,7 @@ def main() -> None:
                    help="--only-score: then again with liger's RMSNorm/SwiGLU/RoPE kernels patched into the LM")
     p.add_argument("--extra-score-batches", type=int, nargs="*", default=[])
     p.add_argument("--dynamic-too", action="store_true", help="also time generation with the dynamic cache")
-    p.add_argument("--attn", nargs="+", default=["sdpa"],
+    p.add_argument("--attn", nargs="+", default=["sdpa_gqa"],
                    help="attention implementations for scoring and generation, each timed in turn on one model "
                         "(sdpa_gqa: dnallm.attention)")
     p.add_argument("--cpu-smoke", action="store_true",
