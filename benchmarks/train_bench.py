@@ -40,7 +40,7 @@ import torch
 
 from sft_step import build, parser as sft_parser
 from dnallm.encoders.cache import EmbeddingCache
-from dnallm.training import _batches, collate, encode_examples, pad_examples
+from dnallm.training import _batches, checkpoint_layers, collate, encode_examples, pad_examples
 
 SPEC_PEAK_TFLOPS = 989.0  # dense bf16, H100 / H200 SXM datasheet
 
@@ -73,6 +73,11 @@ SETTINGS = {
                                          kernels=True, grad_ckpt=True, attn="sdpa_gqa"),
     "fast_liger_plain_b16_ckpt_gqa": dict(layout="fast", batch=16, engine="plain", fused_adamw=True, loss="liger",
                                           kernels=True, grad_ckpt=True, attn="sdpa_gqa"),
+    # checkpointing on a share of the layers (sft.gradient_checkpointing: 0.5 / 0.7)
+    "fast_liger_plain_b8_ckpt50_gqa": dict(layout="fast", batch=8, engine="plain", fused_adamw=True, loss="liger",
+                                           kernels=True, grad_ckpt=0.5, attn="sdpa_gqa"),
+    "fast_liger_plain_b8_ckpt70_gqa": dict(layout="fast", batch=8, engine="plain", fused_adamw=True, loss="liger",
+                                           kernels=True, grad_ckpt=0.7, attn="sdpa_gqa"),
 }
 BASELINES = ("baseline_ds", "baseline_plain")
 
@@ -149,9 +154,9 @@ def run_setting(name: str, setting: dict, records, args, device, dtype) -> dict:
     gc.collect()  # DeepSpeed's engine and the model form reference cycles: collect the last setting's first
     resident = torch.cuda.memory_allocated() / 2**30 if device.type == "cuda" else None  # left by earlier settings
     model = build(a, device, dtype)
-    if setting.get("grad_ckpt"):  # build() enables the reentrant form; the non-reentrant one needs no input grads
+    if setting.get("grad_ckpt"):  # build() enables the reentrant form; the library's is non-reentrant, per layer
         model.language_model.gradient_checkpointing_disable()
-        model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_layers(model.language_model, setting["grad_ckpt"])
     if setting.get("kernels"):  # what sft.liger applies: liger's RMSNorm/SwiGLU/RoPE kernels in the LM
         from dnallm.losses import apply_liger_kernels
 

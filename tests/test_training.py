@@ -328,3 +328,45 @@ def test_ema_checkpoint_holds_the_average_of_the_raw_weights_and_resumes(tiny_di
         assert torch.equal(a[k], b[k]), k
     with pytest.raises(ValueError, match="ema_decay"):
         run(tiny_dir, tmp_path / "bad", ema_decay=1.0)
+
+
+@pytest.mark.parametrize("fraction,recomputed", [(True, [True, True]), (0.5, [True, False]), (False, [False, False])])
+def test_checkpointing_a_fraction_of_the_layers_recomputes_those_only_and_changes_no_gradient(tiny_dir, fraction,
+                                                                                              recomputed):
+    from dnallm.training import checkpoint_layers
+    from test_model import batch_for
+
+    model = build(tiny_dir)
+    torch.manual_seed(0)
+    for p in model.parameters():  # LoRA B starts at zero: give every trainable weight a gradient path
+        if p.requires_grad:
+            p.data.normal_(0, 0.05)
+    batch = batch_for(model, [load_kegg("train")[i] for i in range(2)])
+
+    def step():
+        model.zero_grad()
+        model(**batch)["loss"].backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    want = step()
+    layers = model.language_model.base_model.model.model.layers
+    assert len(layers) == 2
+    calls = [0] * len(layers)
+    for i, layer in enumerate(layers):
+        # a pre-hook: torch's checkpoint stops its recomputation once it has what the backward needs, so a hook at
+        # the end of a submodule may not run again
+        layer.self_attn.register_forward_pre_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
+    if fraction is not False:
+        assert checkpoint_layers(model.language_model, fraction) == sum(recomputed)
+        model.language_model.enable_input_require_grads()
+    model.train()
+    got = step()
+    assert calls == [2 if r else 1 for r in recomputed]  # a checkpointed layer runs again in the backward
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, -0.2, "half"])
+def test_gradient_checkpointing_must_be_a_bool_or_a_fraction(bad):
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        SFTConfig(gradient_checkpointing=bad)
