@@ -43,7 +43,7 @@ def sdpa_gqa_attention_forward(module: torch.nn.Module, query: torch.Tensor, key
     query = query.reshape(batch, kv_heads, groups * q_len, dim)
     mask_heads = attention_mask.shape[1]
     if mask_heads == heads:  # a per-head mask folds like the query
-        attention_mask = attention_mask.reshape(batch, kv_heads, groups * q_len, -1)
+        attention_mask = attention_mask.reshape(attention_mask.shape[0], kv_heads, groups * q_len, -1)
     elif q_len > 1:  # one mask for all heads: each folded query row reads its own position's row
         attention_mask = attention_mask[:, :, None].expand(-1, -1, groups, -1, -1).reshape(
             attention_mask.shape[0], mask_heads, groups * q_len, -1)

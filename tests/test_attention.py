@@ -24,13 +24,15 @@ DEVICES = [("cpu", torch.float32)] + ([("cuda", torch.bfloat16)] if torch.cuda.i
 
 @pytest.mark.parametrize("device,dtype", DEVICES)
 @pytest.mark.parametrize("q_len", [1, 5])
-@pytest.mark.parametrize("mask_kind", ["bool", "float", "per_head"])
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "per_head", "per_head_batch1"])
 def test_folded_heads_give_sdpa_with_repeat_kv(q_len, mask_kind, device, dtype):
     torch.manual_seed(0)
     b, kv_heads, groups, kv_len, d = 3, 2, 4, 40, 64  # (CUDA's masked kernels want aligned sizes)
     q = torch.randn(b, kv_heads * groups, q_len, d, device=device, dtype=dtype)
     k, v = (torch.randn(b, kv_heads, kv_len, d, device=device, dtype=dtype) for _ in range(2))
-    mask = torch.rand(b, kv_heads * groups if mask_kind == "per_head" else 1, q_len, kv_len, device=device) > 0.3
+    per_head = mask_kind.startswith("per_head")
+    mask = torch.rand(1 if mask_kind.endswith("batch1") else b, kv_heads * groups if per_head else 1, q_len, kv_len,
+                      device=device) > 0.3  # (a batch-1 mask broadcasts over the batch)
     mask[..., 0] = True  # every query row sees something
     if mask_kind == "float":
         mask = torch.zeros(mask.shape, device=device, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
@@ -43,7 +45,7 @@ def test_folded_heads_give_sdpa_with_repeat_kv(q_len, mask_kind, device, dtype):
     if device == "cpu":  # by default the CPU runs stock sdpa itself (the fold does not pay there)
         assert torch.equal(sdpa_gqa_attention_forward(module, q, k, v, mask, scaling=0.3)[0], want)
     # and it is not the same as attending with the heads mis-assigned to their KV heads
-    wrong, _ = sdpa_gqa_attention_forward(module, q.flip(1), k, v, mask.flip(1) if mask_kind == "per_head" else mask,
+    wrong, _ = sdpa_gqa_attention_forward(module, q.flip(1), k, v, mask.flip(1) if per_head else mask,
                                           scaling=0.3, fold=True)
     assert not torch.allclose(wrong.flip(2), want, atol=0.1)
 
