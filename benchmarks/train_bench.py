@@ -154,8 +154,7 @@ def run_setting(name: str, setting: dict, records, args, device, dtype) -> dict:
     gc.collect()  # DeepSpeed's engine and the model form reference cycles: collect the last setting's first
     resident = torch.cuda.memory_allocated() / 2**30 if device.type == "cuda" else None  # left by earlier settings
     model = build(a, device, dtype)
-    if setting.get("grad_ckpt"):  # build() enables the reentrant form; the library's is non-reentrant, per layer
-        model.language_model.gradient_checkpointing_disable()
+    if setting.get("grad_ckpt"):  # the library's form (non-reentrant, per layer) over build()'s reentrant one
         checkpoint_layers(model.language_model, setting["grad_ckpt"])
     if setting.get("kernels"):  # what sft.liger applies: liger's RMSNorm/SwiGLU/RoPE kernels in the LM
         from dnallm.losses import apply_liger_kernels

@@ -31,7 +31,7 @@ import torch
 from dnallm.losses import chunked_token_logprobs
 from dnallm.modeling import DNALLMForConditionalGeneration
 from dnallm.rewards import total_reward
-from dnallm.training import _barrier, _load_trainable, _publish, _staging
+from dnallm.training import _barrier, _load_trainable, _publish, _staging, checkpoint_layers
 
 
 @dataclass
@@ -175,8 +175,7 @@ def grpo_train(model: DNALLMForConditionalGeneration, records, cfg: GRPOConfig, 
         model.language_model.load_adapter(str(reference_adapter), adapter_name="reference", is_trainable=False)
         model.language_model.set_adapter("default")
     if cfg.gradient_checkpointing:
-        model.language_model.gradient_checkpointing_enable()
-        model.language_model.enable_input_require_grads()
+        checkpoint_layers(model.language_model)
     params = [p for n, p in model.named_parameters() if p.requires_grad and "reference" not in n]
     # fp32 master weights: an Adam step moves a weight by about lr (1e-6), far below bf16's resolution (2^-8
     # relative), so bf16 trainable weights would never change. A bf16 model still computes in bf16 (autocast).

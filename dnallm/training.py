@@ -729,7 +729,6 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
 
     if cfg.gradient_checkpointing:
         checkpoint_layers(model.language_model, cfg.gradient_checkpointing)
-        model.language_model.enable_input_require_grads()
     # Trainer counts optimizer updates; accumulation restarts at every epoch (a partial one closes each epoch).
     batches_per_epoch = math.ceil(len(_EpochBatches([len(e["input_ids"]) for e in train], cfg.batch_size, cfg.seed))
                                   / world)
