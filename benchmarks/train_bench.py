@@ -78,6 +78,24 @@ SETTINGS = {
                                            kernels=True, grad_ckpt=0.5, attn="sdpa_gqa"),
     "fast_liger_plain_b8_ckpt70_gqa": dict(layout="fast", batch=8, engine="plain", fused_adamw=True, loss="liger",
                                            kernels=True, grad_ckpt=0.7, attn="sdpa_gqa"),
+    # larger micro-batch without checkpointing; regional torch.compile of every decoder layer (dynamic shapes:
+    # the length-grouped batches differ in length)
+    "fast_liger_plain_b10_gqa": dict(layout="fast", batch=10, engine="plain", fused_adamw=True, loss="liger",
+                                     kernels=True, attn="sdpa_gqa"),
+    # compile in place of liger's RMSNorm/SwiGLU/RoPE kernels (dynamo cannot trace those autograd functions: an
+    # AssertionError at input_layernorm, H200, torch 2.11); the loss stays liger's fused linear cross-entropy
+    "fast_flce_plain_b8_gqa_compile": dict(layout="fast", batch=8, engine="plain", fused_adamw=True, loss="liger",
+                                           attn="sdpa_gqa", compile=True),
+    "fast_flce_plain_b8_ckpt70_gqa_compile": dict(layout="fast", batch=8, engine="plain", fused_adamw=True,
+                                                  loss="liger", grad_ckpt=0.7, attn="sdpa_gqa", compile=True),
+    # the library's own SFT (dnallm.training.train_sft: transformers' Trainer on one device, no DeepSpeed), its
+    # options as a preset would set them; timed as described in run_trainer
+    "trainer_b8_ckpt70_compile": dict(layout="fast", batch=8, engine="trainer", attn="sdpa_gqa",
+                                      sft=dict(liger=True, compile=True, gradient_checkpointing=0.7)),
+    "trainer_b8_compile": dict(layout="fast", batch=8, engine="trainer", attn="sdpa_gqa",
+                               sft=dict(liger=True, compile=True)),
+    "trainer_b8": dict(layout="fast", batch=8, engine="trainer", attn="sdpa_gqa", sft=dict(liger=True)),
+    "trainer_b4_plain": dict(layout="fast", batch=4, engine="trainer", sft={}),  # runs on the CPU too (--cpu-smoke)
 }
 BASELINES = ("baseline_ds", "baseline_plain")
 
@@ -147,6 +165,55 @@ def prepare(model, records, setting: dict, device, dtype, no_cache: bool) -> lis
     return out
 
 
+def run_trainer(name: str, setting: dict, model, records, args, device, dtype) -> dict:
+    """`train_sft` itself, timed by difference: runs from step 0 on the same model, stopping after 1 pass
+    (warm-up: compilation, allocator), then 1, 2, ..., 1 + repeats passes of `train_samples` examples; pass k's time
+    is t(k + 1) - t(k), so loading, encoding, caching and the save at the stop cancel out. One epoch spans (repeats + 2) x train_samples distinct training records (no evaluation is reached),
+    so the timed passes are other examples than the plain-loop settings time: FLOPs per sample are the mean over
+    those records."""
+    import tempfile
+    from pathlib import Path
+
+    from dnallm.training import SFTConfig, train_sft
+
+    n, batch, repeats = args.train_samples, setting["batch"], args.train_repeats
+    if n % batch:
+        raise ValueError(f"--train-samples {n} is not a multiple of the batch size {batch}")
+    epoch = records.select(range(n * (repeats + 2)))
+    val = records.select(range(n * (repeats + 2), n * (repeats + 2) + 1))
+    dims = lm_dims(model)
+    examples = encode_examples(model, epoch, max_length=8192)
+    flops_per_sample = statistics.mean(
+        6 * dims["N"] * len(e["input_ids"]) + 6 * dims["L"] * dims["H"] * len(e["input_ids"]) ** 2
+        + 6 * dims["V"] * dims["d"] * sum(1 for t in e["labels"][1:] if t != -100) for e in examples)
+    tokens_per_sample = statistics.mean(len(e["input_ids"]) for e in examples)
+    cfg = dict(epochs=1.0, batch_size=batch, bf16=dtype == torch.bfloat16, lr_projector=1e-4, lr_lora=1e-4,
+               tensorboard=False, deepspeed=None, log_every=10**6, **setting["sft"])
+    steps = n // batch
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, passes in enumerate([1] + list(range(1, repeats + 2))):
+            sync()
+            t = time.perf_counter()
+            train_sft(model, epoch, val, SFTConfig(**cfg, stop_after_steps=steps * passes), Path(tmp) / str(i))
+            sync()
+            seconds.append(time.perf_counter() - t)
+    rates = [n / (b - a) for a, b in zip(seconds[1:], seconds[2:])]
+    rate = statistics.median(rates)
+    row = {"setting": name, "batch": batch, "engine": "trainer", "sft": setting["sft"],
+           "run_seconds": [round(x, 2) for x in seconds], "samples_per_s": round(rate, 3),
+           "samples_per_s_all": [round(r, 3) for r in rates], "spread_pct": round(100 * (max(rates) - min(rates)) / rate, 1),
+           "tokens_per_s": round(rate * tokens_per_sample, 1), "mean_tokens_per_sample": round(tokens_per_sample),
+           "model_tflops_per_s": round(rate * flops_per_sample / 1e12, 1),
+           "mfu_pct": round(100 * rate * flops_per_sample / 1e12 / SPEC_PEAK_TFLOPS, 1),
+           "mfu_frozen_pct": round(100 * rate * flops_per_sample * 2 / 3 / 1e12 / SPEC_PEAK_TFLOPS, 1)}
+    if device.type == "cuda":
+        row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return row
+
+
 def run_setting(name: str, setting: dict, records, args, device, dtype) -> dict:
     import deepspeed
 
@@ -154,12 +221,23 @@ def run_setting(name: str, setting: dict, records, args, device, dtype) -> dict:
     gc.collect()  # DeepSpeed's engine and the model form reference cycles: collect the last setting's first
     resident = torch.cuda.memory_allocated() / 2**30 if device.type == "cuda" else None  # left by earlier settings
     model = build(a, device, dtype)
+    if setting["engine"] == "trainer":
+        try:
+            return run_trainer(name, setting, model, records, args, device, dtype)
+        finally:
+            del model
     if setting.get("grad_ckpt"):  # the library's form (non-reentrant, per layer) over build()'s reentrant one
         checkpoint_layers(model.language_model, setting["grad_ckpt"])
     if setting.get("kernels"):  # what sft.liger applies: liger's RMSNorm/SwiGLU/RoPE kernels in the LM
         from dnallm.losses import apply_liger_kernels
 
         apply_liger_kernels(model.language_model)
+    if setting.get("compile"):  # regional compilation: one graph per decoder layer, reused by all 36
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        for layer in model.language_model.modules():
+            if isinstance(layer, GradientCheckpointingLayer):
+                layer.compile(dynamic=True)
     model.loss_chunk_size = setting.get("loss", 1024)
     model.train()
     dims = lm_dims(model)

@@ -65,6 +65,11 @@ class SFTConfig:
     # samples/s with the fused loss alone; with the kernels, batch 8 and checkpointing 8.93 at 17.1 GiB
     # (docs/benchmarks.md, "Speed, round two"). Needs liger-kernel (the `liger` extra) and a CUDA device.
     liger: bool = False
+    # torch.compile of each decoder layer of the text model (regional compilation: one graph, reused by every layer;
+    # dynamic shapes for the length-grouped batches). With `liger`, only liger's fused loss is used: compile fuses
+    # RMSNorm/SwiGLU/RoPE itself and dynamo cannot trace liger's kernels. On an H200 (Qwen3-4B layout, batch 8):
+    # 13.3 -> 17.5 samples/s, LM MFU 29.8 -> 39.1 %, peak 94.8 -> 81.4 GiB (docs/benchmarks.md, "Speed, round four").
+    compile: bool = False
     deepspeed: str | dict | None = None  # path to (or dict of) a DeepSpeed JSON config
     log_every: int = 10
     # Steps are optimizer updates (Trainer's global_step): with grad_accum > 1, each epoch ends in a (possibly
@@ -115,6 +120,22 @@ def checkpoint_layers(language_model: torch.nn.Module, fraction: bool | float = 
     for layer in layers[k:]:
         layer.gradient_checkpointing = False
     return k
+
+
+def compile_layers(language_model: torch.nn.Module) -> int:
+    """torch.compile every decoder layer in place; returns how many.
+
+    Ours rather than TrainingArguments(torch_compile=True), which compiles the whole wrapper: the DNA splice and the
+    chunked loss around the LM vary with every batch and would recompile or break the graph; the decoder layers are
+    where the time goes, and all of them share one compiled graph."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in language_model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise ValueError(f"{type(language_model).__name__} has no decoder layers to compile")
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
 
 
 def _copies(setting: bool | int | dict, view: str) -> int:
@@ -708,7 +729,16 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
     if cfg.liger:  # here, before any work: on a CPU model this is an error naming the device
         from dnallm.losses import FUSED, apply_liger_kernels
 
-        apply_liger_kernels(model.language_model)
+        if not cfg.compile:
+            apply_liger_kernels(model.language_model)
+        else:  # liger's fused loss only (see SFTConfig.compile)
+            if model.device.type != "cuda":
+                raise ValueError(f"sft.liger's fused loss is a Triton kernel and needs a CUDA device; the model is "
+                                 f"on {model.device}")
+            try:
+                import liger_kernel.transformers.functional  # noqa: F401
+            except ImportError as e:
+                raise ImportError("sft.liger needs liger-kernel (pip install 'dnallm-variants[liger]')") from e
         model.loss_chunk_size = FUSED
     if cfg.init_projector_from:  # stage 2 starts from the stage-1 projector
         _load_trainable(model, Path(cfg.init_projector_from), projector_only=True)
@@ -729,6 +759,8 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
 
     if cfg.gradient_checkpointing:
         checkpoint_layers(model.language_model, cfg.gradient_checkpointing)
+    if cfg.compile:
+        compile_layers(model.language_model)
     # Trainer counts optimizer updates; accumulation restarts at every epoch (a partial one closes each epoch).
     batches_per_epoch = math.ceil(len(_EpochBatches([len(e["input_ids"]) for e in train], cfg.batch_size, cfg.seed))
                                   / world)

@@ -369,3 +369,51 @@ def test_checkpointing_a_fraction_of_the_layers_recomputes_those_only_and_change
 def test_gradient_checkpointing_must_be_a_bool_or_a_fraction(bad):
     with pytest.raises(ValueError, match="gradient_checkpointing"):
         SFTConfig(gradient_checkpointing=bad)
+
+
+def test_compiled_decoder_layers_give_the_eager_loss_and_gradients(tiny_dir):
+    """sft.compile: every decoder layer runs as a torch.compile graph (inductor, dynamic shapes), with the eager
+    layers' loss and gradients. Fails if the layers are not compiled, are compiled per shape, or compute something
+    else."""
+    import torch._dynamo
+
+    from dnallm.training import compile_layers
+    from test_model import batch_for
+
+    model = build(tiny_dir)
+    torch.manual_seed(0)
+    for p in model.parameters():  # LoRA B starts at zero: give every trainable weight a gradient path
+        if p.requires_grad:
+            p.data.normal_(0, 0.05)
+    records = load_kegg("train")
+    batches = [batch_for(model, [records[i] for i in idx]) for idx in ((0, 1), (2, 3, 4))]
+    assert batches[0]["input_ids"].shape[1] != batches[1]["input_ids"].shape[1]  # two sequence lengths
+
+    def step(batch):
+        model.zero_grad()
+        loss = model(**batch)["loss"]
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    model.train()
+    want = [step(b) for b in batches]
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    assert compile_layers(model.language_model) == 2
+    got = [step(b) for b in batches]
+    # both layers and both lengths share one compiled graph (a recompile per shape would make it 2+)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    for (want_loss, want_grads), (got_loss, got_grads) in zip(want, got):
+        torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6)
+        for name in want_grads:
+            torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-5)
+
+
+def test_sft_compile_option_compiles_the_text_model_layers(tiny_dir, tmp_path):
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    model = build(tiny_dir)
+    train, val = load_kegg("train").select(range(8)), load_kegg("val").select(range(2))
+    train_sft(model, train, val, SFTConfig(epochs=1.0, batch_size=4, compile=True, tensorboard=False), tmp_path)
+    layers = [m for m in model.language_model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert len(layers) == 2 and all(layer._compiled_call_impl is not None for layer in layers)
