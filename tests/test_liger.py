@@ -80,27 +80,34 @@ def test_sft_liger_needs_a_cuda_device(tiny_dir, tmp_path):
 
 
 def test_sft_with_liger_trains_as_the_chunked_loss_does(tiny_dir, tmp_path):
-    """sft.liger on CUDA: the fused loss and liger's kernels in the LM; the run's losses follow the plain run's."""
+    """sft.liger on CUDA: the fused loss and liger's kernels in the LM; the run's losses follow the plain run's.
+    With sft.compile too: the fused loss, compiled decoder layers and no liger kernels (compile fuses those ops)."""
     _needs_liger()
     from test_model import build
+    from transformers.modeling_layers import GradientCheckpointingLayer
 
     from dnallm.data import load_kegg
     from dnallm.training import SFTConfig, train_sft
 
     train, val = load_kegg("train").select(range(16)), load_kegg("val").select(range(4))
     runs = {}
-    for liger in (False, True):
+    for liger, compiled in ((False, False), (True, False), (True, True)):
         model = build(tiny_dir).to("cuda")
         cfg = SFTConfig(epochs=2.0, batch_size=4, evals_per_epoch=1, lr_projector=1e-2, lr_lora=1e-2, liger=liger,
-                        tensorboard=False, log_every=1000)
-        runs[liger] = train_sft(model, train, val, cfg, tmp_path / f"liger{liger}")
+                        compile=compiled, tensorboard=False, log_every=1000)
+        runs[liger, compiled] = train_sft(model, train, val, cfg, tmp_path / f"liger{liger}{compiled}")
         assert model.loss_chunk_size == ("liger" if liger else 1024)
         norm = model.language_model.get_base_model().model.norm
-        assert ("liger" in type(norm).__module__ or "liger" in norm.forward.__func__.__module__) == liger
-    plain, fused = ([h["val_loss"] for h in runs[k]["history"]] for k in (False, True))
-    assert len(plain) == len(fused) == 2
-    for a, b in zip(plain, fused):
-        assert abs(a - b) / a < 1e-2, (plain, fused)
+        kernels = "liger" in type(norm).__module__ or "liger" in norm.forward.__func__.__module__
+        assert kernels == (liger and not compiled)
+        layers = [m for m in model.language_model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        assert all((layer._compiled_call_impl is not None) == compiled for layer in layers)
+    plain = [h["val_loss"] for h in runs[False, False]["history"]]
+    for key in ((True, False), (True, True)):
+        fused = [h["val_loss"] for h in runs[key]["history"]]
+        assert len(plain) == len(fused) == 2
+        for a, b in zip(plain, fused):
+            assert abs(a - b) / a < 1e-2, (key, plain, fused)
 
 
 def test_load_model_with_liger_needs_a_cuda_device(tmp_path):
