@@ -43,6 +43,18 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targ
     return liger_fused_linear_cross_entropy(hidden.contiguous(), weight, targets, bias, reduction="mean")
 
 
+def require_liger(device: torch.device) -> None:
+    """liger-kernel's kernels (fused loss, RMSNorm, ...) are Triton kernels: a clear error on a CPU model or
+    without the package, before any work."""
+    if device.type != "cuda":
+        raise ValueError(f"liger-kernel's kernels are Triton kernels and need a CUDA device; the model is on {device}")
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except ImportError as e:
+        raise ImportError("liger kernels need liger-kernel (pip install 'dnallm-variants[liger]'; Triton and a CUDA "
+                          "device)") from e
+
+
 def apply_liger_kernels(language_model) -> None:
     """liger-kernel's RMSNorm, SwiGLU and RoPE kernels in the text model (a peft model: its base), for the model
     types liger knows (Qwen3 among them); the loss stays ours (`chunk_size="liger"` above). RoPE is patched in
@@ -51,13 +63,8 @@ def apply_liger_kernels(language_model) -> None:
     import inspect
 
     base = language_model.get_base_model() if hasattr(language_model, "get_base_model") else language_model
-    if base.device.type != "cuda":
-        raise ValueError(f"liger-kernel's kernels are Triton kernels and need a CUDA device; the model is on "
-                         f"{base.device}")
-    try:
-        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
-    except ImportError as e:
-        raise ImportError("liger kernels need liger-kernel (pip install liger-kernel; Triton and a CUDA device)") from e
+    require_liger(base.device)
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
     model_type = base.config.model_type
     if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
         raise ValueError(f"liger-kernel has no kernels for model type {model_type!r}; "

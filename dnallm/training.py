@@ -727,18 +727,12 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
     device = model.device
     model.dna_encoder.to(device)
     if cfg.liger:  # here, before any work: on a CPU model this is an error naming the device
-        from dnallm.losses import FUSED, apply_liger_kernels
+        from dnallm.losses import FUSED, apply_liger_kernels, require_liger
 
-        if not cfg.compile:
+        if cfg.compile:  # liger's fused loss only (see SFTConfig.compile)
+            require_liger(model.device)
+        else:
             apply_liger_kernels(model.language_model)
-        else:  # liger's fused loss only (see SFTConfig.compile)
-            if model.device.type != "cuda":
-                raise ValueError(f"sft.liger's fused loss is a Triton kernel and needs a CUDA device; the model is "
-                                 f"on {model.device}")
-            try:
-                import liger_kernel.transformers.functional  # noqa: F401
-            except ImportError as e:
-                raise ImportError("sft.liger needs liger-kernel (pip install 'dnallm-variants[liger]')") from e
         model.loss_chunk_size = FUSED
     if cfg.init_projector_from:  # stage 2 starts from the stage-1 projector
         _load_trainable(model, Path(cfg.init_projector_from), projector_only=True)

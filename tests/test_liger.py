@@ -67,8 +67,10 @@ def test_fused_loss_matches_the_chunked_loss_and_its_gradients(dtype):
     assert _rel(gw_fused, gw_ref) < tol
 
 
-def test_sft_liger_needs_a_cuda_device(tiny_dir, tmp_path):
-    """sft.liger on a CPU model is an error naming the device, before any work, not a run without the kernels."""
+@pytest.mark.parametrize("compiled", [False, True])
+def test_sft_liger_needs_a_cuda_device(tiny_dir, tmp_path, compiled):
+    """sft.liger on a CPU model is an error naming the device, before any work, not a run without the kernels
+    (with sft.compile too, where only liger's fused loss is used)."""
     from test_model import build
 
     from dnallm.data import load_kegg
@@ -76,7 +78,8 @@ def test_sft_liger_needs_a_cuda_device(tiny_dir, tmp_path):
 
     with pytest.raises(ValueError, match="CUDA device"):
         train_sft(build(tiny_dir), load_kegg("train").select(range(4)), load_kegg("val").select(range(2)),
-                  SFTConfig(liger=True, tensorboard=False), tmp_path)
+                  SFTConfig(liger=True, compile=compiled, tensorboard=False), tmp_path)
+    assert not (tmp_path / "train_summary.json").exists()
 
 
 def test_sft_with_liger_trains_as_the_chunked_loss_does(tiny_dir, tmp_path):
