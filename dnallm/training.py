@@ -52,6 +52,12 @@ class SFTConfig:
     # tokens of the gold label where the reasoning names it (case-insensitive), the words the answer line follows.
     answer_weight: float = 1.0
     mention_weight: float = 1.0
+    # Distractor examples per record ({view: copies} or an int): the record's prompt and DNA, a think block holding
+    # the last steps of another record's reasoning (another label, so it names another disease), then the record's
+    # own answer line; the loss is on the answer line only. Generated reasoning drifts on a small LM and the answer
+    # copied the disease it named (docs/benchmarks.md, session 12): these teach the answer to come from the DNA and
+    # the question when the reasoning points elsewhere.
+    distractor_answers: int | dict = 0
     eval_batch_size: int = 16
     evals_per_epoch: int = 1
     seed: int = 0
@@ -145,7 +151,7 @@ def _copies(setting: bool | int | dict, view: str) -> int:
 
 def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: int, direct_answers: bool | dict = False,
                     thinking_answers: bool | dict = True, pack_direct: bool = False, answer_weight: float = 1.0,
-                    mention_weight: float = 1.0) -> list[dict]:
+                    mention_weight: float = 1.0, distractor_answers: int | dict = 0) -> list[dict]:
     """Tokenize every record once: prompt + answer ids, labels on the answer only, and its two windows.
 
     With direct_answers, each record also yields non-thinking-mode examples whose answer is the label line
@@ -161,12 +167,15 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
     prompt is ~300 of a direct example's ~310 tokens.
 
     answer_weight / mention_weight (SFTConfig): per-token loss weights on a reasoning example's answer line and on
-    the gold label's mentions inside its reasoning (`_reasoning_weights`).
+    the gold label's mentions inside its reasoning (`_reasoning_weights`). distractor_answers: see SFTConfig and
+    `_distractor_example`.
     """
     proc = model.processor
     window = model.config.dna_config.window_size
     out = []
-    for r in records:
+    tails = _reasoning_tails(records) if any(_copies(distractor_answers, v) for v in
+                                             set(records["view"] if "view" in records.column_names else ["kegg"])) else []
+    for i, r in enumerate(records):
         view = r.get("view", "kegg")
         windows = [r["ref_window"], r["variant_window"]]
         if {len(w) for w in windows} != {window}:
@@ -191,7 +200,35 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
             if len(first["input_ids"]) > max_length:
                 raise ValueError(f"row {r.get('row')}: {len(first['input_ids'])} tokens exceed max_length {max_length}")
             out += [first] + [example] * (copies - 1)
+        for k in range(_copies(distractor_answers, view)):
+            out.append(_distractor_example(proc, r, windows, tails, random.Random(f"{i}-{k}"), answer_weight))
     return out
+
+
+def _reasoning_tails(records, steps: int = 2) -> list[tuple[str, str]]:
+    """(label, last `steps` lines of the reasoning) of every record: where a KEGG reasoning names its disease."""
+    return [(r["label"], "\n".join(r["reasoning"].strip().splitlines()[-steps:])) for r in records]
+
+
+def _distractor_example(proc, record: dict, windows: list[str], tails: list[tuple[str, str]], rng: random.Random,
+                        answer_weight: float) -> dict:
+    """The record's thinking prompt and DNA, another label's reasoning tail as the think block, the record's own
+    answer line; labels (weighted `answer_weight`) on the tokens after `</think>` only."""
+    others = [tail for label, tail in tails if label != record["label"]]
+    if not others:
+        raise ValueError(f"row {record.get('row')}: distractor answers need records of another label")
+    target = proc.target(rng.choice(others), record["label"])
+    b = proc([proc.prompt(record["question"], thinking=True)], [windows], targets=[target], dna_ids=False)
+    ids, labels = b["input_ids"][0], b["labels"][0].clone()
+    enc = proc.tokenizer(target, add_special_tokens=False, return_offsets_mapping=True)
+    n = len(enc["input_ids"])
+    if enc["input_ids"] != ids[-n:].tolist():
+        raise ValueError("the target's tokens differ when tokenized alone; cannot mark the answer line")
+    answer_start = target.rindex("</think>") + len("</think>")
+    in_think = [start < answer_start for start, _ in enc["offset_mapping"]]
+    labels[len(ids) - n:][torch.tensor(in_think)] = -100
+    return {"input_ids": ids, "labels": labels, "windows": windows,
+            "label_weights": torch.full((len(ids),), float(answer_weight))}
 
 
 def _reasoning_weights(tokenizer, example: dict, target: str, label: str, answer_weight: float,
@@ -738,7 +775,7 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
         _load_trainable(model, Path(cfg.init_projector_from), projector_only=True)
 
     train = encode_examples(model, train_records, cfg.max_length, cfg.direct_answers, cfg.thinking_answers,
-                            cfg.pack_direct, cfg.answer_weight, cfg.mention_weight)
+                            cfg.pack_direct, cfg.answer_weight, cfg.mention_weight, cfg.distractor_answers)
     views = set(train_records["view"]) if "view" in train_records.column_names else {"kegg"}
     model.config.answer_modes = [mode for mode, setting in (("thinking", cfg.thinking_answers),
                                                             ("direct", cfg.direct_answers))

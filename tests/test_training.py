@@ -82,6 +82,37 @@ def test_examples_per_view_follow_the_thinking_and_direct_settings(tiny_dir):
     assert len(encode_examples(model, records, 8192)) == 6
 
 
+def test_distractor_examples_train_the_answer_line_after_another_labels_reasoning(tiny_dir):
+    """sft.distractor_answers: the record's prompt and DNA, a think block ending another record's reasoning (another
+    label), the record's own answer line; loss on that answer line only, at answer_weight."""
+    from dnallm.data import load_kegg
+    from dnallm.training import encode_examples
+    from test_model import build
+
+    model = build(tiny_dir)
+    tok = model.processor.tokenizer
+    records = load_kegg("train").select(range(12))
+    assert len(set(records["label"])) > 1
+    plain = encode_examples(model, records, 8192, answer_weight=8.0)
+    examples = encode_examples(model, records, 8192, answer_weight=8.0, distractor_answers=2)
+    assert len(examples) == len(plain) + 2 * len(records)
+    for k, r in enumerate(records):  # per record: its reasoning example, then its two distractors
+        assert torch.equal(examples[3 * k]["input_ids"], plain[k]["input_ids"])
+        for e in examples[3 * k + 1: 3 * k + 3]:
+            assert e["windows"] == [r["ref_window"], r["variant_window"]]
+            text = tok.decode(e["input_ids"])
+            think = text[text.rindex("<think>"):text.rindex("</think>")]
+            tails = {rr["reasoning"].strip().splitlines()[-1] for rr in records if rr["label"] != r["label"]}
+            assert any(t in think for t in tails)  # another label's closing step
+            assert r["reasoning"].strip().splitlines()[-1] not in think
+            labelled = tok.decode(e["input_ids"][e["labels"] != -100])
+            assert labelled.strip().startswith("Answer:") and r["label"] in labelled  # the answer line alone
+            assert torch.all(e["label_weights"][e["labels"] != -100] == 8.0)
+    # deterministic: the same distractors on a second encoding
+    again = encode_examples(model, records, 8192, answer_weight=8.0, distractor_answers=2)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(examples, again))
+
+
 def test_resume_with_gradient_accumulation_matches_uninterrupted_run(tiny_dir, tmp_path):
     # 9 records, batch 2 -> 5 micro-batches per epoch; accumulation 4 -> Trainer steps after micro-batches 4 and 5
     # of each epoch (accumulation restarts at every epoch), so 2 epochs = 4 optimizer steps, 2 of them partial.
