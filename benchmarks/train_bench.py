@@ -40,7 +40,7 @@ import torch
 
 from sft_step import build, parser as sft_parser
 from dnallm.encoders.cache import EmbeddingCache
-from dnallm.training import _batches, checkpoint_layers, collate, encode_examples, pad_examples
+from dnallm.training import _batches, checkpoint_layers, collate, compile_layers, encode_examples, pad_examples
 
 SPEC_PEAK_TFLOPS = 989.0  # dense bf16, H100 / H200 SXM datasheet
 
@@ -232,12 +232,8 @@ def run_setting(name: str, setting: dict, records, args, device, dtype) -> dict:
         from dnallm.losses import apply_liger_kernels
 
         apply_liger_kernels(model.language_model)
-    if setting.get("compile"):  # regional compilation: one graph per decoder layer, reused by all 36
-        from transformers.modeling_layers import GradientCheckpointingLayer
-
-        for layer in model.language_model.modules():
-            if isinstance(layer, GradientCheckpointingLayer):
-                layer.compile(dynamic=True)
+    if setting.get("compile"):  # what sft.compile applies: one compiled graph shared by the 36 decoder layers
+        compile_layers(model.language_model)
     model.loss_chunk_size = setting.get("loss", 1024)
     model.train()
     dims = lm_dims(model)

@@ -109,19 +109,25 @@ class SFTConfig:
         return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
 
 
+def decoder_layers(language_model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The text model's decoder layers (transformers' GradientCheckpointingLayer); none is an error."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in language_model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise ValueError(f"{type(language_model).__name__} has no decoder layers")
+    return layers
+
+
 def checkpoint_layers(language_model: torch.nn.Module, fraction: bool | float = True) -> int:
     """Gradient checkpointing on the first round(fraction x L) decoder layers (True: all); returns how many.
 
     transformers' checkpointing is per layer (each decoder layer a GradientCheckpointingLayer with its own flag):
     enable it, then switch it off again on the layers after the first k. Every layer stores the same activations,
     so which k layers does not change the memory saved."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
     # non-reentrant: needs no input that requires grad, and lets torch stop a recomputation early
     language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    layers = [m for m in language_model.modules() if isinstance(m, GradientCheckpointingLayer)]
-    if not layers:
-        raise ValueError(f"{type(language_model).__name__} has no checkpointable decoder layers")
+    layers = decoder_layers(language_model)
     k = len(layers) if fraction is True else max(1, round(float(fraction) * len(layers)))
     for layer in layers[k:]:
         layer.gradient_checkpointing = False
@@ -134,11 +140,7 @@ def compile_layers(language_model: torch.nn.Module) -> int:
     Ours rather than TrainingArguments(torch_compile=True), which compiles the whole wrapper: the DNA splice and the
     chunked loss around the LM vary with every batch and would recompile or break the graph; the decoder layers are
     where the time goes, and all of them share one compiled graph."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    layers = [m for m in language_model.modules() if isinstance(m, GradientCheckpointingLayer)]
-    if not layers:
-        raise ValueError(f"{type(language_model).__name__} has no decoder layers to compile")
+    layers = decoder_layers(language_model)
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)
@@ -173,8 +175,7 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
     proc = model.processor
     window = model.config.dna_config.window_size
     out = []
-    tails = _reasoning_tails(records) if any(_copies(distractor_answers, v) for v in
-                                             set(records["view"] if "view" in records.column_names else ["kegg"])) else []
+    tails = _reasoning_tails(records) if distractor_answers else []
     for i, r in enumerate(records):
         view = r.get("view", "kegg")
         windows = [r["ref_window"], r["variant_window"]]
@@ -220,15 +221,20 @@ def _distractor_example(proc, record: dict, windows: list[str], tails: list[tupl
     target = proc.target(rng.choice(others), record["label"])
     b = proc([proc.prompt(record["question"], thinking=True)], [windows], targets=[target], dna_ids=False)
     ids, labels = b["input_ids"][0], b["labels"][0].clone()
-    enc = proc.tokenizer(target, add_special_tokens=False, return_offsets_mapping=True)
-    n = len(enc["input_ids"])
-    if enc["input_ids"] != ids[-n:].tolist():
-        raise ValueError("the target's tokens differ when tokenized alone; cannot mark the answer line")
+    offsets = _target_offsets(proc.tokenizer, ids, target)
     answer_start = target.rindex("</think>") + len("</think>")
-    in_think = [start < answer_start for start, _ in enc["offset_mapping"]]
-    labels[len(ids) - n:][torch.tensor(in_think)] = -100
+    labels[len(ids) - len(offsets):][torch.tensor([start < answer_start for start, _ in offsets])] = -100
     return {"input_ids": ids, "labels": labels, "windows": windows,
             "label_weights": torch.full((len(ids),), float(answer_weight))}
+
+
+def _target_offsets(tokenizer, ids: torch.Tensor, target: str) -> list[tuple[int, int]]:
+    """Character offsets in `target` of the example's last tokens (its target, tokenized alone: the tokens must be
+    the same as inside the example, or per-token labels and weights would land on the wrong tokens)."""
+    enc = tokenizer(target, add_special_tokens=False, return_offsets_mapping=True)
+    if enc["input_ids"] != ids[-len(enc["input_ids"]):].tolist():
+        raise ValueError("the target's tokens differ when tokenized alone; cannot place per-token labels or weights")
+    return enc["offset_mapping"]
 
 
 def _reasoning_weights(tokenizer, example: dict, target: str, label: str, answer_weight: float,
@@ -236,14 +242,12 @@ def _reasoning_weights(tokenizer, example: dict, target: str, label: str, answer
     """Per-token loss weights of one reasoning example: `answer_weight` on the target tokens that start after
     `</think>`, `mention_weight` on those overlapping a case-insensitive mention of `label` inside the think block,
     1 elsewhere (the prompt's weights are never read: its labels are -100)."""
-    enc = tokenizer(target, add_special_tokens=False, return_offsets_mapping=True)
-    n = len(enc["input_ids"])
-    if enc["input_ids"] != example["input_ids"][-n:].tolist():
-        raise ValueError("the target's tokens differ when tokenized alone; cannot place the loss weights")
+    offsets = _target_offsets(tokenizer, example["input_ids"], target)
+    n = len(offsets)
     think_end = target.rindex("</think>")
     mentions = [(m.start(), m.end()) for m in re.finditer(re.escape(label), target[:think_end], re.IGNORECASE)]
     target_weights = []
-    for start, end in enc["offset_mapping"]:
+    for start, end in offsets:
         if start >= think_end + len("</think>"):
             target_weights.append(answer_weight)
         elif any(start < m_end and end > m_start for m_start, m_end in mentions):
