@@ -39,10 +39,11 @@ class SFTConfig:
     # Also train each example in Qwen3 non-thinking mode (answer line only): true = one such copy per record;
     # a mapping {view: copies} sets it per training view (e.g. {kegg: 1, kegg_hard: 4}: the short DNA-only
     # answer examples are cheap and are where the DNA -> label signal is densest).
-    direct_answers: bool | dict = False
+    direct_answers: bool | float | dict = False
     # Reasoning-mode (thinking) examples per record: true = one; a mapping {view: copies}, e.g. {kegg: 1,
     # kegg_hard: 0} to teach reasoning on the pathway-context view only (the long examples are most of the cost).
-    thinking_answers: bool | dict = True
+    # Fractions are allowed in every copies setting: {kegg: 0.5} gives a fixed half of the records one copy.
+    thinking_answers: bool | float | dict = True
     # Direct answers ride on the record's thinking example as branches that share its prompt (encode_examples):
     # the same loss without running the prompt once per copy.
     pack_direct: bool = False
@@ -57,7 +58,7 @@ class SFTConfig:
     # own answer line; the loss is on the answer line only. Generated reasoning drifts on a small LM and the answer
     # copied the disease it named (docs/benchmarks.md, session 12): these teach the answer to come from the DNA and
     # the question when the reasoning points elsewhere.
-    distractor_answers: int | dict = 0
+    distractor_answers: float | dict = 0
     eval_batch_size: int = 16
     evals_per_epoch: int = 1
     seed: int = 0
@@ -146,9 +147,19 @@ def compile_layers(language_model: torch.nn.Module) -> int:
     return len(layers)
 
 
-def _copies(setting: bool | int | dict, view: str) -> int:
-    """Examples per record for one answer mode: a bool/int for every view, or a mapping {view: copies}."""
-    return int(setting.get(view, 0) if isinstance(setting, dict) else setting)
+def _copies(setting: bool | float | dict, view: str, draw: str | None = None) -> int:
+    """Examples per record for one answer mode: a bool/number for every view, or a mapping {view: copies}.
+
+    A fractional number (e.g. 0.5) gives the integer part to every record and one more copy to that fraction of
+    the records: those whose fixed draw (seeded by `draw`, e.g. "thinking-17": mode and record index, so the same
+    records in every run) falls below it. Without a draw: whether the mode is used at all (0 or more)."""
+    copies = float(setting.get(view, 0) if isinstance(setting, dict) else setting)
+    if copies < 0:
+        raise ValueError(f"example copies must be >= 0, not {copies} (view {view})")
+    whole, frac = int(copies), copies - int(copies)
+    if draw is None:
+        return whole + (frac > 0)
+    return whole + (random.Random(draw).random() < frac)
 
 
 def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: int, direct_answers: bool | dict = False,
@@ -183,8 +194,8 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
             raise ValueError(f"row {r.get('row')}: windows of {len(windows[0])}/{len(windows[1])} bp, but the model "
                              f"reads {window} bp windows (config.dna_config.window_size); load the data with "
                              f"load_kegg/load_views(..., window={window})")
-        thinking_copies = _copies(thinking_answers, view)
-        direct_copies = _copies(direct_answers, view)
+        thinking_copies = _copies(thinking_answers, view, f"thinking-{i}")
+        direct_copies = _copies(direct_answers, view, f"direct-{i}")
         packed = pack_direct and thinking_copies and direct_copies
         for thinking, copies in ((True, thinking_copies), (False, 0 if packed else direct_copies)):
             if not copies:
@@ -201,7 +212,7 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
             if len(first["input_ids"]) > max_length:
                 raise ValueError(f"row {r.get('row')}: {len(first['input_ids'])} tokens exceed max_length {max_length}")
             out += [first] + [example] * (copies - 1)
-        for k in range(_copies(distractor_answers, view)):
+        for k in range(_copies(distractor_answers, view, f"distractor-{i}")):
             out.append(_distractor_example(proc, r, windows, tails, random.Random(f"{i}-{k}"), answer_weight))
     return out
 

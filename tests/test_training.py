@@ -82,6 +82,34 @@ def test_examples_per_view_follow_the_thinking_and_direct_settings(tiny_dir):
     assert len(encode_examples(model, records, 8192)) == 6
 
 
+def test_fractional_copies_give_a_fixed_share_of_the_records_one_more_example(tiny_dir):
+    """thinking_answers {kegg: 0.5}: a fixed half of the records get their reasoning example (the same records in
+    every call), the others none; 1.5 direct copies: one for every record, a second for about half of them."""
+    from dnallm.data import load_kegg
+    from dnallm.training import _copies, encode_examples
+    from test_model import build
+
+    model = build(tiny_dir)
+    records = load_kegg("train").select(range(40))
+    tok = model.processor.tokenizer
+
+    def reasoning_rows(examples):
+        return [tok.decode(e["input_ids"][e["labels"] != -100]) for e in examples
+                if "Step 1" in tok.decode(e["input_ids"][e["labels"] != -100])]
+
+    half = encode_examples(model, records, 8192, thinking_answers={"kegg": 0.5})
+    assert 12 <= len(half) <= 28  # about half of 40, never all or none
+    assert len(reasoning_rows(half)) == len(half)
+    again = encode_examples(model, records, 8192, thinking_answers={"kegg": 0.5})
+    assert [e["input_ids"].tolist() for e in again] == [e["input_ids"].tolist() for e in half]
+    assert _copies({"kegg": 0.5}, "kegg") == 1  # without a draw: the mode counts as used (config.answer_modes)
+    mixed = encode_examples(model, records, 8192, thinking_answers=False, direct_answers=1.5)
+    assert 40 + 12 <= len(mixed) <= 40 + 28
+    assert _copies(0.0, "kegg") == 0 and _copies({"kegg": 2}, "kegg_hard", "direct-1") == 0
+    with pytest.raises(ValueError, match="copies must be >= 0"):
+        _copies({"kegg": -1}, "kegg", "thinking-0")
+
+
 def test_distractor_examples_train_the_answer_line_after_another_labels_reasoning(tiny_dir):
     """sft.distractor_answers: the record's prompt and DNA, a think block ending another record's reasoning (another
     label), the record's own answer line; loss on that answer line only, at answer_weight."""
