@@ -50,7 +50,8 @@ def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="Output fo
     result = run_quickstart(out, pretrain=pretrain, reuse=reuse, splits=splits, device=device)
     rows = result["summary"]
     splits_shown = [k for k in rows[0] if k not in ("system", "mode")]
-    table = Table(title="tiny default: accuracy (n = 146 per split; hard-* = no pathway context in the question)")
+    table = Table(title=f"tiny default: accuracy (n = {result['metrics']['n']} per split; hard-* = no pathway context "
+                        "in the question)")
     for col in ("system", "mode", *splits_shown):
         table.add_column(col)
     for row in rows:

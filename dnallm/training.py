@@ -44,9 +44,6 @@ class SFTConfig:
     # kegg_hard: 0} to teach reasoning on the pathway-context view only (the long examples are most of the cost).
     # Fractions are allowed in every copies setting: {kegg: 0.5} gives a fixed half of the records one copy.
     thinking_answers: bool | float | dict = True
-    # Direct answers ride on the record's thinking example as branches that share its prompt (encode_examples):
-    # the same loss without running the prompt once per copy.
-    pack_direct: bool = False
     # Loss weights inside the reasoning examples (1.0 = the plain token mean). answer_weight: the tokens after
     # `</think>` (the answer line and end of turn); without it they are ~8 of ~500 labelled tokens, and the tiny
     # default's answer after its own reasoning copied whatever disease the reasoning named. mention_weight: the
@@ -162,22 +159,15 @@ def _copies(setting: bool | float | dict, view: str, draw: str | None = None) ->
     return whole + (random.Random(draw).random() < frac)
 
 
-def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: int, direct_answers: bool | dict = False,
-                    thinking_answers: bool | dict = True, pack_direct: bool = False, answer_weight: float = 1.0,
-                    mention_weight: float = 1.0, distractor_answers: int | dict = 0) -> list[dict]:
+def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: int,
+                    direct_answers: bool | float | dict = False, thinking_answers: bool | float | dict = True,
+                    answer_weight: float = 1.0, mention_weight: float = 1.0,
+                    distractor_answers: float | dict = 0) -> list[dict]:
     """Tokenize every record once: prompt + answer ids, labels on the answer only, and its two windows.
 
     With direct_answers, each record also yields non-thinking-mode examples whose answer is the label line
     alone (Qwen3's hybrid thinking/non-thinking training): a short, dense signal for the label. Mappings give
     the number of copies of each mode per view (the records' `view` column; records without one are `kegg`).
-
-    pack_direct: a record's direct answers ride on its (first) thinking example instead of repeating the prompt:
-    Qwen3's non-thinking prompt is the thinking prompt plus `<think>\n\n</think>\n\n`, so each direct answer
-    becomes a branch [that suffix + answer line] after the reasoning, at the positions it would have after the
-    prompt, attending to the prompt and itself only (`segments`; `collate` builds the tree mask). The loss and
-    gradients are those of the separate examples, each branch token weighted by the reasoning answer's length over
-    the branch's (tests/test_training.py; see `_with_direct_branches`); the prompt runs once. On the kegg view the
-    prompt is ~300 of a direct example's ~310 tokens.
 
     answer_weight / mention_weight (SFTConfig): per-token loss weights on a reasoning example's answer line and on
     the gold label's mentions inside its reasoning (`_reasoning_weights`). distractor_answers: see SFTConfig and
@@ -196,8 +186,7 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
                              f"load_kegg/load_views(..., window={window})")
         thinking_copies = _copies(thinking_answers, view, f"thinking-{i}")
         direct_copies = _copies(direct_answers, view, f"direct-{i}")
-        packed = pack_direct and thinking_copies and direct_copies
-        for thinking, copies in ((True, thinking_copies), (False, 0 if packed else direct_copies)):
+        for thinking, copies in ((True, thinking_copies), (False, direct_copies)):
             if not copies:
                 continue
             # Tokenized once; the copies share the tensors (collate only reads them).
@@ -207,11 +196,9 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
             if thinking and (answer_weight != 1.0 or mention_weight != 1.0):
                 example["label_weights"] = _reasoning_weights(proc.tokenizer, example, target, r["label"],
                                                               answer_weight, mention_weight)
-            # with pack_direct, the first thinking copy carries the record's direct answers
-            first = _with_direct_branches(proc, example, r, windows, direct_copies) if thinking and packed else example
-            if len(first["input_ids"]) > max_length:
-                raise ValueError(f"row {r.get('row')}: {len(first['input_ids'])} tokens exceed max_length {max_length}")
-            out += [first] + [example] * (copies - 1)
+            if len(example["input_ids"]) > max_length:
+                raise ValueError(f"row {r.get('row')}: {len(example['input_ids'])} tokens exceed max_length {max_length}")
+            out += [example] * copies
         for k in range(_copies(distractor_answers, view, f"distractor-{i}")):
             out.append(_distractor_example(proc, r, windows, tails, random.Random(f"{i}-{k}"), answer_weight))
     return out
@@ -268,32 +255,6 @@ def _reasoning_weights(tokenizer, example: dict, target: str, label: str, answer
     return torch.tensor([1.0] * (len(example["input_ids"]) - n) + target_weights)
 
 
-def _with_direct_branches(proc, example: dict, record: dict, windows: list[str], copies: int) -> dict:
-    """`example` (thinking prompt + reasoning answer) with `copies` direct-answer branches appended (see
-    encode_examples): ids, labels, and `segments` (0 prompt, 1 reasoning answer, 2.. the branches)."""
-    direct = proc([proc.prompt(record["question"], thinking=False)], [windows],
-                  targets=[proc.target(None, record["label"])], dna_ids=False)
-    thinking_prompt = int((example["labels"] == -100).sum())  # the thinking prompt is the unlabelled prefix
-    ids, labels = direct["input_ids"][0], direct["labels"][0]
-    if not torch.equal(ids[:thinking_prompt], example["input_ids"][:thinking_prompt]):
-        raise ValueError(f"row {record.get('row')}: the non-thinking prompt does not extend the thinking prompt "
-                         "token for token (chat template?); train without sft.pack_direct")
-    branch_ids, branch_labels = ids[thinking_prompt:], labels[thinking_prompt:]
-    if branch_labels[0] != -100:
-        raise ValueError(f"row {record.get('row')}: a direct-answer branch must start with an unlabelled token")
-    n_answer = len(example["input_ids"]) - thinking_prompt
-    segments = [0] * thinking_prompt + [1] * n_answer + [s for k in range(copies) for s in [2 + k] * len(branch_ids)]
-    # Each branch token weighs n_answer / n_branch_labels (~64 on KEGG): what it weighs in a batch of direct
-    # examples under the token-mean loss, where it shares the step with ~8 label tokens per example instead of
-    # ~512 reasoning tokens. Unweighted, the tiny default's test score fell from 95.2 % to 76.0 % (docs/benchmarks.md).
-    weight = n_answer / int((branch_labels != -100).sum())
-    return {"input_ids": torch.cat([example["input_ids"]] + [branch_ids] * copies),
-            "labels": torch.cat([example["labels"]] + [branch_labels] * copies),
-            "label_weights": torch.cat([example.get("label_weights", torch.ones(len(example["input_ids"]))),
-                                        torch.full((len(branch_ids) * copies,), weight)]),
-            "segments": torch.tensor(segments), "windows": windows}
-
-
 def pad_examples(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """The examples' ids and labels right-padded to one width, with their attention mask."""
     width = max(len(e["input_ids"]) for e in examples)
@@ -311,39 +272,12 @@ def collate(examples: list[dict], cache: EmbeddingCache, pad_id: int) -> dict[st
     width = batch["input_ids"].shape[1]
     hidden, mask = cache.lookup([w for e in examples for w in e["windows"]])
     batch.update(dna_hidden_states=hidden, dna_positions_mask=mask)
-    if any("segments" in e for e in examples):
-        batch["attention_mask"], batch["position_ids"] = tree_attention(examples, width, hidden.dtype)
     if any("label_weights" in e for e in examples):
         batch["label_weights"] = torch.ones((len(examples), width))
         for i, e in enumerate(examples):
             if "label_weights" in e:
                 batch["label_weights"][i, : len(e["label_weights"])] = e["label_weights"]
     return batch
-
-
-def tree_attention(examples: list[dict], width: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch's 4D additive attention mask [n, 1, width, width] and position ids [n, width] for examples with
-    `segments` (packed direct-answer branches): a token sees the earlier tokens of the prompt (segment 0) and of
-    its own segment; a branch's positions restart where the prompt ends. Plain examples are one segment (causal);
-    padding sees only itself."""
-    segments = torch.full((len(examples), width), -1, dtype=torch.long)
-    positions = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        seg = e.get("segments", torch.zeros(len(e["input_ids"]), dtype=torch.long))
-        segments[i, : len(seg)] = seg
-        prompt = int((seg == 0).sum())
-        pos = torch.arange(len(seg))
-        for s in seg.unique().tolist():
-            if s > 0:
-                where = (seg == s).nonzero().squeeze(1)
-                pos[where] = prompt + torch.arange(len(where))
-        positions[i, : len(seg)] = pos
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    same = segments[:, :, None] == segments[:, None, :]
-    allowed = causal & (same | (segments[:, None, :] == 0)) & (segments[:, None, :] >= 0)
-    allowed |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no empty softmax)
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-    return mask[:, None], positions
 
 
 def _batch_indices(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -790,7 +724,7 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
         _load_trainable(model, Path(cfg.init_projector_from), projector_only=True)
 
     train = encode_examples(model, train_records, cfg.max_length, cfg.direct_answers, cfg.thinking_answers,
-                            cfg.pack_direct, cfg.answer_weight, cfg.mention_weight, cfg.distractor_answers)
+                            cfg.answer_weight, cfg.mention_weight, cfg.distractor_answers)
     views = set(train_records["view"]) if "view" in train_records.column_names else {"kegg"}
     model.config.answer_modes = [mode for mode, setting in (("thinking", cfg.thinking_answers),
                                                             ("direct", cfg.direct_answers))

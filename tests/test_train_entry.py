@@ -58,7 +58,5 @@ def test_sft_entry_point_trains_the_packaged_tiny_preset_on_stand_ins_next_to_it
     assert (config["dna_config"]["encoder_name_or_path"], config["dna_config"]["layer"], config["projector_stride"]) == \
         ("../encoder", 2, 64)
     summary = json.loads((out / "train_summary.json").read_text())
-    # each row: kegg x (2 direct + 1 distractor), kegg_hard x 12 direct; a reasoning example for the fixed half of
-    # the kegg rows that thinking_answers {kegg: 0.5} picks (here rows 0 and 1 of 4)
-    assert summary["train_examples"] == 4 * 15 + 2
+    assert summary["train_examples"] == 4 * 16  # each row: kegg x (1 reasoning + 2 direct + 1 distractor), kegg_hard x 12 direct
     DNALLMForConditionalGeneration.from_pretrained(out)

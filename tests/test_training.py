@@ -254,61 +254,6 @@ def test_the_best_checkpoint_switches_to_the_latest_best_step(tiny_dir, tmp_path
     assert not [p.name for p in out.iterdir() if p.name.startswith(".best-step") and p != (out / "best").resolve()]
 
 
-def test_packed_direct_answers_give_the_loss_and_gradients_of_separate_examples(tiny_dir):
-    """pack_direct: a record's direct answers as branches after its reasoning example (shared prompt, tree mask,
-    positions restarting after the prompt) train exactly what the separate examples train, each branch weighted
-    by the reasoning answer's length over its own. Fails if a branch sees the reasoning, gets the wrong positions,
-    the loss shifts across a branch boundary, or the weights are not applied."""
-    from dnallm.data import load_views
-    from dnallm.encoders.cache import EmbeddingCache
-    from dnallm.training import collate, encode_examples
-
-    model = build(tiny_dir)
-    torch.manual_seed(0)
-    for p in model.parameters():  # LoRA B starts at zero: give every trainable weight a gradient path
-        if p.requires_grad:
-            p.data.normal_(0, 0.05)
-    records = load_views("val", {"kegg": 1.0, "kegg_hard": 1.0}, limit=2)
-    settings = dict(direct_answers={"kegg": 2, "kegg_hard": 3}, thinking_answers={"kegg": 1, "kegg_hard": 0})
-    packed = encode_examples(model, records, 8192, pack_direct=True, **settings)
-    separate = encode_examples(model, records, 8192, **settings)
-    assert len(packed) == 2 * 1 + 2 * 3 and len(separate) == 2 * 3 + 2 * 3
-    assert sum("segments" in e for e in packed) == 2
-    assert sum(len(e["input_ids"]) for e in packed) < sum(len(e["input_ids"]) for e in separate)
-    cache = EmbeddingCache(model.dna_encoder)
-    pad = model.processor.tokenizer.pad_token_id
-
-    # a branch weighs (reasoning answer tokens / its label tokens): the separate direct example of that record
-    # counts that many times
-    weights = {}
-    for e in packed:
-        if "segments" in e:
-            prompt, branch = e["segments"] == 0, e["segments"] == 2
-            direct_ids = torch.cat([e["input_ids"][prompt], e["input_ids"][branch]])
-            answer, branch_labels = int((e["segments"] == 1).sum()), int((e["labels"][branch] != -100).sum())
-            assert torch.allclose(e["label_weights"][branch], torch.tensor(answer / branch_labels)) and answer > 100
-            weights[tuple(direct_ids.tolist())] = answer / branch_labels
-
-    def summed(batches, weight=lambda batch: 1.0):
-        model.zero_grad()
-        total, count = 0.0, 0
-        for batch in batches:
-            out = model(**collate(batch, cache, pad))
-            (out["loss"] * out["n_tokens"] * weight(batch)).backward()
-            total, count = total + out["loss"].item() * out["n_tokens"] * weight(batch), count + out["n_tokens"]
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-        return total, count, grads
-
-    # packed examples batched with plain ones of other lengths (padding on both sides of the tree mask)
-    loss_p, n_p, grads_p = summed([packed[:3], packed[3:]])
-    loss_s, n_s, grads_s = summed([[e] for e in separate], lambda b: weights.get(tuple(b[0]["input_ids"].tolist()), 1.0))
-    assert sum(weights.get(tuple(e["input_ids"].tolist()), 0) > 0 for e in separate) == 2 * 2  # kegg direct copies
-    assert n_p == n_s
-    assert loss_p == pytest.approx(loss_s, rel=1e-5)
-    for name in grads_s:
-        torch.testing.assert_close(grads_p[name], grads_s[name], rtol=1e-4, atol=3e-5, msg=lambda m, n=name: f"{n}: {m}")
-
-
 def test_reasoning_examples_weigh_their_answer_line_and_label_mentions(tiny_dir):
     """answer_weight / mention_weight: the tokens after `</think>` and the gold label's mentions inside the
     reasoning carry those weights in the loss, which is the weighted sum of the per-token losses over the token
