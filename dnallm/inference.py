@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache, StaticCache
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StaticCache
 
 from dnallm.data import WINDOW_SIZE, centred_windows, check_bases, split_kegg_sequences
 from dnallm.labels import KEGG_LABELS
@@ -86,6 +86,25 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
+class ThinkOpensOnce(LogitsProcessor):
+    """A Qwen3 answer has one think block: once a row has generated `<think>`, it cannot generate it again.
+    The tiny default otherwise opens it 2-5 times in a few rows (4 of 146 on test; 15 with half the reasoning
+    examples, docs/benchmarks.md), and the reasoning it shows starts with a run of `<think>` lines. Ours because
+    transformers' suppressors act on every step (`suppress_tokens`) or the first (`begin_suppress_tokens`) only."""
+
+    def __init__(self, think_id: int, prompt_length: int):
+        self.think_id, self.prompt_length = think_id, prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        opened = (input_ids[:, self.prompt_length:] == self.think_id).any(1)
+        scores[opened, self.think_id] = float("-inf")
+        return scores
+
+
+def _think_once(tok, prompt_length: int) -> LogitsProcessorList:
+    return LogitsProcessorList([ThinkOpensOnce(tok.convert_tokens_to_ids("<think>"), prompt_length)])
+
+
 def generate_answers(model: DNALLMForConditionalGeneration, questions: list[str], windows: list[tuple[str, str]],
                      batch_size: int = 16, max_new_tokens: int = 1024, max_answer_tokens: int = 24,
                      progress=None, static_cache: bool | None = None, constrained: bool = True) -> list[str]:
@@ -181,6 +200,7 @@ def _decode_batch(model, input_ids, attention_mask, dna: dict, cache, max_new_to
         # The DNA goes in with the prompt only; a later segment continues the cache (generate feeds the ids after
         # the cached positions: the last token of the previous segment).
         new = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, eos_token_id=eos_ids,
+                             logits_processor=_think_once(model.processor.tokenizer, input_ids.shape[1]),
                              **{CACHE_KWARG: cache}, **(dna if generated.shape[1] == 0 else {}))[:, ids.shape[1]:]
         generated = torch.cat([generated, new], 1)
         # Cut each row at its first stop: what follows is padding (the pad token may itself be an end token).
@@ -298,6 +318,7 @@ def _answer_tails(model, input_ids, attention_mask, generated, rows, suffixes, c
             tails += [tok(f" {KEGG_LABELS[b]}", add_special_tokens=False)["input_ids"] for b in best]
         else:
             tails += model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_answer_tokens,
+                                    logits_processor=_think_once(tok, input_ids.shape[1]),
                                     **{CACHE_KWARG: part})[:, ids.shape[1]:].tolist()
         del part  # before the next chunk's copy: one copy at a time
     return tails
@@ -523,6 +544,7 @@ def stream_answer(model: DNALLMForConditionalGeneration, question: str, windows:
                     result["ids"] = model.generate(
                         input_ids=ids, attention_mask=mask, max_new_tokens=limit,
                         eos_token_id=[*proc.end_token_ids, *stop_ids], streamer=streamer,
+                        logits_processor=_think_once(tok, input_ids.shape[1]),
                         stopping_criteria=StoppingCriteriaList([_StopWhenClosed()]), **{CACHE_KWARG: cache},
                         **dna)[:, ids.shape[1]:]
             except BaseException as e:  # re-raised in the consumer; end the stream so that it does not block

@@ -497,3 +497,38 @@ def test_decoding_drops_finished_rows_and_gives_the_same_answers(tiny_dir, kegg_
     assert segmented == whole
     decoding = [w for w in widths if w > 0]
     assert decoding[0] == 6 and min(decoding) < 6  # rows were dropped along the way
+
+
+def test_generation_opens_the_think_block_once(tiny_dir, kegg_train):
+    """A model that would write `<think>` at every step gets it once per answer (`ThinkOpensOnce`), in batched
+    generation and in the stream; without the rule every generated token here is `<think>`."""
+    from dnallm.inference import stream_answer
+
+    model = build(tiny_dir).eval()
+    tok = model.processor.tokenizer
+    think = tok.convert_tokens_to_ids("<think>")
+    lm_head = model.language_model.get_output_embeddings()
+
+    def prefer_think(module, args, out):  # <think> first at every position, by a wide margin
+        out = out.clone()
+        out[..., think] += 1e4
+        return out
+
+    rows = [kegg_train[i] for i in range(3)]
+    questions, windows = [r["question"] for r in rows], [(r["ref_window"], r["variant_window"]) for r in rows]
+    handle = lm_head.register_forward_hook(prefer_think)
+    try:
+        prompt = model.processor([model.processor.prompt(questions[0])], [list(windows[0])], padding_side="left")
+        plain = model.generate(**prompt, max_new_tokens=4)[0, prompt["input_ids"].shape[1]:].tolist()
+        assert plain == [think] * 4  # the hook works: unconstrained generate repeats it
+        texts = generate_answers_of(model, questions, windows, max_new_tokens=8, batch_size=3, constrained=False,
+                                    max_answer_tokens=2)
+        streamed = "".join(str(chunk) for chunk in stream_answer(model, questions[0], windows[0], max_new_tokens=8,
+                                                                 constrained=False, max_answer_tokens=2))
+    finally:
+        handle.remove()
+    for text in texts:
+        assert text.count("<think>") == 1 and text.startswith("<think>"), text
+    ids = tok(texts[0], add_special_tokens=False)["input_ids"]
+    assert ids.count(think) == 1
+    assert streamed.count("<think>") == 1, streamed
