@@ -10,26 +10,17 @@ from dnallm.labels import KEGG_LABELS
 __version__ = "0.1.0"
 
 
+# Heavy imports (transformers models, peft) happen on first use, not on `import dnallm`.
+_LAZY = {"explain_variant": "dnallm.inference", "Explanation": "dnallm.inference", "parse_answer": "dnallm.parsing",
+         "DNALLMForConditionalGeneration": "dnallm.modeling", "DNALLMProcessor": "dnallm.processing"}
+
+
 def __getattr__(name):
-    # Heavy imports (transformers models, peft) happen on first use, not on `import dnallm`.
-    if name in ("explain_variant", "Explanation"):
-        from dnallm import inference
+    if name not in _LAZY:
+        raise AttributeError(name)
+    import importlib
 
-        return getattr(inference, name)
-    if name == "parse_answer":
-        from dnallm.parsing import parse_answer
-
-        return parse_answer
-    if name == "DNALLMForConditionalGeneration":
-        from dnallm.modeling import DNALLMForConditionalGeneration
-
-        return DNALLMForConditionalGeneration
-    if name == "DNALLMProcessor":
-        from dnallm.processing import DNALLMProcessor
-
-        return DNALLMProcessor
-    raise AttributeError(name)
+    return getattr(importlib.import_module(_LAZY[name]), name)
 
 
-__all__ = ["DNALLMConfig", "DNALLMForConditionalGeneration", "DNALLMProcessor", "KEGG_LABELS", "explain_variant",
-           "Explanation", "parse_answer"]
+__all__ = ["DNALLMConfig", "KEGG_LABELS", *_LAZY]

@@ -224,10 +224,6 @@ def explain(question: Optional[str] = _QUESTION,
                                              "head (--vcf/--tsv: encoder_dll column, DNALLM_DLL)"),
             dtype: str = DTYPE_OPTION):
     """Explain one variant (sequences or coordinates; prints JSON) or every variant of a VCF/TSV (writes TSV)."""
-    def fail(message: str):
-        console.print(f"[red]error:[/red] {message}")
-        raise typer.Exit(2)
-
     if vcf is not None or tsv is not None:
         from dnallm.variants import explain_file
 
@@ -272,20 +268,22 @@ def explain(question: Optional[str] = _QUESTION,
     print(json.dumps(result.to_dict(), indent=2))
 
 
+def fail(message: str):
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
 def _explain_one(question, reference, variant, chrom, pos, ref, alt, fasta, gene, model, mode, max_new_tokens,
                  dtype, **evidence):
     """explain_variant for one variant given as sequences or coordinates (`explain`, `attribute`)."""
     from dnallm.inference import explain_variant
 
-    if reference is not None or variant is not None:
-        return explain_variant(question, reference, variant, model=model, mode=mode, max_new_tokens=max_new_tokens,
-                               chrom=chrom, pos=pos, ref=ref, alt=alt, fasta=fasta, gene=gene, dtype=_dtype(dtype),
-                               **evidence)
-    if any(v is not None for v in (chrom, pos, ref, alt)):
-        return explain_variant(question, model=model, mode=mode, max_new_tokens=max_new_tokens, chrom=chrom,
-                               pos=pos, ref=ref, alt=alt, fasta=fasta, gene=gene, dtype=_dtype(dtype), **evidence)
-    raise ValueError("give --reference and --variant, or --chrom --pos --ref --alt --fasta, or --vcf/--tsv with "
-                     "--fasta and --out")
+    if all(v is None for v in (reference, variant, chrom, pos, ref, alt)):
+        raise ValueError("give --reference and --variant, or --chrom --pos --ref --alt --fasta, or --vcf/--tsv with "
+                         "--fasta and --out")
+    return explain_variant(question, reference, variant, model=model, mode=mode, max_new_tokens=max_new_tokens,
+                           chrom=chrom, pos=pos, ref=ref, alt=alt, fasta=fasta, gene=gene, dtype=_dtype(dtype),
+                           **evidence)
 
 
 @app.command()
@@ -310,10 +308,6 @@ def attribute(question: Optional[str] = _QUESTION,
               dtype: str = DTYPE_OPTION):
     """In-silico mutagenesis map of one variant: each base within ±FLANK bp mutated, the change of log p(label)."""
     from dnallm.ism import ism_png, ism_tsv
-
-    def fail(message: str):
-        console.print(f"[red]error:[/red] {message}")
-        raise typer.Exit(2)
 
     if batch_size < 1:
         fail(f"--batch-size must be >= 1, got {batch_size}")

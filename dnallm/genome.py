@@ -344,8 +344,7 @@ def parse_kegg_coordinates(reasoning: str) -> KeggCoordinates | None:
     return KeggCoordinates(chrom.upper(), int(pos.replace(",", "")), change.group(1), change.group(2))
 
 
-def write_kegg_contigs(rows, path: str | Path, rows_per_contig: int = 10, gap: int = 100,
-                       contig_names: list[str] | None = None, line_width: int = 60) -> list[dict]:
+def write_kegg_contigs(rows, path: str | Path, rows_per_contig: int = 10, gap: int = 100) -> list[dict]:
     """Place KEGG rows on synthetic contigs and write them as a FASTA (for tests, demos and benchmarks).
 
     Each row contributes its reference sequence (2000 bp flank + REF + 2000 bp flank); rows are separated by
@@ -354,7 +353,7 @@ def write_kegg_contigs(rows, path: str | Path, rows_per_contig: int = 10, gap: i
     """
     rows = list(rows)
     n_contigs = -(-len(rows) // rows_per_contig)
-    names = contig_names or [f"chr{i + 1}" for i in range(n_contigs)]
+    names = [f"chr{i + 1}" for i in range(n_contigs)]
     placed, contigs = [], []
     for c in range(n_contigs):
         seq = "N" * gap
@@ -367,5 +366,5 @@ def write_kegg_contigs(rows, path: str | Path, rows_per_contig: int = 10, gap: i
     with open(path, "w") as f:
         for name, seq in contigs:
             f.write(f">{name} synthetic contig of KEGG rows\n")
-            f.writelines(seq[i:i + line_width] + "\n" for i in range(0, len(seq), line_width))
+            f.writelines(seq[i:i + 60] + "\n" for i in range(0, len(seq), 60))
     return placed

@@ -19,8 +19,8 @@ from transformers import MixtralForCausalLM, Qwen3Config, Qwen3ForCausalLM
 from dnallm.encoders.genos import build_base_tokenizer, genos_config
 
 
-def _lm_steps(model, batches, lr: float, log_every: int, what: str, bf16: bool = False,
-              device: str = "cpu", stop_after: int | None = None) -> list[float]:
+def _lm_steps(model, batches, lr: float, log_every: int, what: str, device: str = "cpu",
+              stop_after: int | None = None) -> list[float]:
     """Plain AdamW next-token training with warmup + cosine decay; returns the loss curve.
 
     stop_after ends the run early with the schedule of the full run (the tests replay the first steps).
@@ -34,8 +34,7 @@ def _lm_steps(model, batches, lr: float, log_every: int, what: str, bf16: bool =
     losses, start = [], time.time()
     for step, batch in enumerate(batches[:stop_after]):
         batch = {k: v.to(device) for k, v in batch.items()}
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)).loss
+        loss = model(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad(set_to_none=True)

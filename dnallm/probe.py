@@ -165,9 +165,7 @@ def _select_and_fit(pooled, train_records, val_records, feature_sets, c_grid, n_
         warnings.simplefilter("ignore", ConvergenceWarning)
         selection = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(candidate)(fs, c) for fs in feature_sets
                                                               for c in c_grid)
-    # Ties go to the first candidate: the simpler feature set, the stronger regularisation.
-    best = max(selection, key=lambda s: s["val_accuracy"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
+        # Ties go to the first candidate: the simpler feature set, the stronger regularisation.
+        best = max(selection, key=lambda s: s["val_accuracy"])
         clf = _fit(features[best["feature_set"]][0], y_train, best["C"])
     return best, selection, clf

@@ -8,12 +8,10 @@ from projectors.pooling import num_pooled, pool_positions
 
 
 class MLPProjector(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, stride: int = 1, hidden_dim: int | None = None):
+    def __init__(self, in_dim: int, out_dim: int, stride: int = 1):
         super().__init__()
         self.stride = stride
-        hidden_dim = hidden_dim or out_dim
-        self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden_dim), nn.GELU(),
-                                 nn.Linear(hidden_dim, out_dim))
+        self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
     def num_tokens(self, positions: int) -> int:
         return num_pooled(positions, self.stride)

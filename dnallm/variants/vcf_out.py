@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dnallm.variants.reading import _open_text, parse_vcf_line, read_results
+from dnallm.variants.reading import _numbered_lines, parse_vcf_line, read_results
 
 INFO_HEADER = (
     '##INFO=<ID=DNALLM_LABEL,Number=A,Type=String,Description="dnallm predicted KEGG disease label for each ALT '
@@ -48,11 +48,8 @@ def _clean_copy(vcf_in: Path, clean: Path) -> tuple[list[int], int]:
     malformed data lines, and ## / #CHROM lines after the #CHROM line (`read_vcf` gives both an error record)."""
     numbers: list[int] = []
     dropped, header, first = 0, False, True
-    with _open_text(vcf_in) as f, open(clean, "w", encoding="utf-8") as out:
-        for number, raw in enumerate(f, 1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                continue
+    with open(clean, "w", encoding="utf-8") as out:
+        for number, line in _numbered_lines(vcf_in):
             if first and not line.startswith("##fileformat="):
                 out.write("##fileformat=VCFv4.2\n")
             first = False
