@@ -85,7 +85,6 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
     return ids, mask
 
 
-@torch.no_grad()
 class ThinkOpensOnce(LogitsProcessor):
     """A Qwen3 answer has one think block: once a row has generated `<think>`, it cannot generate it again.
     The tiny default otherwise opens it 2-5 times in a few rows (4 of 146 on test; 15 with half the reasoning
@@ -105,6 +104,7 @@ def _think_once(tok, prompt_length: int) -> LogitsProcessorList:
     return LogitsProcessorList([ThinkOpensOnce(tok.convert_tokens_to_ids("<think>"), prompt_length)])
 
 
+@torch.no_grad()
 def generate_answers(model: DNALLMForConditionalGeneration, questions: list[str], windows: list[tuple[str, str]],
                      batch_size: int = 16, max_new_tokens: int = 1024, max_answer_tokens: int = 24,
                      progress=None, static_cache: bool | None = None, constrained: bool = True) -> list[str]:

@@ -176,7 +176,8 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
     proc = model.processor
     window = model.config.dna_config.window_size
     out = []
-    tails = _reasoning_tails(records) if distractor_answers else []
+    views = set(records["view"]) if "view" in records.column_names else {"kegg"}
+    tails = _reasoning_tails(records) if any(_copies(distractor_answers, v) for v in views) else []
     for i, r in enumerate(records):
         view = r.get("view", "kegg")
         windows = [r["ref_window"], r["variant_window"]]
