@@ -21,13 +21,15 @@ def main() -> None:
     parser.add_argument("--gpus", default="0", help="comma-separated GPU ids the runs take in turn")
     parser.add_argument("--work", type=Path, default=Path("/tmp/parallel_sweep"), help="checkpoints and eval files")
     parser.add_argument("--generate", action="store_true")
+    parser.add_argument("--stand-ins", default="dnallm/assets/tiny", help="the encoder/ and text-model/ every run uses")
+    parser.add_argument("--splits", choices=("official", "grouped"), default="official")
     args = parser.parse_args()
     variants = json.loads(args.variants.read_text())
     args.out.mkdir(parents=True, exist_ok=True)
     procs = []
     for k, (name, overrides) in enumerate(variants.items()):
         cmd = [sys.executable, "benchmarks/tiny_sft_sweep.py", "--out", str(args.work / name), "--stand-ins",
-               "dnallm/assets/tiny", "--device", "cuda", "--variant", name, json.dumps(overrides)]
+               args.stand_ins, "--splits", args.splits, "--device", "cuda", "--variant", name, json.dumps(overrides)]
         cmd += ["--generate"] if args.generate else []
         gpus = args.gpus.split(",")
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)], "OMP_NUM_THREADS": "2"}

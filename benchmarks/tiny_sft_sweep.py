@@ -38,20 +38,24 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N rows of each split (smoke runs)")
     parser.add_argument("--generate", action="store_true",
                         help="also generate (reasoning + constrained answer) on both splits")
+    parser.add_argument("--splits", choices=("official", "grouped"), default="official",
+                        help="grouped: train/select on grouped-train/val, score grouped-test and hard-grouped-test "
+                             "(stand-ins built anew on grouped-train unless --stand-ins holds them)")
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), default=[])
     args = parser.parse_args()
+    prefix = "grouped-" if args.splits == "grouped" else ""
     base = load_preset("tiny")
     stand_ins = args.stand_ins or args.out / "stand-ins"
     if args.text_pretrain:
         base["text_pretrain"].update(json.loads(args.text_pretrain))
         t = time.time()
-        log = build_tiny_models(stand_ins, load_kegg("train"), base, device=args.device,
+        log = build_tiny_models(stand_ins, load_kegg(prefix + "train"), base, device=args.device,
                                 encoder_from=SHIPPED_STAND_INS)
         print(f"text stand-in built in {time.time() - t:.0f}s, loss {log['text_losses'][0]:.3f} -> "
               f"{sum(log['text_losses'][-20:]) / 20:.3f}", flush=True)
     elif not (stand_ins / "encoder").exists():
         t = time.time()
-        build_tiny_models(stand_ins, load_kegg("train"), base, device=args.device)
+        build_tiny_models(stand_ins, load_kegg(prefix + "train"), base, device=args.device)
         print(f"stand-ins built in {time.time() - t:.0f}s", flush=True)
     rows = []
     for name, overrides in args.variant or [("base", "{}")]:
@@ -68,15 +72,16 @@ def main() -> None:
         model.to(args.device)
         views = training_views(preset)
         t = time.time()
-        summary = train_sft(model, load_views("train", views, limit=args.limit), load_views("val", views, limit=args.limit),
+        summary = train_sft(model, load_views(prefix + "train", views, limit=args.limit),
+                            load_views(prefix + "val", views, limit=args.limit),
                             SFTConfig.from_dict({**preset["sft"], "tensorboard": False}), out / "model")
         sft_s = time.time() - t
         best = DNALLMForConditionalGeneration.from_pretrained(out / "model").to(args.device).eval()
         row = {"variant": name, "overrides": json.loads(overrides), "sft_s": round(sft_s, 1),
                "best_val_loss": summary["best_val_loss"], "train_tokens": summary["train_tokens_per_epoch"],
                "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}
-        for split, view in (("test", "kegg"), ("hard-test", "kegg_hard")):
-            records = load_kegg("test", view=view)
+        for split, view in ((prefix + "test", "kegg"), ("hard-" + prefix + "test", "kegg_hard")):
+            records = load_kegg(prefix + "test", view=view)
             records = records.select(range(min(args.limit or len(records), len(records))))
             m = evaluate_split(best, records, split, out / "eval" / split,
                                generate=args.generate, batch_size=146, max_new_tokens=preset["eval"]["max_new_tokens"],

@@ -58,33 +58,36 @@ def majority_baseline(train_labels: list[str], questions: list[str]) -> tuple[li
     return [label] * len(questions), np.tile(freq, (len(questions), 1))
 
 
-def tfidf_logreg_baseline(train_questions: list[str], train_labels: list[str],
-                          questions: list[str]) -> tuple[list[str], np.ndarray]:
-    """Fit on the training questions, predict the given ones; probabilities over all 37 labels (0 for
-    labels absent from training)."""
+def label_matrix(clf, inputs) -> np.ndarray:
+    """[n, 37] probabilities of a fitted classifier (0 for the labels it never saw in training)."""
+    probs = np.zeros((len(inputs), len(KEGG_LABELS)))
+    probs[:, clf.classes_] = clf.predict_proba(inputs)
+    return probs
+
+
+def _logreg(name: str, make, train_inputs: list[str], train_labels: list[str],
+            inputs: list[str]) -> tuple[list[str], np.ndarray]:
     y = [LABEL_TO_ID[lab] for lab in train_labels]
     if len(set(y)) == 1:  # LogisticRegression needs two classes; one class is the majority baseline
-        return majority_baseline(train_labels, questions)
-    clf = _fitted("tfidf", lambda: make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-                                                 LogisticRegression(C=10.0, solver="newton-cg", max_iter=1000)),
-                  train_questions, y)
-    probs = np.zeros((len(questions), len(KEGG_LABELS)))
-    probs[:, clf.classes_] = clf.predict_proba(questions)
+        return majority_baseline(train_labels, inputs)
+    probs = label_matrix(_fitted(name, make, train_inputs, y), inputs)
     return [KEGG_LABELS[j] for j in probs.argmax(1)], probs
+
+
+def tfidf_logreg_baseline(train_questions: list[str], train_labels: list[str],
+                          questions: list[str]) -> tuple[list[str], np.ndarray]:
+    """Fit on the training questions, predict the given ones; probabilities over all 37 labels."""
+    return _logreg("tfidf", lambda: make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+                                                  LogisticRegression(C=10.0, solver="newton-cg", max_iter=1000)),
+                   train_questions, train_labels, questions)
 
 
 def kmer_logreg_baseline(train_windows: list[str], train_labels: list[str], windows: list[str],
                          k: int = 6) -> tuple[list[str], np.ndarray]:
     """Fit on the training variant windows' k-mer TF-IDF, predict the given windows (probabilities over 37)."""
-    y = [LABEL_TO_ID[lab] for lab in train_labels]
-    if len(set(y)) == 1:
-        return majority_baseline(train_labels, windows)
-    clf = _fitted(f"kmer{k}", lambda: make_pipeline(TfidfVectorizer(analyzer="char", ngram_range=(k, k), lowercase=False),
-                                                    LogisticRegression(C=20.0, max_iter=2000)),
-                  train_windows, y)
-    probs = np.zeros((len(windows), len(KEGG_LABELS)))
-    probs[:, clf.classes_] = clf.predict_proba(windows)
-    return [KEGG_LABELS[j] for j in probs.argmax(1)], probs
+    return _logreg(f"kmer{k}", lambda: make_pipeline(
+        TfidfVectorizer(analyzer="char", ngram_range=(k, k), lowercase=False), LogisticRegression(C=20.0, max_iter=2000)),
+        train_windows, train_labels, windows)
 
 
 # name -> (kind shown in reports, fit-and-predict on (train records, records))

@@ -41,13 +41,11 @@ def expected_calibration_error(confidences, correct, n_bins: int = N_BINS) -> fl
 
 def reliability_diagram(bins: list[dict], path: str | Path, title: str = "Reliability diagram") -> Path:
     """Bar chart of accuracy per confidence bin against the diagonal, with bin counts; saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no process-wide backend switch, safe in worker threads
 
     width = bins[0]["high"] - bins[0]["low"]
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot()
     full = [b for b in bins if b["count"]]
     lows, accuracy = [b["low"] for b in full], [b["accuracy"] for b in full]
     ax.bar(lows, accuracy, width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
@@ -59,7 +57,5 @@ def reliability_diagram(bins: list[dict], path: str | Path, title: str = "Reliab
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top label probability)", ylabel="accuracy", title=title)
     ax.legend(loc="upper left")
     fig.tight_layout()
-    path = Path(path)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return Path(path)

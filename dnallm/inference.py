@@ -249,14 +249,10 @@ class _JobCache:
     `cache_implementation="static"` does (a new cache per call, at least as long as the last one), which the
     pre-issue-14 loop used.
 
-    Measured on an H200 (docs/benchmarks.md, "GPU generation regression found and fixed"): a cache sized per batch (as 47899a4 did: prompt +
-    budget + room for the answer) changed the decoding step's attention-mask width with every batch's prompt width,
-    and `torch.compile` (generate's CompileConfig, dynamic=None) recompiled the step with dynamic shapes at the second
-    batch: at 16 reasoning tokens, the first two batches' `generate` took 66 s and 76 s, mostly compilation; with one
-    length, 65 s for the first batch (compilation + 192 steps) and 15 s for each later one. `reuse = True` resets
-    one cache object in place instead of building a new one per batch: one CUDA-graph recording, not one per batch, the
-    same speed (102.8 vs 101.5 s), but a peak of 66.2 GiB against 48.1 (the 30 GiB more came during the second
-    batch's `generate`), so it is off. The cache holds no room for the answer: that runs on copies of its rows
+    Why one length: a cache sized per batch changed the decoding step's mask width with every batch, and
+    `torch.compile` recompiled the step at the second batch (docs/benchmarks.md, "GPU generation regression found and
+    fixed"). `reuse = True` resets one cache object in place instead: the same speed at 18 GiB more peak memory on an
+    H200, so it is off. The cache holds no room for the answer: that runs on copies of its rows
     (`_answer_tails`), so the ~150 label-tree positions do not lengthen every decoding step's attention."""
 
     reuse = False

@@ -93,14 +93,6 @@ def _fit(x: np.ndarray, y: list[int], c: float):
         return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=300)).fit(x, y)
 
 
-def _probabilities(clf, x: np.ndarray) -> np.ndarray:
-    from dnallm.labels import KEGG_LABELS
-
-    probs = np.zeros((len(x), len(KEGG_LABELS)))
-    probs[:, clf[-1].classes_] = clf.predict_proba(x)
-    return probs
-
-
 def run_probe(encoder, train_records, val_records, eval_records, feature_sets=FEATURE_SETS, c_grid=C_GRID,
               batch_size: int = 16, cache_dir: str | Path | None = None, progress: bool = False,
               n_jobs: int = 1) -> dict:
@@ -111,6 +103,7 @@ def run_probe(encoder, train_records, val_records, eval_records, feature_sets=FE
     """
     import joblib
 
+    from dnallm.baselines import label_matrix
     from dnallm.labels import KEGG_LABELS
 
     start = time.time()
@@ -131,7 +124,7 @@ def run_probe(encoder, train_records, val_records, eval_records, feature_sets=FE
         best, selection, clf = _select_and_fit(pooled, train_records, val_records, feature_sets, c_grid, n_jobs)
         if fitted_path is not None:
             joblib.dump((best, selection, clf), fitted_path)
-    probs = _probabilities(clf, window_features(pooled, eval_records, best["feature_set"]))
+    probs = label_matrix(clf, window_features(pooled, eval_records, best["feature_set"]))
     return {**best, "pooling": "mean over DNA positions", "layer": encoder.layer, "selection": selection,
             "predicted": [KEGG_LABELS[j] for j in probs.argmax(1)], "probabilities": probs,
             "seconds": round(time.time() - start, 1)}

@@ -16,16 +16,14 @@ RELIABILITY_PNG = "reliability.png"
 
 def confusion_matrix_png(gold: list[str], predicted: list[str | None], path: str | Path, title: str = "") -> Path:
     """37 x 38 counts: rows gold label, columns predicted label plus a last column for no valid answer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no process-wide backend switch, safe in worker threads
 
     n_labels = len(KEGG_LABELS)
     y_true = [LABEL_TO_ID[g] for g in gold]
     y_pred = [LABEL_TO_ID.get(p, n_labels) if p else n_labels for p in predicted]
     cm = confusion_matrix(y_true, y_pred, labels=list(range(n_labels + 1)))[:n_labels]
-    fig, ax = plt.subplots(figsize=(13, 12))
+    fig = Figure(figsize=(13, 12))
+    ax = fig.add_subplot()
     ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(1, cm.max()))
     for i, j in zip(*cm.nonzero()):
         ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
@@ -34,10 +32,8 @@ def confusion_matrix_png(gold: list[str], predicted: list[str | None], path: str
     ax.set_yticks(range(n_labels), KEGG_LABELS, fontsize=7)
     ax.set(xlabel="predicted", ylabel="gold", title=title)
     fig.tight_layout()
-    path = Path(path)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return Path(path)
 
 
 def _pct(x) -> str:

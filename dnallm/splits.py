@@ -41,18 +41,12 @@ MIN_OVERLAP = 20
 
 
 def _components(n: int, pairs) -> list[int]:
-    """Union-find: rows joined by any (i, j) pair land in one component; returns a root index per row."""
-    parent = list(range(n))
+    """Rows joined by any (i, j) pair land in one component; returns a component id per row."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in pairs:
-        parent[find(i)] = find(j)
-    return [find(i) for i in range(n)]
+    i, j = zip(*pairs) if pairs else ((), ())
+    return list(connected_components(coo_matrix(([1] * len(i), (i, j)), shape=(n, n)), directed=False)[1])
 
 
 def same_value_pairs(values: list[str]) -> list[tuple[int, int]]:

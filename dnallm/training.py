@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 import yaml
 from transformers import TrainerCallback
 
@@ -258,26 +259,20 @@ def _reasoning_weights(tokenizer, example: dict, target: str, label: str, answer
 
 def pad_examples(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """The examples' ids and labels right-padded to one width, with their attention mask."""
-    width = max(len(e["input_ids"]) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        input_ids[i, :n], labels[i, :n], attention_mask[i, :n] = e["input_ids"], e["labels"], 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    def pad(key, value):
+        return pad_sequence([e[key] for e in examples], batch_first=True, padding_value=value)
+
+    input_ids = pad("input_ids", pad_id)
+    attention_mask = pad_sequence([torch.ones_like(e["input_ids"]) for e in examples], batch_first=True)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": pad("labels", -100)}
 
 
 def collate(examples: list[dict], cache: EmbeddingCache, pad_id: int) -> dict[str, torch.Tensor]:
     batch = pad_examples(examples, pad_id)
-    width = batch["input_ids"].shape[1]
-    hidden, mask = cache.lookup([w for e in examples for w in e["windows"]])
-    batch.update(dna_hidden_states=hidden, dna_positions_mask=mask)
-    if any("label_weights" in e for e in examples):
-        batch["label_weights"] = torch.ones((len(examples), width))
-        for i, e in enumerate(examples):
-            if "label_weights" in e:
-                batch["label_weights"][i, : len(e["label_weights"])] = e["label_weights"]
+    batch["dna_hidden_states"], batch["dna_positions_mask"] = cache.lookup([w for e in examples for w in e["windows"]])
+    if any("label_weights" in e for e in examples):  # weight 1 where an example has none, and on the padding
+        batch["label_weights"] = pad_sequence([e.get("label_weights", torch.ones(len(e["input_ids"])))
+                                               for e in examples], batch_first=True, padding_value=1.0)
     return batch
 
 

@@ -36,6 +36,17 @@ def check_loading_info(info: dict, source: str, ignore_unexpected: tuple[str, ..
                            f"{len(mismatched)}); refusing to run with random-initialised weights")
 
 
+def char_tokenizer(vocab: dict[str, int], **kwargs):
+    """A fast tokenizer with one id per character (WordLevel over single characters), right padding; `kwargs`
+    name its special tokens (and unk_token, when the vocabulary has one) and model_max_length."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel(vocab, **{k: v for k, v in kwargs.items() if k == "unk_token"}))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=core, padding_side="right", **kwargs)
+
+
 def dna_positions(tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Which tokens are DNA positions: attended and not a special token (CLS, EOS, padding, ...).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from dnallm.encoders.base import DNAEncoder, mean_pool
 
@@ -28,11 +29,8 @@ class EmbeddingCache:
         """Stacked (hidden [n, positions, dim], positions_mask [n, positions]); windows missing are encoded."""
         self.add([w for w in windows if w not in self._states])
         states = [self._states[w] for w in windows]
-        width = max(h.shape[0] for h, _ in states)
-        hidden = torch.zeros(len(states), width, states[0][0].shape[-1], dtype=self.dtype, device=self.device)
-        mask = torch.zeros(len(states), width, dtype=torch.bool, device=self.device)
-        for i, (h, m) in enumerate(states):
-            hidden[i, : h.shape[0]], mask[i, : m.shape[0]] = h, m
+        hidden = pad_sequence([h for h, _ in states], batch_first=True)
+        mask = pad_sequence([m for _, m in states], batch_first=True)
         return hidden, mask
 
     def pooled(self) -> dict[str, np.ndarray]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from dnallm.encoders.base import DNAEncoder, dna_positions, pack_positions
+from dnallm.encoders.base import DNAEncoder, char_tokenizer, dna_positions, pack_positions
 
 HUB_IDS = {"evo2-1b": "evo2_1b_base", "arcinstitute/evo2_1b_base": "evo2_1b_base",
            "evo2-7b": "evo2_7b", "arcinstitute/evo2_7b": "evo2_7b"}
@@ -33,14 +33,8 @@ EOD_ID, PAD_ID = 0, 1  # vortex CharLevelTokenizer: eod/eos 0, pad 1
 
 def build_evo2_tokenizer(model_max_length: int = 8192):
     """Evo 2's byte-level ids for ASCII text (each character -> its code), pad id 1, no added tokens."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {"<eod>": EOD_ID, "<pad>": PAD_ID, **{chr(i): i for i in range(33, 127)}}  # printable ASCII
-    core = Tokenizer(models.WordLevel(vocab))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eod>", pad_token="<pad>",
-                                   model_max_length=model_max_length, padding_side="right")
+    return char_tokenizer(vocab, eos_token="<eod>", pad_token="<pad>", model_max_length=model_max_length)
 
 
 def resolve_model(name_or_path: str) -> tuple[str, str | None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM
 
-from dnallm.encoders.base import DNAEncoder, check_loading_info, split_head_keys
+from dnallm.encoders.base import DNAEncoder, char_tokenizer, check_loading_info, split_head_keys
 
 HUB_IDS = {"genos-1.2b": "ZhejiangLab/Genos-1.2B", "genos-10b": "ZhejiangLab/Genos-10B"}
 
@@ -51,11 +51,5 @@ def build_base_tokenizer():
     The real Genos checkpoints ship their own tokenizer, loaded by `from_pretrained`; this one is saved
     next to locally trained models so that both load through the same AutoTokenizer call.
     """
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {tok: i for i, tok in enumerate(["<pad>", "<unk>", "<s>", "</s>", "A", "C", "G", "T", "N"])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
-                                   bos_token="<s>", eos_token="</s>", padding_side="right")
+    return char_tokenizer(vocab, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>")

@@ -28,7 +28,8 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM
 from transformers.utils import cached_file
 
-from dnallm.encoders.base import DNAEncoder, NoLMHeadError, check_loading_info, dna_positions, pack_positions
+from dnallm.encoders.base import (DNAEncoder, NoLMHeadError, char_tokenizer, check_loading_info, dna_positions,
+                                  pack_positions)
 
 HUB_IDS = {
     "hyenadna-large-1m": "LongSafari/hyenadna-large-1m-seqlen-hf",
@@ -45,15 +46,9 @@ CHARACTERS = ("A", "C", "G", "T", "N")
 
 def build_hyenadna_tokenizer(characters=CHARACTERS, model_max_length: int = 1_000_002):
     """HyenaDNA's character vocabulary as a fast tokenizer: one id per base, right padding, no added tokens."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + list(characters))}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=core, cls_token="[CLS]", sep_token="[SEP]", bos_token="[BOS]",
-                                   eos_token="[SEP]", mask_token="[MASK]", pad_token="[PAD]", unk_token="[UNK]",
-                                   model_max_length=model_max_length, padding_side="right")
+    return char_tokenizer(vocab, cls_token="[CLS]", sep_token="[SEP]", bos_token="[BOS]", eos_token="[SEP]",
+                          mask_token="[MASK]", pad_token="[PAD]", unk_token="[UNK]", model_max_length=model_max_length)
 
 
 def load_hyenadna_tokenizer(name_or_path: str):

@@ -97,6 +97,17 @@ def open_input(variants: Path, fmt: str, fasta):
     return genome, total
 
 
+def meta_file(out: Path) -> Path:
+    """OUT.meta.json: the settings OUT was written with (a resume must match them)."""
+    return out.with_name(out.name + ".meta.json")
+
+
+def write_meta(out: Path, meta: dict) -> None:
+    tmp = meta_file(out).with_name(meta_file(out).name + ".tmp")  # atomic: a crash leaves the old file or the new
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, meta_file(out))
+
+
 def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path, fmt: str | None = None,
                  vcf_out: str | Path | None = None, resume: bool = False, batch_size: int = 8, mode: str = "score",
                  max_new_tokens: int = 1024, progress: bool = True, dtype: str = "auto", contrast: bool = False,
@@ -142,7 +153,7 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
             "dtype": None if isinstance(model, DNALLMForConditionalGeneration) else dtype}
     if shard is not None:  # a part file resumes only as the same shard of the same number of devices
         meta["shard"] = f"{shard[0]} of {shard[1]}"
-    meta_path = out.with_name(out.name + ".meta.json")
+    meta_path = meta_file(out)
     genome, total = open_input(variants, fmt, fasta)
 
     done: list[str] = []
@@ -158,9 +169,7 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
                              f"({'; '.join(f'{k}: {a!r} then, {b!r} now' for k, (a, b) in diff.items())})")
         done = _resume_keys(out)
     if not done:
-        tmp = meta_path.with_name(meta_path.name + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, meta_path)
+        write_meta(out, meta)
     t_load = time.perf_counter()
     if not isinstance(model, DNALLMForConditionalGeneration):
         model = load_model(model_name, device=device, dtype=dtype)

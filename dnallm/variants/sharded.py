@@ -22,17 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-from dnallm.variants.batch import check_settings, open_input
+from dnallm.variants.batch import check_settings, meta_file, open_input, write_meta
 from dnallm.variants.reading import OUT_COLUMNS
 from dnallm.variants.vcf_out import write_vcf_out
 
 
 def part_path(out: Path, rank: int, n: int) -> Path:
     return out.with_name(f"{out.name}.part-{rank}-of-{n}.tsv")
-
-
-def _meta_path(path: Path) -> Path:
-    return path.with_name(path.name + ".meta.json")
 
 
 def worker_devices(n: int) -> tuple[list[str], int]:
@@ -175,14 +171,12 @@ def explain_file_sharded(variants: str | Path, fasta: str | Path, model: str | P
 
     _merge(parts, out, batch_size, total)
     # OUT.meta.json as a 1-device run writes it (the parts' settings without the shard), then the parts go
-    meta = json.loads(_meta_path(parts[0]).read_text())
+    meta = json.loads(meta_file(parts[0]).read_text())
     meta.pop("shard")
-    tmp = _meta_path(out).with_name(_meta_path(out).name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, _meta_path(out))
+    write_meta(out, meta)
     for path in parts:
         path.unlink()
-        _meta_path(path).unlink()
+        meta_file(path).unlink()
     seconds = time.perf_counter() - t0
     summary = {key: sum(s[key] for s in stats.values()) for key in ("written", "skipped", "errors", "padded")}
     summary.update(records=total, devices=devices, seconds=round(seconds, 3),
