@@ -41,7 +41,7 @@ def random_init_model(args, device, dtype):
     from dnallm.configuration import DNALLMConfig
     from dnallm.encoders.genos import GenosEncoder, build_base_tokenizer, genos_config
     from dnallm.modeling import DNALLMForConditionalGeneration
-    from dnallm.text_models import qwen3_config
+    from qwen3_layouts import qwen3_config  # benchmarks/ is on sys.path when a script here runs
     from dnallm.tokenization import BUNDLED_QWEN3_TOKENIZER, load_text_tokenizer
 
     torch.manual_seed(0)

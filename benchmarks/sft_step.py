@@ -23,7 +23,7 @@ from dnallm.data import load_kegg
 from dnallm.encoders.cache import EmbeddingCache
 from dnallm.encoders.genos import GenosEncoder, build_base_tokenizer, genos_config
 from dnallm.modeling import DNALLMForConditionalGeneration
-from dnallm.text_models import qwen3_config
+from qwen3_layouts import qwen3_config  # benchmarks/ is on sys.path when a script here runs
 from dnallm.tokenization import BUNDLED_QWEN3_TOKENIZER, load_text_tokenizer
 from dnallm.training import _batches, collate, encode_examples
 

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, EsmConfig, EsmForMaskedLM, EsmTokenizer, MixtralForCausalLM
 
+from conftest import nt_v2_config, nt_vocab
 from dnallm.encoders import ENCODERS, LoadingError, build_encoder, genos_config
 from dnallm.encoders.base import dna_positions, pack_positions
 from dnallm.encoders.evo2 import DEFAULT_LAYERS as EVO2_LAYERS
@@ -24,7 +25,7 @@ from dnallm.encoders.hyenadna import HUB_IDS as HYENA_HUB_IDS
 from dnallm.encoders.hyenadna import build_hyenadna_tokenizer, load_hyenadna_tokenizer
 from dnallm.encoders.nt import DEFAULT_LAYERS as NT_LAYERS
 from dnallm.encoders.nt import HUB_IDS as NT_HUB_IDS
-from dnallm.encoders.nt import GatedFFN, nt_v2_config, nt_vocab, use_glu_ffn
+from dnallm.encoders.nt import GatedFFN, use_glu_ffn
 from dnallm.processing import DNALLMProcessor
 from dnallm.tokenization import BUNDLED_ALIAS, load_text_tokenizer
 from projectors import build_projector

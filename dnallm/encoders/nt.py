@@ -15,12 +15,11 @@ the config asks for it, loaded with the ordinary `from_pretrained` (hub id or lo
 
 from __future__ import annotations
 
-from itertools import product
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoTokenizer, EsmConfig, EsmForMaskedLM, EsmModel
+from transformers import AutoTokenizer, EsmForMaskedLM, EsmModel
 
 from dnallm.encoders.base import DNAEncoder, check_loading_info, split_head_keys
 
@@ -32,26 +31,6 @@ HUB_IDS = {
 }
 # The last hidden layer (after the final layer norm), as BioReason takes it (`hidden_states[-1]`).
 DEFAULT_LAYERS = {hub_id: -1 for hub_id in HUB_IDS.values()}
-
-NUCLEOTIDES = ["A", "T", "C", "G"]  # NT's order, which fixes the token ids
-
-
-def nt_vocab(k: int = 6) -> list[str]:
-    """NT's token list in id order: <unk> <pad> <mask> <cls>, the k-mers, A T C G N, then <eos> <bos>."""
-    kmers = ["".join(p) for p in product(NUCLEOTIDES, repeat=k)]
-    return ["<unk>", "<pad>", "<mask>", "<cls>"] + kmers + NUCLEOTIDES + ["N", "<eos>", "<bos>"]
-
-
-def nt_v2_config(**overrides) -> EsmConfig:
-    """The NT v2 architecture flags (rotary, pre-norm, bias-free SwiGLU FFN), sized as v2-500m unless overridden."""
-    kwargs = dict(vocab_size=4107, hidden_size=1024, num_hidden_layers=29, num_attention_heads=16,
-                  intermediate_size=4096, max_position_embeddings=2050, position_embedding_type="rotary",
-                  emb_layer_norm_before=False, token_dropout=False, layer_norm_eps=1e-12, pad_token_id=1,
-                  mask_token_id=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                  tie_word_embeddings=False, add_bias_fnn=False)
-    kwargs.update(overrides)
-    return EsmConfig(**kwargs)
-
 
 def uses_glu_ffn(config) -> bool:
     """NT v2 configs carry `add_bias_fnn` (false); its FFN is then gated. NT v1 / plain ESM configs lack it."""

@@ -1,4 +1,4 @@
-"""Published Qwen3 layouts, for random-init benchmarks (the real weights load by hub id or path)."""
+"""Published Qwen3 layouts, for random-init benchmarks at the real sizes (dnallm loads real weights by hub id or path)."""
 
 from __future__ import annotations
 
