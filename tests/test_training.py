@@ -421,3 +421,23 @@ def test_sft_compile_option_compiles_the_text_model_layers(tiny_dir, tmp_path):
     train_sft(model, train, val, SFTConfig(epochs=1.0, batch_size=4, compile=True, tensorboard=False), tmp_path)
     layers = [m for m in model.language_model.modules() if isinstance(m, GradientCheckpointingLayer)]
     assert len(layers) == 2 and all(layer._compiled_call_impl is not None for layer in layers)
+
+
+def test_the_trainer_counts_the_parameters_for_its_flops_once(tiny_dir, tmp_path, monkeypatch):
+    """Trainer's total_flos (6 x tokens x non-embedding parameters) with the parameters counted once, not at every
+    step (a walk over every module)."""
+    from dnallm.modeling import DNALLMForConditionalGeneration
+
+    counted = []
+    original = DNALLMForConditionalGeneration.num_parameters
+
+    def counting(self, *args, **kwargs):
+        counted.append(original(self, *args, **kwargs))
+        return counted[-1]
+
+    monkeypatch.setattr(DNALLMForConditionalGeneration, "num_parameters", counting)
+    summary = run(tiny_dir, tmp_path / "run")
+    assert summary["steps"] == 8 and len(counted) == 1
+    flos = json.loads((tmp_path / "run/last/trainer_state.json").read_text())["total_flos"]
+    tokens = flos / (6 * counted[0])  # the padded batches' tokens over both epochs
+    assert tokens == int(tokens) and 2 * summary["train_tokens_per_epoch"] <= tokens <= 3 * summary["train_tokens_per_epoch"]
