@@ -85,12 +85,13 @@ def main() -> None:
             records = records.select(range(min(args.limit or len(records), len(records))))
             m = evaluate_split(best, records, split, out / "eval" / split,
                                generate=args.generate, batch_size=146, max_new_tokens=preset["eval"]["max_new_tokens"],
-                               controls=("shuffled-dna",), controls_generate=False, probe=False,
+                               controls=("text-only", "shuffled-dna"), controls_generate=False, probe=False,
                                score_batch_size=32, report=False)
             row[split] = round(m["modes"]["score"]["accuracy"], 4)
             if args.generate:
                 row[f"{split} generate"] = round(m["accuracy"], 4)
-            row[f"{split} shuffled-dna"] = round(m["controls"]["shuffled-dna"]["score"]["accuracy"], 4)
+            for control in ("text-only", "shuffled-dna"):
+                row[f"{split} {control}"] = round(m["controls"][control]["score"]["accuracy"], 4)
         print(json.dumps(row), flush=True)
         rows.append(row)
     (args.out / "sft_sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
