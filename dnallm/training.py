@@ -57,10 +57,6 @@ class SFTConfig:
     # copied the disease it named (docs/benchmarks.md, session 12): these teach the answer to come from the DNA and
     # the question when the reasoning points elsewhere.
     distractor_answers: float | dict = 0
-    # Text-only examples per record ({view: copies} or a number; modality dropout): the non-thinking prompt without
-    # its two sequence lines and no DNA, the label line as the answer. They train reading the question alone, which
-    # the examples with DNA can skip where the DNA names the locus.
-    text_only_answers: float | dict = 0
     eval_batch_size: int = 16
     evals_per_epoch: int = 1
     seed: int = 0
@@ -167,7 +163,7 @@ def _copies(setting: bool | float | dict, view: str, draw: str | None = None) ->
 def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: int,
                     direct_answers: bool | float | dict = False, thinking_answers: bool | float | dict = True,
                     answer_weight: float = 1.0, mention_weight: float = 1.0,
-                    distractor_answers: float | dict = 0, text_only_answers: float | dict = 0) -> list[dict]:
+                    distractor_answers: float | dict = 0) -> list[dict]:
     """Tokenize every record once: prompt + answer ids, labels on the answer only, and its two windows.
 
     With direct_answers, each record also yields non-thinking-mode examples whose answer is the label line
@@ -176,7 +172,7 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
 
     answer_weight / mention_weight (SFTConfig): per-token loss weights on a reasoning example's answer line and on
     the gold label's mentions inside its reasoning (`_reasoning_weights`). distractor_answers: see SFTConfig and
-    `_distractor_example`. text_only_answers: see SFTConfig (examples without windows).
+    `_distractor_example`.
     """
     proc = model.processor
     window = model.config.dna_config.window_size
@@ -205,11 +201,6 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
             if len(example["input_ids"]) > max_length:
                 raise ValueError(f"row {r.get('row')}: {len(example['input_ids'])} tokens exceed max_length {max_length}")
             out += [example] * copies
-        if text_copies := _copies(text_only_answers, view, f"text-{i}"):
-            with proc.without_dna():
-                b = proc([proc.prompt(r["question"], thinking=False)], [[]], targets=[proc.target(None, r["label"])],
-                         dna_ids=False)
-            out += [{"input_ids": b["input_ids"][0], "labels": b["labels"][0], "windows": []}] * text_copies
         for k in range(_copies(distractor_answers, view, f"distractor-{i}")):
             out.append(_distractor_example(proc, r, windows, tails, random.Random(f"{i}-{k}"), answer_weight))
     return out
@@ -278,8 +269,7 @@ def pad_examples(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 def collate(examples: list[dict], cache: EmbeddingCache, pad_id: int) -> dict[str, torch.Tensor]:
     batch = pad_examples(examples, pad_id)
-    if windows := [w for e in examples for w in e["windows"]]:  # none in a batch of text-only examples
-        batch["dna_hidden_states"], batch["dna_positions_mask"] = cache.lookup(windows)
+    batch["dna_hidden_states"], batch["dna_positions_mask"] = cache.lookup([w for e in examples for w in e["windows"]])
     if any("label_weights" in e for e in examples):  # weight 1 where an example has none, and on the padding
         batch["label_weights"] = pad_sequence([e.get("label_weights", torch.ones(len(e["input_ids"])))
                                                for e in examples], batch_first=True, padding_value=1.0)
@@ -738,7 +728,7 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
         _load_trainable(model, Path(cfg.init_projector_from), projector_only=True)
 
     train = encode_examples(model, train_records, cfg.max_length, cfg.direct_answers, cfg.thinking_answers,
-                            cfg.answer_weight, cfg.mention_weight, cfg.distractor_answers, cfg.text_only_answers)
+                            cfg.answer_weight, cfg.mention_weight, cfg.distractor_answers)
     views = set(train_records["view"]) if "view" in train_records.column_names else {"kegg"}
     model.config.answer_modes = [mode for mode, setting in (("thinking", cfg.thinking_answers),
                                                             ("direct", cfg.direct_answers))
