@@ -21,7 +21,9 @@ def main() -> None:
     parser.add_argument("--gpus", default="0", help="comma-separated GPU ids the runs take in turn")
     parser.add_argument("--work", type=Path, default=Path("/tmp/parallel_sweep"), help="checkpoints and eval files")
     parser.add_argument("--generate", action="store_true")
-    parser.add_argument("--stand-ins", default="dnallm/assets/tiny", help="the encoder/ and text-model/ every run uses")
+    parser.add_argument("--stand-ins", default="dnallm/assets/tiny",
+                        help="the encoder/ and text-model/ every run uses (for --splits grouped: ones pretrained on "
+                             "grouped-train; tiny_sft_sweep.py refuses the shipped ones)")
     parser.add_argument("--splits", choices=("official", "grouped"), default="official")
     args = parser.parse_args()
     variants = json.loads(args.variants.read_text())

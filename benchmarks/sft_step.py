@@ -23,9 +23,9 @@ from dnallm.data import load_kegg
 from dnallm.encoders.cache import EmbeddingCache
 from dnallm.encoders.genos import GenosEncoder, build_base_tokenizer, genos_config
 from dnallm.modeling import DNALLMForConditionalGeneration
-from qwen3_layouts import qwen3_config  # benchmarks/ is on sys.path when a script here runs
 from dnallm.tokenization import BUNDLED_QWEN3_TOKENIZER, load_text_tokenizer
 from dnallm.training import _batches, collate, encode_examples
+from qwen3_layouts import qwen3_config  # benchmarks/ is on sys.path when a script here runs
 
 
 # Encoders whose code cannot run here are replaced by a 2-layer stand-in with the real encoder's hidden size, and

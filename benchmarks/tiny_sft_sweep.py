@@ -2,8 +2,9 @@
 
 Builds (or reuses) the tiny stand-ins in OUT/stand-ins with the preset's pretraining settings, then for each variant
 (a JSON object of overrides for the preset's model/sft/data sections) runs the real recipe (frozen encoder,
-projector + LoRA, the preset's training-view mix) and evaluates label scoring on the official test and hard-test
-splits with the shuffled-DNA control. One JSON line per variant in OUT/sft_sweep.jsonl.
+projector + LoRA, the preset's training-view mix) and evaluates label scoring on test and hard-test (official, or
+with --splits grouped grouped-test and hard-grouped-test) with the text-only and shuffled-DNA controls. One JSON line
+per variant in OUT/sft_sweep.jsonl.
 
     python benchmarks/tiny_sft_sweep.py --out /tmp/sft --device cuda \
         --variant base '{}' --variant stride128 '{"model": {"projector_stride": 128}}'
@@ -46,6 +47,11 @@ def main() -> None:
     prefix = "grouped-" if args.splits == "grouped" else ""
     base = load_preset("tiny")
     stand_ins = args.stand_ins or args.out / "stand-ins"
+    if args.splits == "grouped" and (args.text_pretrain or stand_ins.resolve() == SHIPPED_STAND_INS.resolve()):
+        # The shipped stand-ins (and --text-pretrain, which reuses their encoder) were pretrained on the official
+        # train split, which holds grouped-test's variants, questions and reasoning.
+        parser.error("--splits grouped needs stand-ins pretrained on grouped-train: give a new --stand-ins folder "
+                     "(built there) or one built by build_tiny_models on grouped-train, and no --text-pretrain")
     if args.text_pretrain:
         base["text_pretrain"].update(json.loads(args.text_pretrain))
         t = time.time()

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from torch.nn.utils.rnn import pad_sequence
 import yaml
+from torch.nn.utils.rnn import pad_sequence
 from transformers import TrainerCallback
 
 from dnallm.encoders.cache import EmbeddingCache

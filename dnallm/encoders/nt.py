@@ -15,7 +15,6 @@ the config asks for it, loaded with the ordinary `from_pretrained` (hub id or lo
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
