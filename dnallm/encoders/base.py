@@ -206,8 +206,12 @@ class DNAEncoder(nn.Module):
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) for k, v in self.tokenize(windows).items()}
         ids, attention = batch["input_ids"], batch["attention_mask"]
-        logp = torch.log_softmax(head(self.final_states(ids, attention)).float(), -1)
-        token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)          # log p(token t | tokens < t)
-        # a DNA position with an attended token before it (right padding and special tokens contribute nothing)
+        return self.causal_sum(head(self.final_states(ids, attention)), ids, attention)
+
+    def causal_sum(self, logits: torch.Tensor, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        """Sum of log p(token t | tokens < t) over each row's DNA positions, float64 [n] (a difference of two ~1e3
+        sums is taken later). Scored: a DNA position with an attended token before it (right padding and special
+        tokens contribute nothing)."""
+        token_logp = torch.log_softmax(logits.float(), -1)[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
         scored = dna_positions(self.tokenizer, ids, attention)[:, 1:] & attention[:, :-1].bool()
-        return (token_logp.double() * scored).sum(1).cpu()  # float64: a difference of two ~1e3 sums
+        return (token_logp.double() * scored).sum(1).cpu()

@@ -105,9 +105,7 @@ class Evo2Encoder(DNAEncoder):
         ids, attention = batch["input_ids"], batch["attention_mask"]
         out, _ = self.evo2(ids)
         logits = out[0] if isinstance(out, tuple) else out
-        token_logp = torch.log_softmax(logits.float(), -1)[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
-        scored = dna_positions(self.tokenizer, ids, attention)[:, 1:] & attention[:, :-1].bool()
-        return (token_logp.double() * scored).sum(1).cpu()  # float64: a difference of two ~1e3 sums
+        return self.causal_sum(logits, ids, attention)
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
