@@ -35,6 +35,7 @@ def _run(ranks: int, preset: Path, out: Path):
     return json.loads((out / "train_summary.json").read_text())
 
 
+@pytest.mark.slow  # 145 s for both cases on 2 cores
 @pytest.mark.parametrize("first,second", [(2, 1), (2, 2)])
 def test_checkpoint_moves_between_world_sizes(first, second, tiny_dir, tmp_path):
     zero = json.loads((ROOT / "train/configs/zero2.json").read_text())

@@ -238,6 +238,7 @@ def test_cached_encoder_states_give_the_same_answers_and_encode_each_window_once
 
 # ---- end to end ----
 
+@pytest.mark.slow  # 79 s on 2 cores
 def test_cli_eval_writes_metrics_predictions_report_and_pngs(quickstart_dir, tmp_path):
     model = quickstart_dir[0] / "model"
     runner = CliRunner()

@@ -99,6 +99,7 @@ def test_a_second_split_against_the_same_train_and_val_reuses_the_fitted_probe(s
         run_probe(shipped_encoder, relabelled, val, hard, cache_dir=tmp_path, **options)
 
 
+@pytest.mark.slow  # 71 s on 2 cores
 def test_shipped_stand_ins_match_the_preset_and_their_first_pretraining_steps_reproduce(tmp_path):
     """The shipped weights come from build_tiny_models with the tiny preset (assets/tiny/README.md); replaying
     its first steps here gives the recorded losses."""

@@ -70,6 +70,7 @@ def test_two_devices_merge_byte_identical_to_one_device_with_bad_records_in_both
     assert all(r["label"] for r in rows if not r["error"]) and len(set(keys) - bad) == 6
 
 
+@pytest.mark.slow  # 58 s on 2 cores
 def test_resume_after_a_worker_is_killed_equals_an_uninterrupted_run_and_needs_the_same_devices(
         quickstart_dir, files, tmp_path):
     out, _ = quickstart_dir
