@@ -160,6 +160,11 @@ def _copies(setting: bool | float | dict, view: str, draw: str | None = None) ->
     return whole + (random.Random(draw).random() < frac)
 
 
+def record_views(records) -> set[str]:
+    """The training views the records hold (records without a `view` column are `kegg`)."""
+    return set(records["view"]) if "view" in records.column_names else {"kegg"}
+
+
 def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: int,
                     direct_answers: bool | float | dict = False, thinking_answers: bool | float | dict = True,
                     answer_weight: float = 1.0, mention_weight: float = 1.0,
@@ -177,7 +182,7 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
     proc = model.processor
     window = model.config.dna_config.window_size
     out = []
-    views = set(records["view"]) if "view" in records.column_names else {"kegg"}
+    views = record_views(records)
     tails = _reasoning_tails(records) if any(_copies(distractor_answers, v) for v in views) else []
     for i, r in enumerate(records):
         view = r.get("view", "kegg")
@@ -729,7 +734,7 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
 
     train = encode_examples(model, train_records, cfg.max_length, cfg.direct_answers, cfg.thinking_answers,
                             cfg.answer_weight, cfg.mention_weight, cfg.distractor_answers)
-    views = set(train_records["view"]) if "view" in train_records.column_names else {"kegg"}
+    views = record_views(train_records)
     model.config.answer_modes = [mode for mode, setting in (("thinking", cfg.thinking_answers),
                                                             ("direct", cfg.direct_answers))
                                  if any(_copies(setting, v) for v in views)]

@@ -103,9 +103,10 @@ def meta_file(out: Path) -> Path:
 
 
 def write_meta(out: Path, meta: dict) -> None:
-    tmp = meta_file(out).with_name(meta_file(out).name + ".tmp")  # atomic: a crash leaves the old file or the new
+    path = meta_file(out)
+    tmp = path.with_name(path.name + ".tmp")  # atomic: a crash leaves the old file or the new
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, meta_file(out))
+    os.replace(tmp, path)
 
 
 def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path, fmt: str | None = None,
