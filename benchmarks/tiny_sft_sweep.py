@@ -86,6 +86,12 @@ def main() -> None:
         row = {"variant": name, "overrides": json.loads(overrides), "sft_s": round(sft_s, 1),
                "best_val_loss": summary["best_val_loss"], "train_tokens": summary["train_tokens_per_epoch"],
                "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}
+        # val (score mode, no controls): where a variant is chosen; test and hard-test are reported, not chosen on
+        val_records = load_kegg(prefix + "val")
+        val_records = val_records.select(range(min(args.limit or len(val_records), len(val_records))))
+        val = evaluate_split(best, val_records, prefix + "val", out / "eval" / "val", generate=False, probe=False,
+                             score_batch_size=32, report=False)
+        row[prefix + "val"] = round(val["modes"]["score"]["accuracy"], 4)
         for split, view in ((prefix + "test", "kegg"), ("hard-" + prefix + "test", "kegg_hard")):
             records = load_kegg(prefix + "test", view=view)
             records = records.select(range(min(args.limit or len(records), len(records))))
