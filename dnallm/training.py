@@ -14,7 +14,6 @@ import random
 import re
 import shutil
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -58,11 +57,6 @@ class SFTConfig:
     # copied the disease it named (docs/benchmarks.md, session 12): these teach the answer to come from the DNA and
     # the question when the reasoning points elsewhere.
     distractor_answers: float | dict = 0
-    # Rare questions get more direct-answer copies: a record whose exact question text occurs in n < question_floor
-    # training records of its view gets ceil(question_floor / n) - 1 more, so a pathway context seen once in training
-    # is answered about as often as one seen question_floor times. Why: the tiny default's test misses were
-    # questions with a single training record that TF-IDF on the question gets right.
-    question_floor: int = 0
     eval_batch_size: int = 16
     evals_per_epoch: int = 1
     seed: int = 0
@@ -174,7 +168,7 @@ def record_views(records) -> set[str]:
 def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: int,
                     direct_answers: bool | float | dict = False, thinking_answers: bool | float | dict = True,
                     answer_weight: float = 1.0, mention_weight: float = 1.0,
-                    distractor_answers: float | dict = 0, question_floor: int = 0) -> list[dict]:
+                    distractor_answers: float | dict = 0) -> list[dict]:
     """Tokenize every record once: prompt + answer ids, labels on the answer only, and its two windows.
 
     With direct_answers, each record also yields non-thinking-mode examples whose answer is the label line
@@ -183,11 +177,9 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
 
     answer_weight / mention_weight (SFTConfig): per-token loss weights on a reasoning example's answer line and on
     the gold label's mentions inside its reasoning (`_reasoning_weights`). distractor_answers: see SFTConfig and
-    `_distractor_example`. question_floor: see SFTConfig.
+    `_distractor_example`.
     """
     proc = model.processor
-    question_counts = Counter(zip(records["view"] if "view" in records.column_names else ["kegg"] * len(records),
-                                  records["question"]))
     window = model.config.dna_config.window_size
     out = []
     views = record_views(records)
@@ -201,9 +193,6 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
                              f"load_kegg/load_views(..., window={window})")
         thinking_copies = _copies(thinking_answers, view, f"thinking-{i}")
         direct_copies = _copies(direct_answers, view, f"direct-{i}")
-        n_question = question_counts[view, r["question"]]
-        if n_question < question_floor:
-            direct_copies += math.ceil(question_floor / n_question) - 1
         for thinking, copies in ((True, thinking_copies), (False, direct_copies)):
             if not copies:
                 continue
@@ -744,7 +733,7 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
         _load_trainable(model, Path(cfg.init_projector_from), projector_only=True)
 
     train = encode_examples(model, train_records, cfg.max_length, cfg.direct_answers, cfg.thinking_answers,
-                            cfg.answer_weight, cfg.mention_weight, cfg.distractor_answers, cfg.question_floor)
+                            cfg.answer_weight, cfg.mention_weight, cfg.distractor_answers)
     views = record_views(train_records)
     model.config.answer_modes = [mode for mode, setting in (("thinking", cfg.thinking_answers),
                                                             ("direct", cfg.direct_answers))
