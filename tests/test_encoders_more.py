@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, EsmConfig, EsmForMaskedLM, EsmTokenizer, MixtralForCausalLM
 
-from conftest import nt_v2_config, nt_vocab
+from helpers import nt_v2_config, nt_vocab
 from dnallm.encoders import ENCODERS, LoadingError, build_encoder, genos_config
 from dnallm.encoders.base import dna_positions, pack_positions
 from dnallm.encoders.evo2 import DEFAULT_LAYERS as EVO2_LAYERS

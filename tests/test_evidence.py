@@ -15,7 +15,7 @@ from dnallm.cli import app
 from dnallm.data import load_kegg
 from dnallm.encoders import build_encoder
 from dnallm.encoders.base import NoLMHeadError
-from conftest import nt_vocab
+from helpers import nt_vocab
 from dnallm.evidence import encoder_dll, no_variant_windows, ref_vs_alt
 from dnallm.inference import explain_variant, load_model
 from dnallm.ism import TSV_COLUMNS, check_flank, ism_map, ism_png, ism_tsv, mutations, variant_kind

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import mini_preset
+from helpers import mini_preset
 from typer.testing import CliRunner
 
 from dnallm.cli import app
