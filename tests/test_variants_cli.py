@@ -160,6 +160,49 @@ def test_tsv_reader(tmp_path):
         list(read_tsv(tmp_path / "w.tsv"))
 
 
+def test_readers_take_a_byte_order_mark_and_name_a_truncated_or_corrupt_gzip(tmp_path):
+    body = "chrom\tpos\tref\talt\n1\t2\tA\tG\n"
+    (tmp_path / "bom.tsv").write_text("\ufeff" + body, encoding="utf-8")  # as Excel saves it
+    assert [(r.chrom, r.pos, r.ref, r.alt, r.error) for r in read_tsv(tmp_path / "bom.tsv")] == [(
+        "1", 2, "A", "G", None)]
+    (tmp_path / "bom.vcf").write_text("\ufeff" + HEADER + vcf_line("chr1", 5, ".", "A", "G", ".", ".", "."))
+    assert [(r.chrom, r.pos, r.error) for r in read_vcf(tmp_path / "bom.vcf")] == [("chr1", 5, None)]
+    packed = gzip.compress((HEADER + vcf_line("chr1", 5, ".", "A", "G", ".", ".", ".") * 2000).encode())
+    (tmp_path / "cut.vcf.gz").write_bytes(packed[:len(packed) // 2])
+    with pytest.raises(VariantFileError, match=r"cut\.vcf\.gz after line \d+: the compressed file is truncated"):
+        list(read_vcf(tmp_path / "cut.vcf.gz"))
+    corrupt = bytearray(packed)
+    corrupt[40:60] = b"\xff" * 20
+    (tmp_path / "bad.vcf.gz").write_bytes(bytes(corrupt))
+    with pytest.raises(VariantFileError, match=r"bad\.vcf\.gz after line \d+: the compressed file is truncated or "
+                                               r"corrupt"):
+        list(read_vcf(tmp_path / "bad.vcf.gz"))
+
+
+def test_an_empty_alt_in_a_list_is_a_malformed_line_not_a_deletion(tmp_path):
+    (rec,) = parse_vcf_line("chr1\t100\t.\tC\tT,\t.\t.\t.", 7, "x.vcf")
+    assert rec.error == "x.vcf line 7: malformed VCF line: ALT 2 of 'T,' is empty"
+    (tmp_path / "v.tsv").write_text("chrom\tpos\tref\talt\n1\t2\tA\t,G\n1\t3\tA\t\n")
+    recs = list(read_tsv(tmp_path / "v.tsv"))
+    assert recs[0].error == "v.tsv line 2: malformed TSV line: alt 1 of ',G' is empty"
+    assert (recs[1].error, recs[1].alt) == (None, "")  # an empty cell alone is the documented deletion
+
+
+def test_vcf_out_copies_a_line_with_padded_columns(tmp_path):
+    pysam = pytest.importorskip("pysam")
+    from dnallm.variants.vcf_out import write_vcf_out
+
+    (tmp_path / "in.vcf").write_text(HEADER + "chr1 \t 300\t.\tA\tG\t.\t.\t.\n")
+    (rec,) = read_vcf(tmp_path / "in.vcf")  # the reader accepts the spaces around CHROM and POS
+    assert (rec.key, rec.chrom, rec.pos, rec.error) == ("9:1", "chr1", 300, None)
+    row = dict.fromkeys(OUT_COLUMNS, "") | {"record": "9:1", "label": KEGG_LABELS[3], "probability": "0.5"}
+    (tmp_path / "out.tsv").write_text("\t".join(OUT_COLUMNS) + "\n" + "\t".join(row[c] for c in OUT_COLUMNS) + "\n")
+    assert write_vcf_out(tmp_path / "in.vcf", tmp_path / "out.tsv", tmp_path / "out.vcf") == 0
+    with pysam.VariantFile(str(tmp_path / "out.vcf")) as f:
+        (out,) = list(f)
+    assert (out.chrom, out.pos, out.info["DNALLM_LABEL"]) == ("chr1", 300, (KEGG_LABELS[3].replace(" ", "_"),))
+
+
 # ---- with the model -------------------------------------------------------------------------------------------
 
 def test_explain_variant_by_coordinates_equals_by_sequences(quickstart_dir, files):

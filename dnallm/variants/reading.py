@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -66,17 +67,24 @@ def _open_text(path: Path):
     with open(path, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
     if gz:  # gzip and bgzip
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
-    return open(path, encoding="utf-8", errors="replace", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
+    # utf-8-sig: files saved by Excel and other Windows tools start with a byte-order mark, which would otherwise
+    # become part of the first header name
+    return open(path, encoding="utf-8-sig", errors="replace", newline="")
 
 
 def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, line without its end) for every non-blank line of a plain or gzipped text file."""
+    number = 0
     with _open_text(path) as f:
-        for number, raw in enumerate(f, 1):
-            line = raw.rstrip("\r\n")
-            if line.strip():
-                yield number, line
+        try:
+            for number, raw in enumerate(f, 1):
+                line = raw.rstrip("\r\n")
+                if line.strip():
+                    yield number, line
+        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+            raise VariantFileError(f"{path.name} after line {number}: the compressed file is truncated or corrupt "
+                                   f"({e or type(e).__name__})") from e
 
 
 def parse_info(info: str) -> dict[str, str]:
@@ -104,6 +112,11 @@ def gene_from_info(info: dict[str, str], alt: str) -> str | None:
     return None
 
 
+def _empty_in_list(alleles: list[str]) -> int:
+    """The 1-based index of the first empty (or blank) allele of a comma-separated list, 0 if none."""
+    return next((i for i, a in enumerate(alleles, 1) if not a.strip()), 0)
+
+
 def parse_vcf_line(line: str, number: int, source: str = "VCF") -> list[VariantRecord]:
     """The records (one per ALT) of one VCF data line; a malformed line gives one record with `error` set."""
     cols = line.split("\t")
@@ -125,8 +138,11 @@ def parse_vcf_line(line: str, number: int, source: str = "VCF") -> list[VariantR
     if problem:
         return [VariantRecord(source, number, 1, chrom=chrom or None,
                               error=f"{source} line {number}: malformed VCF line: {problem}")]
-    info_map = parse_info(info)
     alt_list = alts.split(",")
+    if empty_alt := _empty_in_list(alt_list):  # "T," is a malformed list, not a deletion
+        return [VariantRecord(source, number, 1, chrom=chrom, error=f"{source} line {number}: malformed VCF line: "
+                              f"ALT {empty_alt} of {alts!r} is empty")]
+    info_map = parse_info(info)
     return [VariantRecord(source, number, i, chrom=chrom, pos=int(pos), ref=ref, alt=alt,
                           id=None if vid in (".", "") else vid, gene=gene_from_info(info_map, alt),
                           n_alts=len(alt_list))
@@ -223,6 +239,10 @@ def read_tsv(path: str | Path) -> Iterator[VariantRecord]:
                                 error=f"{path.name} line {number}: malformed TSV line: {problem}")
             continue
         alts = (row["alt"] or "").split(",")
+        if len(alts) > 1 and (empty_alt := _empty_in_list(alts)):  # "A," is malformed; an empty cell is a deletion
+            yield VariantRecord(path.name, number, 1, chrom=row["chrom"], error=f"{path.name} line {number}: "
+                                f"malformed TSV line: alt {empty_alt} of {row['alt']!r} is empty")
+            continue
         for i, alt in enumerate(alts, 1):
             yield VariantRecord(path.name, number, i, chrom=row["chrom"], pos=int(pos), ref=_allele(row["ref"]),
                                 alt=_allele(alt), id=row.get("id"), gene=row.get("gene"),

@@ -64,6 +64,7 @@ def _clean_copy(vcf_in: Path, clean: Path) -> tuple[list[int], int]:
                 dropped += 1
                 continue
             cols = line.split("\t")
+            cols[:5] = [c.strip() for c in cols[:5]]  # the reader accepts padded columns; pysam does not
             info = [item for item in ("" if cols[7] == "." else cols[7]).split(";")
                     if item and not item.startswith("DNALLM_")]
             cols[7] = ";".join(info) or "."
