@@ -47,6 +47,7 @@ class DNALLMConfig(PretrainedConfig):
         lora_dropout: float = 0.05,
         lora_target_modules: str | list[str] = "all-linear",
         answer_modes: list[str] | None = None,
+        has_adapter: bool = False,
         **kwargs,
     ):
         flat = sorted(k for k in ("encoder_type", "encoder_name_or_path", "encoder_layer", "window_size") if k in kwargs)
@@ -73,6 +74,8 @@ class DNALLMConfig(PretrainedConfig):
         # Set by SFT: the answer forms the model was trained on, "thinking" (reasoning + answer line) and/or
         # "direct" (the answer line alone, non-thinking mode). Label scoring reads the direct form.
         self.answer_modes = answer_modes
+        # Set by add_lora: the checkpoint has a LoRA adapter/ folder, and loading it without one is an error.
+        self.has_adapter = has_adapter
         super().__init__(**kwargs)
 
 

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
@@ -40,9 +42,35 @@ TEXT_IDENTITY = ("model_type", "hidden_size", "num_hidden_layers", "num_attentio
 
 
 def _resolve(name_or_path: str, base: Path | None) -> str:
-    if base is not None and not Path(name_or_path).is_absolute() and (base / name_or_path).exists():
+    """A component's path: relative to the checkpoint folder `base` when it exists there; else a hub id or a path
+    as given. `./` and `../` paths are always the checkpoint's: one missing there is an error, never a folder of
+    that name under the current directory."""
+    if base is None or Path(name_or_path).is_absolute():
+        return name_or_path
+    if (base / name_or_path).exists():
         return str((base / name_or_path).resolve())
+    if Path(name_or_path).parts[:1] in ((".",), ("..",)) or name_or_path.startswith(("./", "../")):
+        raise FileNotFoundError(f"{name_or_path!r}, relative to the checkpoint {base}, does not exist ({base / name_or_path}"
+                                "); copy it along with the checkpoint, or point the config at it "
+                                "(from_pretrained(..., dna_config={'encoder_name_or_path': ...}) or "
+                                "text_model_name_or_path=...)")
     return name_or_path
+
+
+def _load_adapter(language_model, adapter: Path, is_trainable: bool) -> PeftModel:
+    """The LM with the saved LoRA adapter; every adapter weight must be in the file (peft only warns about a
+    missing one and leaves it at its initial value)."""
+    try:
+        model = PeftModel.from_pretrained(language_model, adapter, is_trainable=is_trainable)
+    except KeyError as e:  # peft's trainable-token rows, missing from the file
+        raise LoadingError(f"loading {adapter}: missing adapter weight {e}") from e
+    with safe_open(adapter / SAFETENSORS_WEIGHTS_NAME, "pt") as f:
+        saved = set(f.keys())
+    expected = set(get_peft_model_state_dict(model))
+    if saved != expected:
+        raise LoadingError(f"loading {adapter}: missing adapter weights {sorted(expected - saved)[:5]}, unexpected "
+                           f"{sorted(saved - expected)[:5]}; refusing to run with initial LoRA weights")
+    return model
 
 
 def load_text_model(name_or_path: str, dtype: torch.dtype | None = None, attn_implementation: str | None = None):
@@ -183,6 +211,7 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
                           target_modules=c.lora_target_modules, task_type="CAUSAL_LM",
                           trainable_token_indices=list(self.processor.dna_marker_ids))
         self.language_model = get_peft_model(self.language_model, lora)
+        c.has_adapter = True
 
     def merge_lora(self) -> "DNALLMForConditionalGeneration":
         """Fold the LoRA adapter into the LM weights, for inference: same outputs, no adapter kernels per layer.
@@ -253,8 +282,10 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         check_loading_info({"missing_keys": result.missing_keys, "unexpected_keys": result.unexpected_keys},
                            str(path / PROJECTOR_FILE))
         if (path / ADAPTER_DIR).exists():
-            model.language_model = PeftModel.from_pretrained(model.language_model, path / ADAPTER_DIR,
-                                                             is_trainable=is_trainable)
+            model.language_model = _load_adapter(model.language_model, path / ADAPTER_DIR, is_trainable)
+        elif config.has_adapter:
+            raise LoadingError(f"{path}: the config records a LoRA adapter, but {ADAPTER_DIR}/ is missing; "
+                               "refusing to run the text model without it")
         if (path / "generation_config.json").exists():
             model.generation_config = GenerationConfig.from_pretrained(path)
         return model

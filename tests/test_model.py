@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -138,6 +139,45 @@ def test_missing_projector_weight_is_an_error(tiny_dir, tmp_path):
     save_file(state, tmp_path / PROJECTOR_FILE)
     with pytest.raises(LoadingError, match="missing weights"):
         DNALLMForConditionalGeneration.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("which", ["lora", "trainable_tokens"])
+def test_missing_adapter_weight_is_an_error(tiny_dir, tmp_path, which):
+    build(tiny_dir).save_pretrained(tmp_path)
+    adapter_file = tmp_path / "adapter" / "adapter_model.safetensors"
+    state = load_file(adapter_file)
+    state.pop(next(k for k in state if ("lora_B" if which == "lora" else "trainable_tokens") in k))
+    save_file(state, adapter_file)
+    with pytest.raises(LoadingError, match="missing adapter weight"):  # peft alone only warns (or a bare KeyError)
+        DNALLMForConditionalGeneration.from_pretrained(tmp_path)
+
+
+def test_a_checkpoint_without_its_adapter_folder_is_an_error(tiny_dir, tmp_path):
+    build(tiny_dir).save_pretrained(tmp_path)
+    assert DNALLMConfig.from_pretrained(tmp_path).has_adapter
+    shutil.rmtree(tmp_path / "adapter")
+    with pytest.raises(LoadingError, match="the config records a LoRA adapter, but adapter/ is missing"):
+        DNALLMForConditionalGeneration.from_pretrained(tmp_path)
+
+
+def test_a_relative_component_path_missing_next_to_the_checkpoint_is_an_error(tiny_dir, tmp_path, monkeypatch):
+    """A checkpoint that names its encoder `../encoder` and is copied without it must not pick up a folder of that
+    name under the current directory."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_dir / "encoder", run / "encoder")
+    shutil.copytree(tiny_dir / "text-model", run / "text-model")
+    (run / "model").mkdir()
+    cfg = DNALLMConfig(dna_config={"encoder_type": "genos", "encoder_name_or_path": "../encoder"},
+                       text_model_name_or_path="../text-model", projector_stride=32, lora_r=4, lora_alpha=8)
+    model = DNALLMForConditionalGeneration.build(cfg, base_dir=run / "model")
+    model.add_lora()
+    model.save_pretrained(run / "model")
+    DNALLMForConditionalGeneration.from_pretrained(run / "model")  # loads with its neighbours
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(run / "model", moved / "model")  # the checkpoint alone
+    monkeypatch.chdir(run / "model")  # ../encoder from here is the run's encoder: it must not be taken
+    with pytest.raises(FileNotFoundError, match=r"'\.\./encoder', relative to the checkpoint .*copy/model, does not exist"):
+        DNALLMForConditionalGeneration.from_pretrained(moved / "model")
 
 
 def test_linear_projector_stride_one_is_bioreason_parity(tiny_dir, records):
