@@ -232,8 +232,9 @@ def probe_metrics(encoder, train_records, records, split: str, cache_dir: str | 
     from dnallm.data import load_kegg
     from dnallm.probe import run_probe
 
-    result = run_probe(encoder, train_records, load_kegg(selection_split(split)), records, batch_size=batch_size,
-                       cache_dir=cache_dir, progress=progress)
+    window = len(records["ref_window"][0])  # the probe's train and val windows are cut to the evaluated rows' size
+    result = run_probe(encoder, train_records, load_kegg(selection_split(split), window=window), records,
+                       batch_size=batch_size, cache_dir=cache_dir, progress=progress)
     return {**_scored(list(records["label"]), "DNA only (frozen encoder)", result["predicted"],
                       result["probabilities"]),
             "probe": {k: result[k] for k in ("feature_set", "C", "val_accuracy", "pooling", "layer", "seconds",
@@ -290,6 +291,13 @@ def _run_with_controls(model, records, controls, progress, options: dict, contro
     return main, control_runs, control_metrics
 
 
+def _check_windows(records, window: int, what: str) -> None:
+    lengths = {len(w) for w in records["ref_window"]} | {len(w) for w in records["variant_window"]}
+    if lengths != {window}:
+        raise ValueError(f"{what}: the records hold windows of {sorted(lengths)} bp, but the model reads {window} bp "
+                         f"windows (config.dna_config.window_size); load them with load_kegg(..., window={window})")
+
+
 def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: int = 16,
                    max_new_tokens: int = 1024, progress=None, *, generate: bool = True, score: bool = True,
                    controls: tuple[str, ...] = (), train_records=None, threshold: float = ABSTAIN_THRESHOLD,
@@ -316,10 +324,7 @@ def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: 
     if not (generate or score):
         raise ValueError("nothing to evaluate: enable generate and/or score")
     window = model.config.dna_config.window_size
-    lengths = {len(w) for w in records["ref_window"]} | {len(w) for w in records["variant_window"]}
-    if lengths != {window}:
-        raise ValueError(f"{split}: the records hold windows of {sorted(lengths)} bp, but the model reads {window} bp "
-                         f"windows (config.dna_config.window_size); load them with load_kegg(..., window={window})")
+    _check_windows(records, window, split)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -357,7 +362,8 @@ def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: 
     if train_records is None:
         trained_on = training_split(split)
         name, view = split_spec(trained_on)
-        train_records = load_kegg(name, view=view)
+        train_records = load_kegg(name, view=view, window=window)
+    _check_windows(train_records, window, f"the baselines' training records ({trained_on})")
     metrics["baselines"] = baseline_metrics(train_records, records)
     if probe:
         metrics["baselines"]["encoder alone"] = probe_metrics(model.dna_encoder, train_records, records, split,

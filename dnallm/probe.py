@@ -11,7 +11,7 @@ yardstick for any change to the encoder, its layer or its pretraining: the LLM c
 cannot find.
 
 Pooled vectors are computed once per distinct window (many KEGG windows repeat) and can be kept on disk
-(`cache_dir`), keyed by the encoder's fingerprint, so a real encoder on a GPU runs once per data set.
+(`cache_dir`), keyed by the encoder's architecture and weights (`encoder_key`), so a real encoder on a GPU runs once per data set.
 """
 
 from __future__ import annotations
@@ -32,8 +32,18 @@ def _digest(obj, length: int) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
 
 
+@torch.no_grad()
+def encoder_key(encoder) -> dict:
+    """What cached states and fitted probes are keyed by: the architecture (`fingerprint`) and the weights (per
+    tensor, the float64 sum and sum of squares). The fingerprint alone is shared by two pretrainings of one layout,
+    and the second would read the first one's vectors."""
+    weights = [(name, float(t.double().sum()), float(t.double().square().sum()))
+               for name, t in encoder.state_dict().items()]
+    return {**encoder.fingerprint, "weights": _digest(weights, 16)}
+
+
 def _cache_path(encoder, cache_dir: str | Path) -> Path:
-    return Path(cache_dir) / f"pooled-{encoder.name}-{_digest(encoder.fingerprint, 12)}.npz"
+    return Path(cache_dir) / f"pooled-{encoder.name}-{_digest(encoder_key(encoder), 12)}.npz"
 
 
 def _load_pooled(path: Path | None) -> dict[str, np.ndarray]:
@@ -114,7 +124,7 @@ def run_probe(encoder, train_records, val_records, eval_records, feature_sets=FE
     # second split scored against the same train/val (test, then hard-test) skips the nine fits.
     fitted_path = None
     if cache_dir is not None:
-        key = _digest([encoder.fingerprint, list(feature_sets), list(c_grid)] + [
+        key = _digest([encoder_key(encoder), list(feature_sets), list(c_grid)] + [
             list(ds[col]) for ds in (train_records, val_records) for col in ("ref_window", "variant_window", "label")],
             16)
         fitted_path = Path(cache_dir) / f"probe-{encoder.name}-{key}.joblib"

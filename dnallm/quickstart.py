@@ -199,7 +199,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
         name, view = split_spec(split)
         # Controls in score mode only: on 2 CPU cores each generation pass costs a minute or more.
         # Baselines and the probe train on the matching training split (cut like the rest in smoke runs).
-        train_records = take(load_kegg(*split_spec(training_split(split)))) if limit else None
+        train_records = take(load_kegg(*split_spec(training_split(split)), window=window)) if limit else None
         evaluations[split] = evaluate_split(
             best, take(load_kegg(name, view=view, window=window)), split, out / "eval" / split, batch_size=preset["eval"]["batch_size"],
             max_new_tokens=preset["eval"]["max_new_tokens"], controls=("text-only", "shuffled-dna"),

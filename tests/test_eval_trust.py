@@ -279,3 +279,39 @@ def test_cli_eval_writes_metrics_predictions_report_and_pngs(quickstart_dir, tmp
     assert "generated" not in json.loads(open(tmp_path / "s" / "predictions.jsonl").readline())
     res = runner.invoke(app, ["eval", "--model", str(model), "--split", "grouped-nothing"])
     assert res.exit_code == 2 and "unknown split" in res.output
+
+
+def test_baselines_and_probe_read_windows_of_the_models_size(tiny_dir, tmp_path, monkeypatch):
+    """A model reading 512 bp windows: the baselines train on, and the probe selects on, 512 bp windows too."""
+    import dnallm.baselines
+    import dnallm.probe
+    from dnallm.configuration import DNALLMConfig
+    from dnallm.evaluation import evaluate_split
+    from dnallm.modeling import DNALLMForConditionalGeneration
+
+    cfg = DNALLMConfig(dna_config={"encoder_type": "genos", "encoder_name_or_path": str(tiny_dir / "encoder"),
+                                   "window_size": 512},
+                       text_model_name_or_path=str(tiny_dir / "text-model"), projector_stride=32, lora_r=4)
+    model = DNALLMForConditionalGeneration.build(cfg).eval()
+    seen = {}
+    real_baselines, real_probe = dnallm.baselines.run_baselines, dnallm.probe.run_probe
+
+    def baselines(train, rows):
+        seen["baselines"] = {len(w) for w in train["variant_window"]}
+        return real_baselines(train.select(range(0, len(train), 20)), rows)
+
+    def probe(encoder, train, val, rows, **kwargs):
+        seen["probe"] = [{len(w) for w in ds["ref_window"]} for ds in (train, val, rows)]
+        return real_probe(encoder, train.select(range(0, len(train), 20)), val.select(range(0, len(val), 8)), rows,
+                          **kwargs)
+
+    monkeypatch.setattr(dnallm.baselines, "run_baselines", baselines)
+    monkeypatch.setattr(dnallm.probe, "run_probe", probe)
+    rows = load_kegg("test", window=512).select(range(4))
+    metrics = evaluate_split(model, rows, "test", tmp_path / "eval", generate=False, report=False)
+    assert seen == {"baselines": {512}, "probe": [{512}, {512}, {512}]}
+    assert metrics["baselines_trained_on"] == "train (n=1159)"
+    with pytest.raises(ValueError, match=r"the baselines' training records \(given records\): the records hold "
+                                         r"windows of \[1024\] bp, but the model reads 512 bp"):
+        evaluate_split(model, rows, "test", tmp_path / "eval2", generate=False, report=False, probe=False,
+                       train_records=load_kegg("train").select(range(8)))

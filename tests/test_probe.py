@@ -52,6 +52,25 @@ def test_states_cached_for_training_feed_the_probe_without_a_second_encoder_pass
         np.testing.assert_allclose(pooled[w], expected[w], rtol=0, atol=1e-6)
 
 
+def test_an_encoder_of_the_same_layout_with_other_weights_never_reads_the_cached_states(shipped_encoder, tmp_path):
+    """Two pretrainings of one layout share the fingerprint; the cache must tell them apart by their weights."""
+    import torch
+
+    windows = list(load_kegg("test").select(range(3))["ref_window"])
+    pooled = pooled_window_states(shipped_encoder, windows, cache_dir=tmp_path)
+    other = build_encoder("genos", str(SHIPPED_STAND_INS / "encoder"), layer=shipped_encoder.layer)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert other.fingerprint == shipped_encoder.fingerprint
+    fresh = pooled_window_states(other, windows)  # no cache
+    cached = pooled_window_states(other, windows, cache_dir=tmp_path)
+    for w in windows:
+        assert not np.allclose(fresh[w], pooled[w], atol=1e-3)  # the two encoders do differ
+        np.testing.assert_allclose(cached[w], fresh[w], rtol=0, atol=1e-6)
+    assert len(list(tmp_path.glob("pooled-*.npz"))) == 2
+
+
 def test_feature_sets():
     ds = load_kegg("test").select(range(2))
     pooled = {w: np.full(2, float(i)) for i, w in enumerate(list(ds["ref_window"]) + list(ds["variant_window"]))}
