@@ -203,12 +203,19 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
             if thinking and (answer_weight != 1.0 or mention_weight != 1.0):
                 example["label_weights"] = _reasoning_weights(proc.tokenizer, example, target, r["label"],
                                                               answer_weight, mention_weight)
-            if len(example["input_ids"]) > max_length:
-                raise ValueError(f"row {r.get('row')}: {len(example['input_ids'])} tokens exceed max_length {max_length}")
+            _check_length(example, r, max_length)
             out += [example] * copies
         for k in range(_copies(distractor_answers, view, f"distractor-{i}")):
-            out.append(_distractor_example(proc, r, windows, tails, random.Random(f"{i}-{k}"), answer_weight))
+            example = _distractor_example(proc, r, windows, tails, random.Random(f"{i}-{k}"), answer_weight)
+            out.append(_check_length(example, r, max_length, "distractor example"))
     return out
+
+
+def _check_length(example: dict, record: dict, max_length: int, kind: str = "example") -> dict:
+    if len(example["input_ids"]) > max_length:  # SFTConfig.max_length: an error, never a silent cut
+        raise ValueError(f"row {record.get('row')}: {kind} of {len(example['input_ids'])} tokens exceeds max_length "
+                         f"{max_length}")
+    return example
 
 
 def _reasoning_tails(records, steps: int = 2) -> list[tuple[str, str]]:

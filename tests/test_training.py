@@ -82,6 +82,19 @@ def test_examples_per_view_follow_the_thinking_and_direct_settings(tiny_dir):
     assert len(encode_examples(model, records, 8192)) == 6
 
 
+def test_an_example_longer_than_max_length_is_an_error_for_distractors_too(tiny_dir):
+    from dnallm.data import load_kegg
+    from dnallm.training import encode_examples
+    from test_model import build
+
+    model = build(tiny_dir)
+    records = load_kegg("val").select(range(4))
+    with pytest.raises(ValueError, match=r"row 0: example of \d+ tokens exceeds max_length 200"):
+        encode_examples(model, records, 200)
+    with pytest.raises(ValueError, match=r"row 0: distractor example of \d+ tokens exceeds max_length 200"):
+        encode_examples(model, records, 200, thinking_answers=False, distractor_answers=1)
+
+
 def test_fractional_copies_give_a_fixed_share_of_the_records_one_more_example(tiny_dir):
     """thinking_answers {kegg: 0.5}: a fixed half of the records get their reasoning example (the same records in
     every call), the others none; 1.5 direct copies: one for every record, a second for about half of them."""

@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="SFT checkpoint folder")
     parser.add_argument("--config", required=True, help="YAML preset with a grpo: section")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N training rows")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N training rows of each view")
     parser.add_argument("--micro-batch-size", type=int, default=None,
                         help="sequences per policy forward/backward (overrides the preset's grpo.micro_batch_size)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last (same as grpo.resume: true)")
@@ -40,9 +40,8 @@ def main() -> None:
     if cuda:  # one GPU per rank under torchrun
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     model.to(f"cuda:{torch.cuda.current_device()}" if cuda else "cpu")
-    records = load_views("train", training_views(preset), window=model.config.dna_config.window_size)  # windows it was trained on
-    if args.limit:
-        records = records.select(range(args.limit))
+    # the windows it was trained on; --limit cuts each view (a cut of the joined views would keep the first alone)
+    records = load_views("train", training_views(preset), window=model.config.dna_config.window_size, limit=args.limit)
     grpo_train(model, records, cfg, args.out, reference_adapter=Path(args.model) / ADAPTER_DIR if cfg.beta else None)
 
 
