@@ -203,6 +203,18 @@ def test_vcf_out_copies_a_line_with_padded_columns(tmp_path):
     assert (out.chrom, out.pos, out.info["DNALLM_LABEL"]) == ("chr1", 300, (KEGG_LABELS[3].replace(" ", "_"),))
 
 
+def test_a_second_run_on_an_output_being_written_is_refused(files, tmp_path):
+    from dnallm.variants.batch import output_lock
+
+    d, _ = files
+    out = tmp_path / "out.tsv"
+    with output_lock(out):  # as a run in another process holds it
+        with pytest.raises(RuntimeError, match=r"out\.tsv is being written by another process \(it holds "
+                                               r"out\.tsv\.lock\); wait for it to finish, or stop it"):
+            explain_file(d / "in.vcf", d / "genome.fa", tmp_path / "no-model", out, resume=True, progress=False)
+    assert not (tmp_path / "out.tsv.lock").exists() and not out.exists()
+
+
 # ---- with the model -------------------------------------------------------------------------------------------
 
 def test_explain_variant_by_coordinates_equals_by_sequences(quickstart_dir, files):

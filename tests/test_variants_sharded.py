@@ -111,6 +111,64 @@ def test_resume_after_a_worker_is_killed_equals_an_uninterrupted_run_and_needs_t
     assert res.exit_code == 2 and "resume it with --devices 1" in flat(res.output)
 
 
+# Every worker notes its pid and then takes 5 s a row, so that the run is still going when it is stopped (and
+# workers that outlive their parent are still writing when the test looks).
+SLOW_WORKERS = """
+import os, time
+if os.environ.get("SLOW_ROWS_PIDS"):
+    import dnallm.variants.batch as batch
+    real_append = batch._append
+    def append(f, text):
+        with open(os.environ["SLOW_ROWS_PIDS"], "a") as pids:
+            pids.write(f"{os.getpid()}\\n")
+        real_append(f, text)
+        time.sleep(5.0)
+    batch._append = append
+"""
+
+
+@pytest.mark.slow  # a 2-worker run, stopped, then resumed
+def test_workers_exit_with_a_terminated_parent_and_the_resume_finishes_the_run(quickstart_dir, files, tmp_path):
+    """SIGTERM to the parent runs no `finally`: the workers must notice and exit, or they write on into the part
+    files that the --resume also writes (records twice, a run that can no longer be merged)."""
+    import signal
+    import time
+
+    out, _ = quickstart_dir
+    d, _ = files
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(SLOW_WORKERS)
+    args = ["--vcf", str(d / "in.vcf"), "--fasta", str(d / "genome.fa"), "--model", str(out / "model"),
+            "--batch-size", "2", "--no-progress", "--out", str(tmp_path / "out.tsv"), "--devices", "2"]
+    explain_file(d / "in.vcf", d / "genome.fa", out / "model", tmp_path / "one.tsv", batch_size=2, progress=False)
+    pids = tmp_path / "pids.txt"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (ROOT, tmp_path / "hook"))), "SLOW_ROWS_PIDS": str(pids)}
+    parent = subprocess.Popen([sys.executable, "-m", "dnallm.cli", "explain", *args], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (pids.exists() and len(set(pids.read_text().split())) == 2):
+        time.sleep(0.2)
+    workers = set(pids.read_text().split())
+    assert len(workers) == 2 and parent.poll() is None
+    parent.send_signal(signal.SIGTERM)
+    parent.wait(timeout=30)
+
+    def alive(pid: str) -> bool:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie has exited
+
+    deadline = time.time() + 15
+    while time.time() < deadline and any(alive(p) for p in workers):
+        time.sleep(0.2)
+    assert not any(alive(p) for p in workers), "workers outlived their terminated parent"
+    resumed = run_cli(args + ["--resume"])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert (tmp_path / "out.tsv").read_bytes() == (tmp_path / "one.tsv").read_bytes()
+
+
 def test_devices_beyond_the_gpus_are_refused_and_cpu_workers_share_the_cores(files, tmp_path, monkeypatch):
     d, _ = files
     assert worker_devices(2) == (["cpu", "cpu"], max(1, (os.cpu_count() or 1) // 2))

@@ -15,7 +15,7 @@ import os
 import re
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, ContextManager
 
@@ -109,6 +109,27 @@ def write_meta(out: Path, meta: dict) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def output_lock(out: Path):
+    """Exclusive use of OUT while a run writes it: a second run on the same output (or a --resume while a killed
+    run's workers still write) is refused instead of appending the same records twice. An flock on OUT.lock,
+    released (and the file removed) on exit, and by the kernel if the process dies."""
+    import fcntl
+
+    lock_path = out.with_name(out.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"{out} is being written by another process (it holds {lock_path.name}); wait for "
+                               "it to finish, or stop it, then rerun with --resume") from None
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+
+
 def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path, fmt: str | None = None,
                  vcf_out: str | Path | None = None, resume: bool = False, batch_size: int = 8, mode: str = "score",
                  max_new_tokens: int = 1024, progress: bool = True, dtype: str = "auto", contrast: bool = False,
@@ -154,96 +175,97 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
             "dtype": None if isinstance(model, DNALLMForConditionalGeneration) else dtype}
     if shard is not None:  # a part file resumes only as the same shard of the same number of devices
         meta["shard"] = f"{shard[0]} of {shard[1]}"
-    meta_path = meta_file(out)
-    genome, total = open_input(variants, fmt, fasta)
+    with output_lock(out):
+        meta_path = meta_file(out)
+        genome, total = open_input(variants, fmt, fasta)
 
-    done: list[str] = []
-    if out.exists() and out.stat().st_size and not resume:
-        raise FileExistsError(f"{out} exists: pass --resume to continue it, or remove it")
-    if resume and out.exists():
-        old = json.loads(meta_path.read_text()) if meta_path.exists() else None
-        if old is None:
-            raise ValueError(f"cannot resume {out}: {meta_path.name} (the settings it was written with) is missing")
-        diff = {key: (old.get(key), value) for key, value in meta.items() if old.get(key) != value}
-        if diff:
-            raise ValueError(f"cannot resume {out}: it was written with other settings "
-                             f"({'; '.join(f'{k}: {a!r} then, {b!r} now' for k, (a, b) in diff.items())})")
-        done = _resume_keys(out)
-    if not done:
-        write_meta(out, meta)
-    t_load = time.perf_counter()
-    if not isinstance(model, DNALLMForConditionalGeneration):
-        model = load_model(model_name, device=device, dtype=dtype)
-    load_s = time.perf_counter() - t_load
-    window = model.config.dna_config.window_size
-    if encoder_dll:  # an encoder without its LM head fails now, not at the first good record
-        model.dna_encoder.require_lm_head()
-
-    stats = {"records": total, "skipped": len(done), "written": 0, "errors": 0, "padded": 0}
-    bar = tqdm(total=total, initial=len(done), unit="variant", desc=f"explain ({mode})", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
-    t0 = time.perf_counter()
-    records = read_variants(variants, fmt)
-    if shard is not None and on_progress is not None:
-        on_progress(len(done), total)
-    with open(out, "a" if done else "w", encoding="utf-8") as f:
+        done: list[str] = []
+        if out.exists() and out.stat().st_size and not resume:
+            raise FileExistsError(f"{out} exists: pass --resume to continue it, or remove it")
+        if resume and out.exists():
+            old = json.loads(meta_path.read_text()) if meta_path.exists() else None
+            if old is None:
+                raise ValueError(f"cannot resume {out}: {meta_path.name} (the settings it was written with) is missing")
+            diff = {key: (old.get(key), value) for key, value in meta.items() if old.get(key) != value}
+            if diff:
+                raise ValueError(f"cannot resume {out}: it was written with other settings "
+                                 f"({'; '.join(f'{k}: {a!r} then, {b!r} now' for k, (a, b) in diff.items())})")
+            done = _resume_keys(out)
         if not done:
-            _append(f, "\t".join(OUT_COLUMNS) + "\n")
-        index = 0  # records of this run's chunks so far (all chunks unless sharded)
-        for k in itertools.count():
-            chunk = []
-            for rec in records:
-                chunk.append(rec)
-                if len(chunk) == batch_size:
+            write_meta(out, meta)
+        t_load = time.perf_counter()
+        if not isinstance(model, DNALLMForConditionalGeneration):
+            model = load_model(model_name, device=device, dtype=dtype)
+        load_s = time.perf_counter() - t_load
+        window = model.config.dna_config.window_size
+        if encoder_dll:  # an encoder without its LM head fails now, not at the first good record
+            model.dna_encoder.require_lm_head()
+
+        stats = {"records": total, "skipped": len(done), "written": 0, "errors": 0, "padded": 0}
+        bar = tqdm(total=total, initial=len(done), unit="variant", desc=f"explain ({mode})", file=sys.stderr,
+                   disable=not progress, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        records = read_variants(variants, fmt)
+        if shard is not None and on_progress is not None:
+            on_progress(len(done), total)
+        with open(out, "a" if done else "w", encoding="utf-8") as f:
+            if not done:
+                _append(f, "\t".join(OUT_COLUMNS) + "\n")
+            index = 0  # records of this run's chunks so far (all chunks unless sharded)
+            for k in itertools.count():
+                chunk = []
+                for rec in records:
+                    chunk.append(rec)
+                    if len(chunk) == batch_size:
+                        break
+                if not chunk:
                     break
-            if not chunk:
-                break
-            if shard is not None and k % shard[1] != shard[0]:
-                continue  # another device's chunk
-            keys = [r.key for r in chunk]
-            seen = done[index:index + len(chunk)]
-            if seen != keys[:len(seen)]:
-                theirs, ours = next((a, b) for a, b in zip(seen, keys) if a != b)
-                raise ValueError(f"cannot resume {out}: it holds record {theirs} where the input has {ours} "
-                                 "(was the input changed?)")
-            index += len(chunk)
-            if len(seen) == len(chunk):
-                continue
-            rows: list[dict | None] = [None] * len(chunk)
-            todo = []  # (i, question, windows): the whole chunk is asked, so batches match an uninterrupted run
-            for i, rec in enumerate(chunk):
-                if rec.error:
-                    rows[i] = _result_row(rec)
+                if shard is not None and k % shard[1] != shard[0]:
+                    continue  # another device's chunk
+                keys = [r.key for r in chunk]
+                seen = done[index:index + len(chunk)]
+                if seen != keys[:len(seen)]:
+                    theirs, ours = next((a, b) for a, b in zip(seen, keys) if a != b)
+                    raise ValueError(f"cannot resume {out}: it holds record {theirs} where the input has {ours} "
+                                     "(was the input changed?)")
+                index += len(chunk)
+                if len(seen) == len(chunk):
                     continue
-                question = rec.question or build_question(rec.gene, rec.chrom, rec.network, rec.pathway_genes)
-                try:
-                    w = genome.windows(rec.chrom, rec.pos, rec.ref, rec.alt, where=rec.where, window=window)
-                except VariantError as e:
-                    rows[i] = _result_row(rec, question=question, error=str(e))
-                    continue
-                todo.append((i, question, w))
-            with batch_lock() if batch_lock is not None else nullcontext():
-                explanations = explain_many(model, [q for _, q, _ in todo],
-                                            [(w.reference, w.variant) for _, _, w in todo], mode=mode,
-                                            max_new_tokens=max_new_tokens, k=3, batch_size=batch_size,
-                                            contrast=contrast, encoder_dll=encoder_dll)
-            for (i, question, w), ex in zip(todo, explanations):
-                rows[i] = _result_row(chunk[i], question=question, windows=w, explanation=ex)
-            for row in rows[len(seen):]:
-                _append(f, _format_row(row))
-                stats["written"] += 1
-                stats["errors"] += bool(row["error"])
-                stats["padded"] += bool(row.get("padded"))
-                bar.update(1)
-                if on_progress is not None:
-                    on_progress(len(done) + stats["written"], total)
-    bar.close()
-    if index < len(done):
-        raise ValueError(f"cannot resume {out}: it holds {len(done)} records, the input only {index} "
-                         "(was the input changed?)")
-    seconds = time.perf_counter() - t0
-    stats.update(seconds=round(seconds, 3), model_load_seconds=round(load_s, 3),
-                 variants_per_second=round(stats["written"] / seconds, 3) if seconds > 0 else None)
-    if vcf_out is not None:
-        stats["vcf_lines_dropped"] = write_vcf_out(variants, out, vcf_out)
-    return stats
+                rows: list[dict | None] = [None] * len(chunk)
+                todo = []  # (i, question, windows): the whole chunk is asked, so batches match an uninterrupted run
+                for i, rec in enumerate(chunk):
+                    if rec.error:
+                        rows[i] = _result_row(rec)
+                        continue
+                    question = rec.question or build_question(rec.gene, rec.chrom, rec.network, rec.pathway_genes)
+                    try:
+                        w = genome.windows(rec.chrom, rec.pos, rec.ref, rec.alt, where=rec.where, window=window)
+                    except VariantError as e:
+                        rows[i] = _result_row(rec, question=question, error=str(e))
+                        continue
+                    todo.append((i, question, w))
+                with batch_lock() if batch_lock is not None else nullcontext():
+                    explanations = explain_many(model, [q for _, q, _ in todo],
+                                                [(w.reference, w.variant) for _, _, w in todo], mode=mode,
+                                                max_new_tokens=max_new_tokens, k=3, batch_size=batch_size,
+                                                contrast=contrast, encoder_dll=encoder_dll)
+                for (i, question, w), ex in zip(todo, explanations):
+                    rows[i] = _result_row(chunk[i], question=question, windows=w, explanation=ex)
+                for row in rows[len(seen):]:
+                    _append(f, _format_row(row))
+                    stats["written"] += 1
+                    stats["errors"] += bool(row["error"])
+                    stats["padded"] += bool(row.get("padded"))
+                    bar.update(1)
+                    if on_progress is not None:
+                        on_progress(len(done) + stats["written"], total)
+        bar.close()
+        if index < len(done):
+            raise ValueError(f"cannot resume {out}: it holds {len(done)} records, the input only {index} "
+                             "(was the input changed?)")
+        seconds = time.perf_counter() - t0
+        stats.update(seconds=round(seconds, 3), model_load_seconds=round(load_s, 3),
+                     variants_per_second=round(stats["written"] / seconds, 3) if seconds > 0 else None)
+        if vcf_out is not None:
+            stats["vcf_lines_dropped"] = write_vcf_out(variants, out, vcf_out)
+        return stats

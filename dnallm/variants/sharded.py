@@ -52,6 +52,7 @@ def _worker(rank: int, n: int, device: str, threads: int, kwargs: dict, messages
 
     from dnallm.variants.batch import explain_file
 
+    _exit_with_parent()
     torch.set_num_threads(threads)
     try:
         stats = explain_file(shard=(rank, n), device=device, progress=False,
@@ -60,6 +61,18 @@ def _worker(rank: int, n: int, device: str, threads: int, kwargs: dict, messages
         messages.put(("error", rank, f"device {rank} ({device}): {type(e).__name__}: {e}"))
         sys.exit(1)
     messages.put(("done", rank, stats))
+
+
+def _exit_with_parent() -> None:
+    """Exit when the parent process does. A parent stopped by SIGTERM or SIGKILL runs no `finally`, and its workers
+    would write on into the part files while a --resume starts new ones on the same files."""
+    import multiprocessing
+    import threading
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=lambda: (wait([parent.sentinel]), os._exit(1)), daemon=True).start()
 
 
 def _existing_parts(out: Path) -> dict[int, list[Path]]:
