@@ -291,3 +291,29 @@ def test_grpo_entry_point_runs_on_two_ranks(tiny_dir, tmp_path):
     result = json.loads((tmp_path / "out" / "grpo_log.json").read_text())
     assert result["finished"] and result["log"][0]["ranks"] == 2
     DNALLMForConditionalGeneration.from_pretrained(tmp_path / "out")  # rank 0 saved a loadable checkpoint
+
+
+def test_the_grpo_entry_point_limit_cuts_each_training_view(tiny_dir, tmp_path, monkeypatch):
+    """`train/grpo.py --limit N` keeps N rows of every view of the preset's mix (the rows GRPO would train on are
+    captured at grpo_train; the training itself is tested above)."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    import dnallm.grpo
+
+    build(tiny_dir).save_pretrained(tmp_path / "sft")
+    preset = {"model": {"dna_config": {"encoder_type": "genos", "encoder_name_or_path": str(tiny_dir / "encoder")},
+                        "text_model_name_or_path": str(tiny_dir / "text-model")},
+              "data": {"views": {"kegg": 1.0, "kegg_hard": 1.0}}, "grpo": {"steps": 1}}
+    (tmp_path / "preset.yaml").write_text(yaml.safe_dump(preset))
+    seen = []
+    monkeypatch.setattr(dnallm.grpo, "grpo_train", lambda model, records, cfg, out, **kw: seen.append(records))
+    monkeypatch.setattr(sys, "argv", ["grpo.py", "--model", str(tmp_path / "sft"), "--config",
+                                      str(tmp_path / "preset.yaml"), "--out", str(tmp_path / "out"), "--limit", "3"])
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "train/grpo.py"), run_name="__main__")
+    (records,) = seen
+    assert list(records["view"]) == ["kegg"] * 3 + ["kegg_hard"] * 3
+    assert list(records["row"]) == [0, 1, 2] * 2
