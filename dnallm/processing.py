@@ -87,6 +87,11 @@ class DNALLMProcessor:
         thinking=False: Qwen3 non-thinking mode; the template closes an empty think block and the model
         answers directly (used for direct-answer training examples and label scoring).
         """
+        # A question is plain text: a control token in it (`<|im_end|>`, `<|dna_pad|>`, `<think>`, ...) would be read
+        # as one and rewrite the chat turns or the DNA placeholders; callers of the app and the MCP server send it.
+        injected = sorted(t for t in self.tokenizer.get_added_vocab() if t in question)
+        if injected:
+            raise ValueError(f"the question contains the control token(s) {injected}; a question is plain text")
         pad = self.dna_pad_token if self.include_dna else None
         messages = [{"role": "user", "content": format_user_message(question, pad)}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
