@@ -49,7 +49,7 @@ def _resolve(name_or_path: str, base: Path | None) -> str:
         return name_or_path
     if (base / name_or_path).exists():
         return str((base / name_or_path).resolve())
-    if Path(name_or_path).parts[:1] in ((".",), ("..",)) or name_or_path.startswith(("./", "../")):
+    if name_or_path.split("/")[0] in (".", ".."):
         raise FileNotFoundError(f"{name_or_path!r}, relative to the checkpoint {base}, does not exist ({base / name_or_path}"
                                 "); copy it along with the checkpoint, or point the config at it "
                                 "(from_pretrained(..., dna_config={'encoder_name_or_path': ...}) or "

@@ -36,10 +36,13 @@ def _digest(obj, length: int) -> str:
 def encoder_key(encoder) -> dict:
     """What cached states and fitted probes are keyed by: the architecture (`fingerprint`) and the weights (per
     tensor, the float64 sum and sum of squares). The fingerprint alone is shared by two pretrainings of one layout,
-    and the second would read the first one's vectors."""
-    weights = [(name, float(t.double().sum()), float(t.double().square().sum()))
-               for name, t in encoder.state_dict().items()]
-    return {**encoder.fingerprint, "weights": _digest(weights, 16)}
+    and the second would read the first one's vectors. The weights digest is taken once per encoder object (a
+    frozen encoder's weights do not change; a real one's are gigabytes, and a probe run asks for the key thrice)."""
+    if not hasattr(encoder, "_weights_digest"):
+        weights = [(name, float(t.double().sum()), float(t.double().square().sum()))
+                   for name, t in encoder.state_dict().items()]
+        encoder._weights_digest = _digest(weights, 16)
+    return {**encoder.fingerprint, "weights": encoder._weights_digest}
 
 
 def _cache_path(encoder, cache_dir: str | Path) -> Path:
