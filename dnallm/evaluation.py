@@ -6,7 +6,7 @@ One harness (`run_inputs`) answers a list of questions with DNA windows in two m
 The main evaluation and every control go through it; only their inputs differ (`control_inputs`):
   text-only      the prompt without the two sequence lines and no DNA inputs;
   dna-only       the question replaced by the kegg_hard sentence (skipped when it already is);
-  shuffled-dna   another record's windows (a fixed derangement of the rows);
+  shuffled-dna   another record's windows (a fixed permutation: no row keeps its own windows);
   ref-as-variant the reference window given as both reference and variant.
 Metrics: accuracy with a 95 % Wilson interval and macro-F1 over the labels present (an unparseable answer counts as
 wrong), a per-label precision/recall/F1 table, ECE (15 bins) of the label probabilities, and accuracy when
@@ -120,6 +120,25 @@ def derangement(n: int, seed: int = 0) -> list[int]:
     return perm
 
 
+def derange_by_content(items: list, seed: int = 0) -> list[int]:
+    """A fixed permutation under which no position gets an item equal to its own (where that can be done).
+
+    `derangement` moves every row, but two rows can hold the same windows (one variant asked two questions), so a
+    row could still be given its own DNA. Each such row swaps its source with the first row where the swap gives both
+    a different item. Raises if one item fills more than half the rows (no such permutation may exist)."""
+    perm = derangement(len(items), seed)
+    for i in range(len(items)):
+        if items[perm[i]] != items[i]:
+            continue
+        for k in range(len(items)):
+            if items[perm[k]] != items[i] and items[perm[i]] != items[k]:
+                perm[i], perm[k] = perm[k], perm[i]
+                break
+        else:
+            raise ValueError(f"cannot give row {i} another row's windows: most rows hold the same windows")
+    return perm
+
+
 def control_inputs(records, control: str | None = None) -> tuple[list[str], list[tuple[str, ...]]]:
     """Questions and per-record windows for the main evaluation (control=None) or one control.
 
@@ -136,7 +155,7 @@ def control_inputs(records, control: str | None = None) -> tuple[list[str], list
     if control == "dna-only":
         return [HARD_QUESTION] * len(questions), windows
     if control == "shuffled-dna":
-        return questions, [windows[j] for j in derangement(len(windows))]
+        return questions, [windows[j] for j in derange_by_content(windows)]
     if control == "ref-as-variant":
         return questions, [(ref, ref) for ref, _ in windows]
     raise ValueError(f"unknown control {control!r}; expected one of {CONTROLS}")

@@ -100,7 +100,7 @@ def write_report(metrics: dict, out_dir: str | Path, gold: list[str], predicted:
     if metrics.get("controls"):
         lines += ["Controls: *text-only* = prompt without the sequence lines, no DNA; *dna-only* = question replaced "
                   "by “What disease does this contribute to?”; *shuffled-dna* = another record's windows (fixed "
-                  "derangement); *ref-as-variant* = the reference window as both sequences.", ""]
+                  "permutation; no row keeps its own); *ref-as-variant* = the reference window as both sequences.", ""]
         unchanged = {c: r["inputs_unchanged"] for c, r in metrics["controls"].items() if r.get("inputs_unchanged")}
         if unchanged:
             lines += [f"Rows whose control input equals the main input (e.g. a donor with identical windows): "

@@ -12,7 +12,8 @@ from dnallm.calibration import expected_calibration_error, reliability_bins
 from dnallm.cli import app
 from dnallm.data import GROUPED_SPLITS, HARD_QUESTION, SPLITS, load_kegg
 from dnallm.evaluation import (CONTROLS, abstain_metrics, calibration_metrics, classification_metrics,
-                               control_inputs, derangement, per_label_table, run_inputs, top_k_accuracy)
+                               control_inputs, derange_by_content, derangement, per_label_table, run_inputs,
+                               top_k_accuracy)
 from dnallm.labels import KEGG_LABELS, LABEL_TO_ID
 from dnallm.splits import assignments_csv, assignments_path, grouped_assignments
 
@@ -172,6 +173,17 @@ def test_derangement_has_no_fixed_point_and_is_fixed(n):
     assert perm == derangement(n)
 
 
+def test_shuffled_dna_gives_no_row_its_own_windows():
+    """Two test rows hold the same windows: a plain derangement of the rows gave one of them its own DNA."""
+    test = load_kegg("test")
+    windows = list(zip(test["ref_window"], test["variant_window"]))
+    _, shuffled = control_inputs(test, "shuffled-dna")
+    assert sorted(shuffled) == sorted(windows)
+    assert all(mine != given for mine, given in zip(windows, shuffled))
+    with pytest.raises(ValueError, match="cannot give row"):
+        derange_by_content(["a", "a", "a", "b"])
+
+
 def test_controls_change_the_inputs():
     records = load_kegg("test").select(range(8))
     questions, windows = control_inputs(records)
@@ -180,7 +192,7 @@ def test_controls_change_the_inputs():
     dna_q, dna_w = control_inputs(records, "dna-only")
     assert dna_q == [HARD_QUESTION] * 8 and dna_w == windows
     shuf_q, shuf_w = control_inputs(records, "shuffled-dna")
-    perm = derangement(8)
+    perm = derange_by_content(windows)
     assert shuf_q == questions and shuf_w == [windows[j] for j in perm] and shuf_w != windows
     _, same_w = control_inputs(records, "ref-as-variant")
     assert all(r == v == w[0] for (r, v), w in zip(same_w, windows))
