@@ -7,11 +7,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StaticCache
+from transformers import DynamicCache, LogitsProcessorList, StaticCache
 
 from dnallm.data import WINDOW_SIZE, centred_windows, check_bases, split_kegg_sequences
 from dnallm.labels import KEGG_LABELS
-from dnallm.modeling import CACHE_KWARG, DNALLMForConditionalGeneration
+from dnallm.modeling import CACHE_KWARG, DNALLMForConditionalGeneration, ThinkOpensOnce  # noqa: F401 (re-export)
 from dnallm.parsing import parse_answer, split_reasoning
 from dnallm.questions import build_question
 
@@ -83,21 +83,6 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
     ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs], device=device)
     mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
     return ids, mask
-
-
-class ThinkOpensOnce(LogitsProcessor):
-    """A Qwen3 answer has one think block: once a row has generated `<think>`, it cannot generate it again.
-    The tiny default otherwise opens it 2-5 times in a few rows (4 of 146 on test; 15 with half the reasoning
-    examples, docs/benchmarks.md), and the reasoning it shows starts with a run of `<think>` lines. Ours because
-    transformers' suppressors act on every step (`suppress_tokens`) or the first (`begin_suppress_tokens`) only."""
-
-    def __init__(self, think_id: int, prompt_length: int):
-        self.think_id, self.prompt_length = think_id, prompt_length
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        opened = (input_ids[:, self.prompt_length:] == self.think_id).any(1)
-        scores[opened, self.think_id] = float("-inf")
-        return scores
 
 
 def _think_once(tok, prompt_length: int) -> LogitsProcessorList:

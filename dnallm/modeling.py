@@ -23,7 +23,8 @@ from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import (AutoModelForCausalLM, GenerationConfig, GenerationMixin, LogitsProcessor,
+                          LogitsProcessorList, PreTrainedModel)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 import dnallm.attention  # registers attn_implementation="sdpa_gqa"
@@ -385,6 +386,18 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
                                                                         **model_kwargs)
         return input_ids, {**model_kwargs, **dna}
 
+    def generate(self, inputs=None, *args, logits_processor=None, **kwargs):
+        """transformers' generate, with `ThinkOpensOnce` added where the tokenizer has `<think>` and the caller
+        gave none (dnallm's decoding paths, which continue earlier output, pass theirs)."""
+        processors = LogitsProcessorList(logits_processor or [])
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        tok = self.processor.tokenizer if self.processor is not None else None
+        think_id = tok.convert_tokens_to_ids("<think>") if tok is not None else None
+        if (input_ids is not None and think_id is not None and think_id != tok.unk_token_id
+                and not any(isinstance(p, ThinkOpensOnce) for p in processors)):
+            processors.append(ThinkOpensOnce(think_id, input_ids.shape[1]))
+        return super().generate(inputs, *args, logits_processor=processors, **kwargs)
+
     def prepare_inputs_for_generation(self, input_ids, *args, is_first_iteration: bool | None = False, **kwargs):
         """The DNA goes in at the prefill only: afterwards the KV cache holds it (without a cache, every step)."""
         dna = {k: kwargs.pop(k, None) for k in DNA_INPUTS}
@@ -396,6 +409,23 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if is_first_iteration or not kwargs.get("use_cache", True):
             model_inputs.update(dna)
         return model_inputs
+
+
+class ThinkOpensOnce(LogitsProcessor):
+    """A Qwen3 answer has one think block: once a row has generated `<think>`, it cannot generate it again.
+    The tiny default otherwise opens it 2-5 times in a few rows (4 of 146 on test; 15 with half the reasoning
+    examples, docs/benchmarks.md), and the reasoning it shows starts with a run of `<think>` lines. Ours because
+    transformers' suppressors act on every step (`suppress_tokens`) or the first (`begin_suppress_tokens`) only.
+    `DNALLMForConditionalGeneration.generate` adds one when the caller gives none; a call that continues earlier
+    output (ids = prompt + tokens so far) passes its own with the prompt's length."""
+
+    def __init__(self, think_id: int, prompt_length: int):
+        self.think_id, self.prompt_length = think_id, prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        opened = (input_ids[:, self.prompt_length:] == self.think_id).any(1)
+        scores[opened, self.think_id] = float("-inf")
+        return scores
 
 
 # Importing this module lets `AutoModelForCausalLM.from_pretrained(checkpoint)` load a dnallm checkpoint (the config

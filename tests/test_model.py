@@ -4,6 +4,7 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import GenerationMixin
 
 from dnallm.configuration import DNALLMConfig
 from dnallm.encoders import LoadingError
@@ -541,7 +542,8 @@ def test_decoding_drops_finished_rows_and_gives_the_same_answers(tiny_dir, kegg_
 
 def test_generation_opens_the_think_block_once(tiny_dir, kegg_train):
     """A model that would write `<think>` at every step gets it once per answer (`ThinkOpensOnce`), in batched
-    generation and in the stream; without the rule every generated token here is `<think>`."""
+    generation, in the stream and in a plain `model.generate`; without the rule every generated token here is
+    `<think>`."""
     from dnallm.inference import stream_answer
 
     model = build(tiny_dir).eval()
@@ -559,8 +561,11 @@ def test_generation_opens_the_think_block_once(tiny_dir, kegg_train):
     handle = lm_head.register_forward_hook(prefer_think)
     try:
         prompt = model.processor([model.processor.prompt(questions[0])], [list(windows[0])], padding_side="left")
-        plain = model.generate(**prompt, max_new_tokens=4)[0, prompt["input_ids"].shape[1]:].tolist()
-        assert plain == [think] * 4  # the hook works: unconstrained generate repeats it
+        width = prompt["input_ids"].shape[1]
+        stock = GenerationMixin.generate(model, **prompt, max_new_tokens=4)[0, width:].tolist()
+        assert stock == [think] * 4  # the hook works: transformers' own generate repeats it
+        plain = model.generate(**prompt, max_new_tokens=4)[0, width:].tolist()  # a plain call gets the rule
+        assert plain[0] == think and think not in plain[1:], plain
         texts = generate_answers_of(model, questions, windows, max_new_tokens=8, batch_size=3, constrained=False,
                                     max_answer_tokens=2)
         streamed = "".join(str(chunk) for chunk in stream_answer(model, questions[0], windows[0], max_new_tokens=8,
