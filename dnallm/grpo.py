@@ -210,7 +210,9 @@ def grpo_train(model: DNALLMForConditionalGeneration, records, cfg: GRPOConfig, 
             completions = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
                                          max_new_tokens=cfg.max_new_tokens, do_sample=True,
                                          temperature=cfg.temperature, top_p=1.0, top_k=0, dna_hidden_states=hidden,
-                                         dna_positions_mask=dna_mask)[:, prompt_ids.shape[1]:]
+                                         dna_positions_mask=dna_mask,
+                                         # on-policy: the loss reads these tokens' log-probs under the unmasked model
+                                         think_opens_once=False)[:, prompt_ids.shape[1]:]
         completion_mask = _completion_mask(completions, model.processor.end_token_ids)
         texts = tok.batch_decode(completions * completion_mask + tok.pad_token_id * (1 - completion_mask),
                                  skip_special_tokens=True)

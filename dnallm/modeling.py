@@ -386,14 +386,15 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
                                                                         **model_kwargs)
         return input_ids, {**model_kwargs, **dna}
 
-    def generate(self, inputs=None, *args, logits_processor=None, **kwargs):
+    def generate(self, inputs=None, *args, logits_processor=None, think_opens_once: bool = True, **kwargs):
         """transformers' generate, with `ThinkOpensOnce` added where the tokenizer has `<think>` and the caller
-        gave none (dnallm's decoding paths, which continue earlier output, pass theirs)."""
+        gave none (dnallm's decoding paths, which continue earlier output, pass theirs). think_opens_once=False:
+        the model's own distribution (GRPO samples on-policy)."""
         processors = LogitsProcessorList(logits_processor or [])
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         tok = self.processor.tokenizer if self.processor is not None else None
         think_id = tok.convert_tokens_to_ids("<think>") if tok is not None else None
-        if (input_ids is not None and think_id is not None and think_id != tok.unk_token_id
+        if (think_opens_once and input_ids is not None and think_id is not None and think_id != tok.unk_token_id
                 and not any(isinstance(p, ThinkOpensOnce) for p in processors)):
             processors.append(ThinkOpensOnce(think_id, input_ids.shape[1]))
         return super().generate(inputs, *args, logits_processor=processors, **kwargs)

@@ -566,6 +566,7 @@ def test_generation_opens_the_think_block_once(tiny_dir, kegg_train):
         assert stock == [think] * 4  # the hook works: transformers' own generate repeats it
         plain = model.generate(**prompt, max_new_tokens=4)[0, width:].tolist()  # a plain call gets the rule
         assert plain[0] == think and think not in plain[1:], plain
+        assert model.generate(**prompt, max_new_tokens=4, think_opens_once=False)[0, width:].tolist() == stock
         texts = generate_answers_of(model, questions, windows, max_new_tokens=8, batch_size=3, constrained=False,
                                     max_answer_tokens=2)
         streamed = "".join(str(chunk) for chunk in stream_answer(model, questions[0], windows[0], max_new_tokens=8,
