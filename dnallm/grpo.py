@@ -60,6 +60,12 @@ class GRPOConfig:
     resume: bool = False              # continue from out/last if it exists
     stop_after_steps: int | None = None  # end early (a later resume continues to `steps`); for staged runs/tests
 
+    def __post_init__(self):
+        # one completion per group has no spread: its advantage is NaN (std of one value), and so is every weight
+        if self.num_generations < 2:
+            raise ValueError(f"grpo.num_generations must be >= 2 (a group's advantages compare its completions), "
+                             f"not {self.num_generations}")
+
 
 def _completion_mask(completions: torch.Tensor, end_ids: list[int]) -> torch.Tensor:
     """1 up to and including the first end token (any of `end_ids`: Qwen3's <|im_end|> and <|endoftext|>), 0 after."""

@@ -91,9 +91,16 @@ class SFTConfig:
     ema_decay: float | None = None
 
     def __post_init__(self):
+        from dnallm.data import VIEWS
+
         g = self.gradient_checkpointing
         if not isinstance(g, bool) and not (isinstance(g, (int, float)) and 0 < g <= 1):
             raise ValueError(f"sft.gradient_checkpointing must be true, false or a fraction of layers in (0, 1], not {g!r}")
+        # a misspelt view would get 0 copies, and with thinking_answers 0 there its records no example at all
+        for name in ("direct_answers", "thinking_answers", "distractor_answers"):
+            setting = getattr(self, name)
+            if isinstance(setting, dict) and (unknown := sorted(set(setting) - set(VIEWS))):
+                raise ValueError(f"sft.{name}: unknown view(s) {unknown}; expected views from {VIEWS}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "SFTConfig":

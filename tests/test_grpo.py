@@ -92,6 +92,15 @@ def test_k3_kl_matches_hand_computed_values():
     assert k3_kl(logp, ref).tolist() == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.parametrize("groups", [0, 1])
+def test_a_group_of_fewer_than_two_completions_is_an_error(groups):
+    """One completion per group: its advantage is NaN (std of one value), and the step wrote NaN into every
+    trainable weight and saved them."""
+    assert torch.isnan(group_advantages(torch.tensor([1.0, 0.0]), 1)).all()  # what the check prevents
+    with pytest.raises(ValueError, match="num_generations must be >= 2"):
+        GRPOConfig(num_generations=groups)
+
+
 def test_group_advantages_are_group_normalised_rewards():
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.3, 0.3, 0.3, 0.3])
     s = math.sqrt(1 / 3) + 1e-4  # sample std of (1, 0, 0, 1) plus trl's 1e-4

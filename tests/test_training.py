@@ -388,6 +388,14 @@ def test_gradient_checkpointing_must_be_a_bool_or_a_fraction(bad):
         SFTConfig(gradient_checkpointing=bad)
 
 
+@pytest.mark.parametrize("option", ["direct_answers", "thinking_answers", "distractor_answers"])
+def test_a_misspelt_view_in_a_copies_setting_is_an_error(option):
+    """{kegg-hard: 12} would give kegg_hard 0 copies (and, with thinking 0 there, its records no example)."""
+    with pytest.raises(ValueError, match=rf"sft.{option}: unknown view\(s\) \['kegg-hard'\]"):
+        SFTConfig.from_dict({option: {"kegg": 1, "kegg-hard": 12}})
+    assert SFTConfig.from_dict({option: {"kegg": 1, "kegg_hard": 12}})  # the right names pass
+
+
 def test_compiled_decoder_layers_give_the_eager_loss_and_gradients(tiny_dir):
     """sft.compile: every decoder layer runs as a torch.compile graph (inductor, dynamic shapes), with the eager
     layers' loss and gradients. Fails if the layers are not compiled, are compiled per shape, or compute something
