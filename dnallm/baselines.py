@@ -5,7 +5,7 @@
   regression (C=10, newton-cg). It never sees DNA; on the official test split it reaches 140/146 (95.9 %) because the
   question carries the pathway context.
 - kmer-logreg: a DNA-only classifier, TF-IDF of the 6-mers of the variant window + logistic regression (C=20).
-  It never sees the question: 89.0 % on the official test split (the variants' loci repeat between splits),
+  It never sees the question: 88.4 % on the official test split (the variants' loci repeat between splits),
   the same on hard-test. The yardstick for how much of the answer the DNA alone carries.
 (The encoder-alone probe, `dnallm.probe`, is added by the evaluation: it needs the model's encoder.)
 """

@@ -81,7 +81,8 @@ def pretrain_stand_ins(out: Path = typer.Option(..., help="Folder for encoder/, 
 
 @app.command("eval")
 def evaluate(model: Path = typer.Option(Path("runs/quickstart/model"), help="Checkpoint folder"),
-             split: str = typer.Option("test", help="test | val | grouped-test | grouped-val, each also as hard-*"),
+             split: str = typer.Option("test", help="test | grouped-test, each also as hard-* (the probe is selected on "
+                                                    "val / grouped-val)"),
              out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL/../eval/SPLIT)"),
              batch_size: int = 16, max_new_tokens: int = 1024,
              score_batch_size: int = typer.Option(16, help="Questions per label-scoring batch (all 37 labels in one packed pass each)"),
@@ -140,7 +141,8 @@ def probe(encoder: Optional[str] = typer.Option(None, help="Encoder hub id or lo
           encoder_type: str = typer.Option("genos", help="genos | nt | hyenadna | evo2 | hf"),
           layer: Optional[int] = typer.Option(None, help="Hidden layer to pool (default: the encoder's default)"),
           model: Optional[Path] = typer.Option(None, help="Or: a dnallm checkpoint, whose encoder (and layer) is probed"),
-          split: str = typer.Option("test", help="test | val | grouped-test | grouped-val, each also as hard-*"),
+          split: str = typer.Option("test", help="test | grouped-test, each also as hard-* (the probe is selected on "
+                                                    "val / grouped-val)"),
           out: Optional[Path] = typer.Option(None, help="Write the result (with every candidate's val accuracy) as JSON"),
           cache_dir: Optional[Path] = typer.Option(None, help="Keep pooled encoder states here (reused next time)"),
           batch_size: int = typer.Option(16, help="Windows per encoder batch"),
@@ -150,7 +152,7 @@ def probe(encoder: Optional[str] = typer.Option(None, help="Encoder hub id or lo
 
     from dnallm.data import load_kegg
     from dnallm.encoders import build_encoder
-    from dnallm.evaluation import probe_metrics, split_spec, training_split
+    from dnallm.evaluation import probe_metrics, selection_split, split_spec, training_split
 
     if (encoder is None) == (model is None):
         raise typer.BadParameter("give --encoder (with --encoder-type, --layer) or --model, not both")
@@ -158,6 +160,9 @@ def probe(encoder: Optional[str] = typer.Option(None, help="Encoder hub id or lo
         name, view = split_spec(split)
     except ValueError as e:
         raise typer.BadParameter(str(e))
+    if name == selection_split(split):
+        raise typer.BadParameter(f"the probe is selected on {name}, so its score there is not held out; "
+                                 "give a test split")
     if model is not None:
         from dnallm.configuration import DNALLMConfig
         from dnallm.modeling import _resolve

@@ -251,6 +251,9 @@ def probe_metrics(encoder, train_records, records, split: str, cache_dir: str | 
     from dnallm.data import load_kegg
     from dnallm.probe import run_probe
 
+    if split_spec(split)[0] == selection_split(split):
+        raise ValueError(f"the encoder-alone probe is selected on {selection_split(split)}: its score on {split} "
+                         "would not be held out; score it on a test split")
     window = len(records["ref_window"][0])  # the probe's train and val windows are cut to the evaluated rows' size
     result = run_probe(encoder, train_records, load_kegg(selection_split(split), window=window), records,
                        batch_size=batch_size, cache_dir=cache_dir, progress=progress)
@@ -384,7 +387,9 @@ def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: 
         train_records = load_kegg(name, view=view, window=window)
     _check_windows(train_records, window, f"the baselines' training records ({trained_on})")
     metrics["baselines"] = baseline_metrics(train_records, records)
-    if probe:
+    if probe and split_spec(split)[0] == selection_split(split):
+        metrics["probe_left_out"] = f"the probe is selected on {split_spec(split)[0]}, so it has no held-out row here"
+    elif probe:
         metrics["baselines"]["encoder alone"] = probe_metrics(model.dna_encoder, train_records, records, split,
                                                               probe_cache_dir)
     metrics["baselines_trained_on"] = f"{trained_on} (n={len(train_records)})"

@@ -95,6 +95,8 @@ def write_report(metrics: dict, out_dir: str | Path, gold: list[str], predicted:
               + ("" if metrics["split"].startswith("hard-") else " The question text carries the pathway context: "
                  "compare the model with the TF-IDF text baseline."), ""]
     lines += ["## Model, controls and baselines", "", *comparison_table(metrics), ""]
+    if metrics.get("probe_left_out"):
+        lines += [f"No encoder-alone row: {metrics['probe_left_out']}.", ""]
     if "mode_agreement" in metrics["modes"]:
         lines += [f"Generation and scoring agree on {_pct(metrics['modes']['mode_agreement'])} of the rows.", ""]
     if metrics.get("controls"):

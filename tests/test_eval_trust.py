@@ -323,6 +323,12 @@ def test_baselines_and_probe_read_windows_of_the_models_size(tiny_dir, tmp_path,
     metrics = evaluate_split(model, rows, "test", tmp_path / "eval", generate=False, report=False)
     assert seen == {"baselines": {512}, "probe": [{512}, {512}, {512}]}
     assert metrics["baselines_trained_on"] == "train (n=1159)"
+    # on val, where the probe is selected, it has no held-out row
+    seen.clear()
+    val_metrics = evaluate_split(model, load_kegg("val", window=512).select(range(4)), "val", tmp_path / "eval-val",
+                                 generate=False, report=False)
+    assert "probe" not in seen and "encoder alone" not in val_metrics["baselines"]
+    assert "selected on val" in val_metrics["probe_left_out"]
     with pytest.raises(ValueError, match=r"the baselines' training records \(given records\): the records hold "
                                          r"windows of \[1024\] bp, but the model reads 512 bp"):
         evaluate_split(model, rows, "test", tmp_path / "eval2", generate=False, report=False, probe=False,

@@ -159,3 +159,19 @@ def test_probe_and_baseline_fits_run_blas_on_one_thread(monkeypatch):
     train = load_kegg("train").select(range(60))
     baselines.run_baselines(train, load_kegg("test").select(range(5)))
     assert len(blas_threads) == 3 and all(t == {1} for t in blas_threads), blas_threads
+
+
+@pytest.mark.parametrize("split", ["val", "hard-val", "grouped-val"])
+def test_the_probe_is_not_scored_on_the_split_it_is_selected_on(shipped_encoder, split, tmp_path):
+    """On val the probe's "score" was the best candidate's val accuracy: selected and scored on the same rows."""
+    from typer.testing import CliRunner
+
+    from dnallm.cli import app
+    from dnallm.evaluation import probe_metrics
+
+    rows = load_kegg("val").select(range(4))
+    with pytest.raises(ValueError, match="would not be held out"):
+        probe_metrics(shipped_encoder, rows, rows, split, cache_dir=tmp_path)
+    result = CliRunner().invoke(app, ["probe", "--encoder", str(SHIPPED_STAND_INS / "encoder"), "--split", split])
+    words = " ".join(result.output.replace("│", " ").split())  # rich wraps the message in a box
+    assert result.exit_code == 2 and "its score there is not held out" in words, result.output
