@@ -27,7 +27,19 @@ def prepare_windows(reference_sequence: str, variant_sequence: str, window: int 
             return ref, var
         if min(len(ref), len(var)) >= 4000:
             p = split_kegg_sequences(ref, var)
-            return centred_windows(p.upstream, p.ref_allele, p.alt_allele, p.downstream, window)
+            # Longer sequences with other flanks also split: a substitution centred in 2500 bp flanks becomes a
+            # 1001 bp "allele" whose windows differ at index 1012, not 512. A KEGG substitution differs at its
+            # first and last base (every one of the shipped 1,142), so one that does not is another layout.
+            same_length = len(p.ref_allele) == len(p.alt_allele)
+            if same_length and (p.ref_allele[:1] == p.alt_allele[:1] or p.ref_allele[-1:] == p.alt_allele[-1:]):
+                raise ValueError(f"the sequences ({len(ref)} / {len(var)} bp) are not in the KEGG layout: with 2000 bp "
+                                 f"flanks they hold a {len(p.ref_allele)} bp substitution that does not differ at its "
+                                 "first and last base; give two windows centred on the variant")
+            windows = centred_windows(p.upstream, p.ref_allele, p.alt_allele, p.downstream, window)
+            if windows[0] == windows[1]:
+                raise ValueError(f"the sequences differ only beyond the {window} bp windows cut from them (KEGG "
+                                 "layout, 2000 bp flanks): the model would not see the variant")
+            return windows
         raise ValueError(f"wrong window length: reference {len(ref)} bp, variant {len(var)} bp; give two "
                          f"{window} bp windows centred on the variant, or KEGG-layout sequences (2000 bp flanks)")
     except ValueError as e:
@@ -352,6 +364,22 @@ class Explanation:
         return d
 
 
+def check_prompt(model, question: str, windows: tuple[str, ...], new_tokens: int = 0) -> None:
+    """ValueError unless the question is plain text (`DNALLMProcessor.prompt`) and its prompt, DNA tokens included,
+    plus `new_tokens` to generate fit the text model's context (`max_position_embeddings`). Run per record before
+    any model work: a batch turns the error into that record's row, a server into the caller's error."""
+    proc = model.processor
+    prompt = proc.prompt(question)
+    limit = getattr(model.config.text_config, "max_position_embeddings", None)
+    if limit is None:
+        return
+    text = proc.expand_dna(prompt, list(windows)) if proc.include_dna and windows else prompt
+    tokens = len(proc.tokenizer(text, add_special_tokens=False)["input_ids"])
+    if tokens + new_tokens > limit:
+        more = f" + {new_tokens} to generate" if new_tokens else ""
+        raise ValueError(f"the prompt is {tokens:,} tokens{more}, beyond the text model's {limit:,}-token context")
+
+
 def explain_many(model, questions: list[str], windows: list[tuple[str, str]], mode: str = "score",
                  max_new_tokens: int = 1024, k: int = 3, batch_size: int = 8, constrained: bool = True,
                  contrast: bool = False, attribution: bool = False, attribution_flank: int = 32,
@@ -369,8 +397,17 @@ def explain_many(model, questions: list[str], windows: list[tuple[str, str]], mo
 
     if mode not in ("generate", "score"):
         raise ValueError(f"unknown mode {mode!r}; expected 'generate' or 'score'")
+    if not 1 <= k <= len(KEGG_LABELS):
+        raise ValueError(f"k must be between 1 and {len(KEGG_LABELS)} (the labels), got {k}")
+    if mode == "generate" and max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1 in generate mode, got {max_new_tokens}")
     if not questions:
         return []
+    for i, (question, pair) in enumerate(zip(questions, windows)):  # bad input fails before any model work
+        try:
+            check_prompt(model, question, pair, max_new_tokens if mode == "generate" else 0)
+        except ValueError as e:
+            raise ValueError(f"variant {i}: {e}" if len(questions) > 1 else str(e)) from None
     if attribution:  # bad settings fail before any model work
         check_flank(attribution_flank, model.config.dna_config.window_size)
         for i, (reference, variant) in enumerate(windows):

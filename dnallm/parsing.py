@@ -33,4 +33,6 @@ def split_reasoning(text: str) -> str:
     m = re.search(r"<think>(.*?)(</think>|$)", text, flags=re.S)
     if m:
         return m.group(1).strip()
+    if "</think>" in text:  # the block was never opened (a cut or drifting generation): what precedes the close
+        return text.split("</think>", 1)[0].strip()
     return re.sub(rf"\n?{ANSWER_PREFIX}.*$", "", text.strip(), flags=re.S).strip()

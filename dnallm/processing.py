@@ -32,6 +32,8 @@ def format_answer(reasoning: str, label: str) -> str:
     return f"<think>\n{reasoning.strip()}\n</think>\n\n{ANSWER_PREFIX} {label}"
 
 
+MAX_QUESTION_CHARS = 10_000  # also the MCP tools' limit (dnallm.mcp_schemas)
+
 class DNALLMProcessor:
     def __init__(self, tokenizer, dna_tokenizer, dna_stride: int = 1, dna_add_special_tokens: bool = False,
                  dna_start_token: str = "<|dna_start|>", dna_pad_token: str = "<|dna_pad|>",
@@ -92,6 +94,8 @@ class DNALLMProcessor:
         injected = sorted(t for t in self.tokenizer.get_added_vocab() if t in question)
         if injected:
             raise ValueError(f"the question contains the control token(s) {injected}; a question is plain text")
+        if len(question) > MAX_QUESTION_CHARS:  # KEGG's longest is 2,824; a remote caller's would cost a long pass
+            raise ValueError(f"the question has {len(question):,} characters; at most {MAX_QUESTION_CHARS:,}")
         pad = self.dna_pad_token if self.include_dna else None
         messages = [{"role": "user", "content": format_user_message(question, pad)}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,

@@ -23,6 +23,8 @@ def test_strict_answer_parse(text, expected):
 def test_split_reasoning():
     assert split_reasoning("<think>\nStep 1: x\n</think>\n\nAnswer: melanoma") == "Step 1: x"
     assert split_reasoning("Step 1: x\nAnswer: melanoma") == "Step 1: x"
+    # a block that was never opened (cut or drifting generations): the close tag is not part of the reasoning
+    assert split_reasoning("Step 1: x\n</think>\n\nAnswer: melanoma") == "Step 1: x"
 
 
 def test_wilson_interval_known_values():
@@ -63,3 +65,25 @@ def test_prepare_windows_errors_name_the_problem():
         prepare_windows("A" * 1000, "A" * 1024)
     ref, var = prepare_windows("acgt" * 256, "ACGT" * 256)
     assert ref == var == "ACGT" * 256
+
+
+def test_long_sequences_in_another_layout_are_refused_not_mis_windowed():
+    """Any pair of >= 4000 bp sequences split as KEGG layout (2000 bp flanks): an SNV centred in 2500 bp flanks
+    gave windows differing at index 1012, one in 5000 bp flanks two identical windows (the variant unseen)."""
+    import random
+
+    from dnallm.data import load_kegg
+
+    rng = random.Random(0)
+    for flank, problem in ((2500, "not in the KEGG layout"), (5000, "not in the KEGG layout")):
+        up, down = "".join(rng.choice("ACGT") for _ in range(flank)), "".join(rng.choice("ACGT") for _ in range(flank))
+        with pytest.raises(ValueError, match=f"row 1: .*{problem}"):
+            prepare_windows(up + "A" + down, up + "G" + down, where="row 1")
+    # a deletion of 1,800 bp right after the flank: the windows cut from it are identical
+    up, down = "".join(rng.choice("ACGT") for _ in range(2000)), "".join(rng.choice("ACGT") for _ in range(2000))
+    middle = "C" * 1800
+    with pytest.raises(ValueError, match="the model would not see the variant"):
+        prepare_windows(up + "T" + middle + down, up + "T" + middle[:-1] + down)
+    for row in load_kegg("test").select(range(0, 146, 5)):  # every shipped layout still passes, windows unchanged
+        assert prepare_windows(row["reference_sequence"], row["variant_sequence"]) == (row["ref_window"],
+                                                                                       row["variant_window"])

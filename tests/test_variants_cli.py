@@ -460,3 +460,48 @@ def test_batch_encoder_dll_column_and_vcf_info_equal_explain_variant(quickstart_
                                    str(out / "model"), "--out", str(tmp_path / "d.tsv"), "--batch-size", "4",
                                    "--resume", "--no-progress"])
     assert res.exit_code == 2 and "encoder_dll: True then, False now" in flat(res.output)
+
+
+def test_a_bad_question_is_that_records_error_and_the_others_are_answered(quickstart_dir, files, tmp_path):
+    """A control token in a record's question (or in the GENE it is built from), or a question too long for the
+    model, stopped the whole batch (and every --resume again at that record); now it is that record's error."""
+    out, _ = quickstart_dir
+    d, p = files
+    rows = [("chr1", p[0]["pos"], p[0]["ref"], p[0]["alt"], "TARDBP", ""),
+            ("chr1", p[1]["pos"], p[1]["ref"], p[1]["alt"], "", "What is <think> this?"),
+            ("chr1", p[3]["pos"], p[3]["ref"], p[3]["alt"], "<|im_end|>", ""),
+            ("chr1", p[4]["pos"], p[4]["ref"], p[4]["alt"], "", "Why?" * 2_600),
+            ("chr1", p[5]["pos"], p[5]["ref"], p[5]["alt"], "", "")]
+    (tmp_path / "q.tsv").write_text("chrom\tpos\tref\talt\tgene\tquestion\n"
+                                    + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+    stats = explain_file(tmp_path / "q.tsv", d / "genome.fa", out / "model", tmp_path / "out.tsv", batch_size=2,
+                         progress=False)
+    assert (stats["written"], stats["errors"]) == (5, 3)
+    errors = [r["error"] for r in read_results(tmp_path / "out.tsv")]
+    assert errors[0] == errors[4] == ""
+    assert errors[1] == (f"q.tsv line 3 (chr1:{p[1]['pos']} {p[1]['ref']}>{p[1]['alt']}): the question contains the "
+                         "control token(s) ['<think>']; a question is plain text")
+    assert errors[2].startswith("q.tsv line 4 (chr1:") and "control token(s) ['<|im_end|>']" in errors[2]
+    assert errors[3].startswith("q.tsv line 5 (chr1:") and errors[3].endswith(
+        "the question has 10,400 characters; at most 10,000")
+    # bad settings fail before the output exists (an output left behind would only resume with them)
+    with pytest.raises(ValueError, match="--max-new-tokens must be >= 1 in generate mode, got 0"):
+        explain_file(tmp_path / "q.tsv", d / "genome.fa", out / "model", tmp_path / "gen.tsv", mode="generate",
+                     max_new_tokens=0, progress=False)
+    assert not (tmp_path / "gen.tsv").exists()
+
+
+def test_explain_variant_refuses_prompts_beyond_the_context_and_a_bad_k(quickstart_dir):
+    from dnallm.inference import check_prompt
+
+    out, _ = quickstart_dir
+    model = load_model(str(out / "model"))
+    row = load_kegg("test")[0]
+    windows = (row["ref_window"], row["variant_window"])
+    limit = model.config.text_config.max_position_embeddings
+    check_prompt(model, row["question"], windows)  # fits
+    with pytest.raises(ValueError, match=rf"tokens \+ {limit} to generate, beyond the text model's {limit:,}-token"):
+        check_prompt(model, row["question"], windows, new_tokens=limit)
+    for k in (0, 38):
+        with pytest.raises(ValueError, match=f"k must be between 1 and 37 .*, got {k}"):
+            explain_variant(row["question"], *windows, model=model, mode="score", k=k)

@@ -76,11 +76,15 @@ def _append(f, text: str) -> None:
     os.fsync(f.fileno())
 
 
-def check_settings(variants: Path, fmt: str | None, mode: str, batch_size: int, vcf_out) -> str:
-    """The input format (from the name unless given), after refusing bad settings before any work."""
+def check_settings(variants: Path, fmt: str | None, mode: str, batch_size: int, vcf_out,
+                   max_new_tokens: int = 1024) -> str:
+    """The input format (from the name unless given), after refusing bad settings before any work (and before the
+    output exists, which a later run would then have to resume with the same settings)."""
     fmt = fmt or ("tsv" if re.search(r"\.(tsv|txt)(\.gz)?$", variants.name, re.I) else "vcf")
     if mode not in ("generate", "score"):
         raise ValueError(f"unknown mode {mode!r}; expected 'generate' or 'score'")
+    if mode == "generate" and max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1 in generate mode, got {max_new_tokens}")
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if vcf_out is not None and fmt != "vcf":
@@ -159,11 +163,11 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
     """
     from tqdm import tqdm
 
-    from dnallm.inference import explain_many, load_model
+    from dnallm.inference import check_prompt, explain_many, load_model
     from dnallm.modeling import DNALLMForConditionalGeneration
 
     variants, out = Path(variants), Path(out)
-    fmt = check_settings(variants, fmt, mode, batch_size, vcf_out)
+    fmt = check_settings(variants, fmt, mode, batch_size, vcf_out, max_new_tokens)
     if shard is not None and (vcf_out is not None or not 0 <= shard[0] < shard[1]):
         raise ValueError(f"shard {shard!r}: expected (rank, n) with 0 <= rank < n, and no vcf_out (the merger "
                          "writes it)")
@@ -240,8 +244,13 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
                     question = rec.question or build_question(rec.gene, rec.chrom, rec.network, rec.pathway_genes)
                     try:
                         w = genome.windows(rec.chrom, rec.pos, rec.ref, rec.alt, where=rec.where, window=window)
+                        check_prompt(model, question, (w.reference, w.variant),
+                                     max_new_tokens if mode == "generate" else 0)
                     except VariantError as e:
                         rows[i] = _result_row(rec, question=question, error=str(e))
+                        continue
+                    except ValueError as e:  # the question (from the file, or built from its GENE): this record's
+                        rows[i] = _result_row(rec, question=question, error=f"{rec.where}: {e}")
                         continue
                     todo.append((i, question, w))
                 with batch_lock() if batch_lock is not None else nullcontext():

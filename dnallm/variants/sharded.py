@@ -118,7 +118,7 @@ def explain_file_sharded(variants: str | Path, fasta: str | Path, model: str | P
     from tqdm import tqdm
 
     variants, out = Path(variants), Path(out)
-    fmt = check_settings(variants, fmt, mode, batch_size, vcf_out)
+    fmt = check_settings(variants, fmt, mode, batch_size, vcf_out, max_new_tokens)
     _, total = open_input(variants, fmt, fasta)  # file-level and genome-build errors before any process starts
     device_list, threads = worker_devices(devices)
     if out.exists() and out.stat().st_size:
