@@ -28,6 +28,15 @@ DTYPE_OPTION = typer.Option("auto", help="Inference dtype: auto (bfloat16 on CUD
                                              "float16 | float32")
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a command reports as `error: ...` (exit 2) instead of a traceback: bad input or settings, files, a
+    checkpoint that does not load (`LoadingError`), an output another run is writing. Imported when one is raised."""
+    from dnallm.encoders.base import LoadingError
+    from dnallm.variants.batch import OutputInUse
+
+    return ValueError, OSError, ImportError, LoadingError, OutputInUse
+
+
 def _dtype(name: str) -> str:
     from dnallm.inference import DTYPES
 
@@ -111,7 +120,10 @@ def evaluate(model: Path = typer.Option(Path("runs/quickstart/model"), help="Che
         raise typer.BadParameter(str(e))
     if not (generate or score):
         raise typer.BadParameter("--no-generate and --no-score leave nothing to evaluate")
-    checkpoint = load_model(str(model.resolve()), dtype=_dtype(dtype), liger=liger)
+    try:
+        checkpoint = load_model(str(model.resolve()), dtype=_dtype(dtype), liger=liger)
+    except _user_errors() as e:
+        fail(f"cannot load {model}: {e}")
     records = load_kegg(name, view=view, window=checkpoint.config.dna_config.window_size)
     if limit:
         records = records.select(range(min(limit, len(records))))
@@ -253,7 +265,7 @@ def explain(question: Optional[str] = _QUESTION,
                 from dnallm.variants.sharded import explain_file_sharded
 
                 summary = explain_file_sharded(vcf or tsv, fasta, model, out, devices, **settings)
-        except (ValueError, OSError, ImportError) as e:
+        except _user_errors() as e:
             fail(str(e))
         console.print(f"{summary['written']} records written to {out} ({summary['skipped']} already there, "
                       f"{summary['errors']} with an error, {summary['padded']} padded) in {summary['seconds']} s: "
@@ -268,7 +280,7 @@ def explain(question: Optional[str] = _QUESTION,
     try:
         result = _explain_one(question, reference, variant, chrom, pos, ref, alt, fasta, gene, model,
                               mode or "generate", max_new_tokens, dtype, contrast=contrast, encoder_dll=encoder_dll)
-    except (ValueError, OSError, ImportError) as e:
+    except _user_errors() as e:
         fail(str(e))
     print(json.dumps(result.to_dict(), indent=2))
 
@@ -320,7 +332,7 @@ def attribute(question: Optional[str] = _QUESTION,
         result = _explain_one(question, reference, variant, chrom, pos, ref, alt, fasta, gene, model, mode,
                               max_new_tokens, dtype, attribution=True, attribution_flank=flank,
                               attribution_batch_size=batch_size, encoder_dll=encoder_dll)
-    except (ValueError, OSError, ImportError) as e:
+    except _user_errors() as e:
         fail(str(e))
     out.mkdir(parents=True, exist_ok=True)
     m = result.attribution
@@ -391,6 +403,9 @@ def serve_app(model: Path = typer.Option(Path("runs/quickstart/model"), help="Ch
     except FileNotFoundError as e:
         console.print(f"[red]error:[/red] {e} (train one with `dnallm quickstart` or pass --model)")
         raise typer.Exit(2)
+    except _user_errors() as e:  # a checkpoint that does not load: another encoder, missing weights, ...
+        console.print(f"[red]error:[/red] cannot load {model}: {e}", soft_wrap=True)
+        raise typer.Exit(2)
 
 
 @app.command("mcp")
@@ -434,7 +449,7 @@ def serve_mcp(model: Path = typer.Option(Path("runs/quickstart/model"), help="Ch
         raise typer.Exit(2)
     try:
         server = build_server(settings)  # the model loads now, before any client connects
-    except (OSError, ValueError) as e:  # not a checkpoint, missing weights, another encoder, ...
+    except _user_errors() as e:  # not a checkpoint, missing weights, another encoder, ...
         err.print(f"[red]error:[/red] cannot load {model}: {e}", soft_wrap=True)
         raise typer.Exit(2)
     serve(server, http=http, host=host, port=port)

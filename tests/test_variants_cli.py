@@ -505,3 +505,29 @@ def test_explain_variant_refuses_prompts_beyond_the_context_and_a_bad_k(quicksta
     for k in (0, 38):
         with pytest.raises(ValueError, match=f"k must be between 1 and 37 .*, got {k}"):
             explain_variant(row["question"], *windows, model=model, mode="score", k=k)
+
+
+def test_cli_reports_a_checkpoint_of_another_encoder_and_a_locked_output_as_errors(quickstart_dir, files, tmp_path):
+    """LoadingError and the output lock are RuntimeErrors: the CLI printed a traceback of 50-90 lines for them."""
+    import shutil
+
+    from dnallm.variants.batch import output_lock
+
+    out, _ = quickstart_dir
+    d, p = files
+    copy = tmp_path / "qs"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("eval", "checkpoint-*", "last", "best"))
+    config = json.loads((copy / "model" / "config.json").read_text())
+    config["dna_config"]["fingerprint"]["hidden_size"] += 1  # trained on another encoder than ../encoder
+    (copy / "model" / "config.json").write_text(json.dumps(config))
+    one = ["--chrom", "chr1", "--pos", str(p[0]["pos"]), "--ref", p[0]["ref"], "--alt", p[0]["alt"],
+           "--fasta", str(d / "genome.fa")]
+    res = CliRunner().invoke(app, ["explain", *one, "--model", str(copy / "model"), "--mode", "score"])
+    assert res.exit_code == 2 and "error:" in res.output and "trained on" in flat(res.output), res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    res = CliRunner().invoke(app, ["eval", "--model", str(copy / "model"), "--limit", "2", "--no-generate"])
+    assert res.exit_code == 2 and "cannot load" in flat(res.output), res.output
+    with output_lock(tmp_path / "o.tsv"):
+        res = CliRunner().invoke(app, ["explain", "--vcf", str(d / "in.vcf"), "--fasta", str(d / "genome.fa"),
+                                       "--model", str(out / "model"), "--out", str(tmp_path / "o.tsv")])
+    assert res.exit_code == 2 and "is being written by another process" in flat(res.output), res.output

@@ -25,6 +25,10 @@ from dnallm.variants.reading import OUT_COLUMNS, VariantRecord, read_variants, r
 from dnallm.variants.vcf_out import write_vcf_out
 
 
+class OutputInUse(RuntimeError):
+    """The output is being written by another run (it holds OUT.lock)."""
+
+
 def _cell(value) -> str:
     if value is None:
         return ""
@@ -126,7 +130,7 @@ def output_lock(out: Path):
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(f"{out} is being written by another process (it holds {lock_path.name}); wait for "
+            raise OutputInUse(f"{out} is being written by another process (it holds {lock_path.name}); wait for "
                                "it to finish, or stop it, then rerun with --resume") from None
         try:
             yield
