@@ -126,7 +126,12 @@ def _with_header(vcf_text: str) -> tuple[str, bool]:
     lines = vcf_text.splitlines()
     if any(line.startswith("#CHROM") for line in lines):
         return vcf_text, False
-    meta = next((i for i, line in enumerate(lines) if not line.startswith("##")), len(lines))
+    meta = 0  # after the last ## line before the first data line (blank and # comment lines may come between)
+    for i, line in enumerate(lines):
+        if line.startswith("##"):
+            meta = i + 1
+        elif line.strip() and not line.startswith("#"):
+            break
     return "\n".join(lines[:meta] + [VCF_HEADER] + lines[meta:]) + "\n", True
 
 

@@ -115,7 +115,10 @@ def file_in_folder(name: str, folder: Path, suffixes: tuple[str, ...], what: str
         raise ValueError(f"give the name of a {what} in the server's folder (a plain file name, no path)")
     if not name.lower().endswith(suffixes):
         raise ValueError(f"a {what} name ends in {' or '.join(suffixes)}")
-    path = (folder / name).resolve()
+    try:
+        path = (folder / name).resolve()
+    except (OSError, RuntimeError):  # a symbolic-link loop (RuntimeError before Python 3.13)
+        raise ValueError(f"no {what} of that name in the server's folder") from None
     if path.parent != folder or not path.is_file():
         raise ValueError(f"no {what} of that name in the server's folder")
     return path
@@ -129,7 +132,10 @@ def files_in_folder(folder: Path | None, suffixes: tuple[str, ...]) -> list[str]
     for p in sorted(folder.iterdir()):
         if p.name.startswith(".") or not p.name.lower().endswith(suffixes):
             continue
-        resolved = p.resolve()
+        try:
+            resolved = p.resolve()
+        except (OSError, RuntimeError):  # a symbolic-link loop: not a file a caller can use
+            continue
         if resolved.parent == folder and resolved.is_file():
             names.append(p.name)
     return names

@@ -278,6 +278,33 @@ def test_paths_outside_the_operators_allow_list_are_refused_unopened(server, inp
     assert "ends in .vcf or .vcf.gz" in tool_error(call(server, "explain_vcf", {"vcf_file": "genome.fa"}))
 
 
+def test_a_symlink_loop_in_the_vcf_folder_is_skipped_not_an_error_for_every_caller(tmp_path):
+    """Path.resolve() raises on a link loop: list_inputs and every explain_vcf(vcf_file=...) failed without text."""
+    from dnallm.serving import file_in_folder, files_in_folder
+
+    folder = tmp_path.resolve()
+    (folder / "good.vcf").write_text("##fileformat=VCFv4.2\n")
+    (folder / "loop.vcf").symlink_to(folder / "loop.vcf")
+    assert files_in_folder(folder, (".vcf",)) == ["good.vcf"]
+    assert file_in_folder("good.vcf", folder, (".vcf",), "VCF file") == folder / "good.vcf"
+    with pytest.raises(ValueError, match="no VCF file of that name in the server's folder"):
+        file_in_folder("loop.vcf", folder, (".vcf",), "VCF file")
+
+
+@pytest.mark.parametrize("before", ["", "\n", "\n\n", "##fileformat=VCFv4.2\n\n"])
+def test_the_added_header_goes_after_the_meta_lines_whatever_precedes_them(before, tmp_path):
+    """A leading blank line put #CHROM first, and the ## lines after it became a phantom malformed record."""
+    from dnallm.mcp_server import _with_header
+    from dnallm.variants.reading import read_vcf
+
+    text, added = _with_header(before + "##fileformat=VCFv4.2\n##contig=<ID=chr1>\nchr1\t5\t.\tA\tG\t.\t.\t.\n")
+    lines = text.splitlines()
+    assert added and lines.index("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO") == lines.index("chr1\t5\t.\tA\tG\t.\t.\t.") - 1
+    (tmp_path / "in.vcf").write_text(text)
+    records = list(read_vcf(tmp_path / "in.vcf"))
+    assert [(r.chrom, r.pos, r.error) for r in records] == [("chr1", 5, None)]
+
+
 # ---- the queue and the batch hooks the server relies on -----------------------------------------------------------
 
 def test_queue_hands_slots_out_in_arrival_order_also_between_a_jobs_batches():
