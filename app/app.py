@@ -27,10 +27,11 @@ from PIL import Image
 
 from dnallm.data import load_kegg
 from dnallm.genome import open_genome
-from dnallm.inference import DTYPES, ForcedAnswer, load_model, parse_answer, prepare_windows, split_reasoning, stream_answer
+from dnallm.inference import (DTYPES, ForcedAnswer, check_prompt, load_model, parse_answer, prepare_windows,
+                              split_reasoning, stream_answer)
 from dnallm.labels import KEGG_LABELS
 from dnallm.evidence import no_variant_windows, ref_vs_alt
-from dnallm.ism import DEFAULT_FLANK, ism_map, ism_png
+from dnallm.ism import DEFAULT_FLANK, check_flank, ism_map, ism_png, variant_kind
 from dnallm.scoring import label_probabilities, top_k
 # the operator's settings, shared with the MCP server (re-exported: `dnallm app` catches app.StartError)
 from dnallm.serving import COORDINATES_OFF, StartError, allowed_genomes, check_host  # noqa: F401
@@ -164,6 +165,14 @@ def build_app(model_path: str = DEFAULT_MODEL, max_new_tokens: int = 1024, k: in
             yield fail(str(e), history, state, question)
             return
         windows = tuple(state["windows"])  # a follow-up asks with the same DNA
+        try:  # input problems before any model work, and named as such
+            check_prompt(model, question, windows, int(budget))
+            if attribute:
+                check_flank(int(flank), window)
+                variant_kind(*windows)
+        except ValueError as e:  # a control token, too long, windows not cut by the window rule for ISM
+            yield fail(str(e), history, state, question)
+            return
         history += [{"role": "user", "content": question},
                     {"role": "assistant", "content": "", "metadata": {"title": "Reasoning", "status": "pending"}}]
         yield outputs(history, state)

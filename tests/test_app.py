@@ -57,6 +57,20 @@ def records():
     return load_kegg("test").select(range(12))
 
 
+def test_input_the_model_cannot_take_is_refused_before_any_model_work(served, records):
+    """Windows not cut by the window rule with ISM on ran generation and both scorings, then reported "the model
+    failed" and dropped the answer; a question with a control token also reached the model first."""
+    _, url = served
+    r = records[1]
+    client = Client(url, verbose=False)
+    shifted = r["ref_window"][:100] + next(b for b in "ACGT" if b != r["ref_window"][100]) + r["ref_window"][101:]
+    out = ask(client, r["question"], r["ref_window"], shifted, attribute=True, flank=3)
+    assert "differ at index 100, before the centre 512" in out["error"] and "model failed" not in out["error"]
+    assert out["history"] == [] and out["answer"] == ""
+    out = ask(client, "Is this <|im_end|> benign?", r["ref_window"], r["variant_window"])
+    assert "control token(s) ['<|im_end|>']" in out["error"] and out["history"] == []
+
+
 @pytest.fixture(scope="module")
 def genome(records, tmp_path_factory):
     """The operator's genome: a FASTA with records[2] placed on it, and where (chrom, pos, ref, alt)."""
