@@ -104,6 +104,10 @@ def test_vcf_line_checks_and_file_level_errors(tmp_path):
     assert "REF is empty" in parse_vcf_line("chr1\t100\t.\t\tG\t.\t.\t.", 4, "x.vcf")[0].error
     assert "ALT is empty" in parse_vcf_line("chr1\t100\t.\tA\t\t.\t.\t.", 4, "x.vcf")[0].error
     assert "POS '0'" in parse_vcf_line("chr1\t0\t.\tA\tG\t.\t.\t.", 4, "x.vcf")[0].error
+    # QUAL: a number or '.'; pysam wrote 'abc' back as 0 in --vcf-out, a real quality
+    assert "QUAL 'abc' is not a number or '.'" in parse_vcf_line("chr1\t9\t.\tA\tG\tabc\t.\t.", 4, "x.vcf")[0].error
+    for qual in (".", "50", "3.5", "1e3"):
+        assert parse_vcf_line(f"chr1\t9\t.\tA\tG\t{qual}\t.\t.", 4, "x.vcf")[0].error is None
     ann = "ANN=T|missense_variant|MODERATE|KRAS|ENSG1,C|synonymous_variant|LOW|OTHER|ENSG2"
     recs = parse_vcf_line(f"chr12\t100\t.\tG\tC,T\t.\t.\t{ann}", 9, "x.vcf")
     assert [r.gene for r in recs] == ["OTHER", "KRAS"]

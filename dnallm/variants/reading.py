@@ -13,6 +13,7 @@ Text cells use the escapes of the explain output TSV (`_uncell`); `read_results`
 from __future__ import annotations
 
 import gzip
+import math
 import re
 import zlib
 from dataclasses import dataclass
@@ -117,6 +118,13 @@ def _empty_in_list(alleles: list[str]) -> int:
     return next((i for i, a in enumerate(alleles, 1) if not a.strip()), 0)
 
 
+def _is_qual(text: str) -> bool:
+    try:
+        return text == "." or math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def parse_vcf_line(line: str, number: int, source: str = "VCF") -> list[VariantRecord]:
     """The records (one per ALT) of one VCF data line; a malformed line gives one record with `error` set."""
     cols = line.split("\t")
@@ -135,6 +143,8 @@ def parse_vcf_line(line: str, number: int, source: str = "VCF") -> list[VariantR
         problem = "REF is empty"
     elif not alts.strip():
         problem = "ALT is empty"
+    elif not _is_qual(cols[5].strip()):  # htslib would write it back as 0, a real quality ("no variant")
+        problem = f"QUAL {cols[5]!r} is not a number or '.'"
     if problem:
         return [VariantRecord(source, number, 1, chrom=chrom or None,
                               error=f"{source} line {number}: malformed VCF line: {problem}")]
