@@ -535,3 +535,20 @@ def test_cli_reports_a_checkpoint_of_another_encoder_and_a_locked_output_as_erro
         res = CliRunner().invoke(app, ["explain", "--vcf", str(d / "in.vcf"), "--fasta", str(d / "genome.fa"),
                                        "--model", str(out / "model"), "--out", str(tmp_path / "o.tsv")])
     assert res.exit_code == 2 and "is being written by another process" in flat(res.output), res.output
+
+
+def test_an_output_without_records_resumes_with_any_settings(quickstart_dir, files, tmp_path):
+    """A run stopped before its first batch left the header and its settings: --resume with other settings was
+    refused, a run without --resume too ('exists'), so the files had to be removed by hand."""
+    from dnallm.variants.batch import meta_file, write_meta
+
+    out, _ = quickstart_dir
+    d, _ = files
+    target = tmp_path / "out.tsv"
+    target.write_text("\t".join(OUT_COLUMNS) + "\n")
+    write_meta(target, {"mode": "generate", "max_new_tokens": 0})
+    stats = explain_file(d / "in.vcf", d / "genome.fa", out / "model", target, resume=True, progress=False)
+    assert stats["skipped"] == 0 and stats["written"] == 14
+    assert json.loads(meta_file(target).read_text())["mode"] == "score"
+    with pytest.raises(ValueError, match=r"it was written with other settings \(batch_size: 8 then, 4 now\)"):
+        explain_file(d / "in.vcf", d / "genome.fa", out / "model", target, resume=True, batch_size=4, progress=False)

@@ -191,6 +191,8 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
         if out.exists() and out.stat().st_size and not resume:
             raise FileExistsError(f"{out} exists: pass --resume to continue it, or remove it")
         if resume and out.exists():
+            done = _resume_keys(out)
+        if done:  # an output without records yet (a run stopped before its first batch) starts again, any settings
             old = json.loads(meta_path.read_text()) if meta_path.exists() else None
             if old is None:
                 raise ValueError(f"cannot resume {out}: {meta_path.name} (the settings it was written with) is missing")
@@ -198,7 +200,6 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
             if diff:
                 raise ValueError(f"cannot resume {out}: it was written with other settings "
                                  f"({'; '.join(f'{k}: {a!r} then, {b!r} now' for k, (a, b) in diff.items())})")
-            done = _resume_keys(out)
         if not done:
             write_meta(out, meta)
         t_load = time.perf_counter()
