@@ -53,6 +53,21 @@ def test_one_token_per_base_and_layer_choice(tiny_genos):
     assert not torch.equal(h1, h_last)
 
 
+def test_a_layer_outside_the_hidden_states_is_an_error(tiny_genos):
+    """2 blocks: hidden states 0 (embeddings), 1, 2. Layer 3 was read modulo 3 as the embeddings, layer 5 as 2."""
+    from dnallm.encoders.evo2 import layer_name
+
+    path, _ = tiny_genos
+    for layer in (-3, 0, 2):
+        assert build_encoder("genos", str(path), layer=layer).layer == layer
+    for layer in (3, 5, -4):
+        with pytest.raises(ValueError, match=rf"layer {layer} is out of range: the encoder has 3 hidden states, so "
+                                             r"layers -3\.\.2"):
+            build_encoder("genos", str(path), layer=layer)
+    with pytest.raises(ValueError, match=r"Evo2 layer 30 is out of range: evo2_1b_base has 25 blocks \(-25\.\.24\)"):
+        layer_name(30, "evo2_1b_base", 25)
+
+
 def test_encoder_is_frozen(tiny_genos):
     enc = build_encoder("genos", str(tiny_genos[0]))
     enc.train()

@@ -118,6 +118,7 @@ class DNAEncoder(nn.Module):
         self.model.eval()
         if lm_head is not None:
             lm_head.requires_grad_(False).eval()
+        self.check_layer()
 
     def train(self, mode: bool = True):  # always frozen: dropout off even inside a training model
         return super().train(False)
@@ -125,6 +126,20 @@ class DNAEncoder(nn.Module):
     @property
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
+
+    @property
+    def num_hidden_states(self) -> int:
+        """How many states a layer index picks from: the embeddings and each block's output."""
+        blocks = self._blocks()
+        return (len(blocks) if blocks is not None else self.model.config.num_hidden_layers) + 1
+
+    def check_layer(self) -> None:
+        """An integer layer must index the hidden states: taken modulo their count, layer 13 of 12-block Genos read
+        the token embeddings (and the checkpoint recorded 13)."""
+        n = self.num_hidden_states
+        if isinstance(self.layer, int) and not -n <= self.layer < n:
+            raise ValueError(f"{self.name_or_path}: layer {self.layer} is out of range: the encoder has {n} hidden "
+                             f"states, so layers {-n}..{n - 1} (0 = the token embeddings, {n - 1} = the last)")
 
     @property
     def fingerprint(self) -> dict:
@@ -154,7 +169,7 @@ class DNAEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         positions = dna_positions(self.tokenizer, input_ids, attention_mask)
         blocks = self._blocks()
-        layer = self.layer % (len(blocks) + 1) if blocks is not None else None
+        layer = self.layer % (len(blocks) + 1) if blocks is not None else None  # in range: check_layer
         if layer is not None and layer < len(blocks):
             # hidden_states[L] is the input of block L: stop the stack there. The blocks above a middle layer
             # (the tiny preset reads layer 2 of 4) would be half the encoder's compute for nothing.

@@ -51,6 +51,9 @@ def layer_name(layer: int | str | None, model_name: str, num_layers: int) -> str
             raise ValueError(f"no default Evo2 layer for {model_name!r}; pass layer (e.g. 'blocks.20.mlp.l3')")
         return DEFAULT_LAYERS[model_name]
     if isinstance(layer, int):
+        if not -num_layers <= layer < num_layers:  # modulo, blocks.30 of 25 read block 5
+            raise ValueError(f"Evo2 layer {layer} is out of range: {model_name} has {num_layers} blocks "
+                             f"({-num_layers}..{num_layers - 1})")
         return f"blocks.{layer % num_layers}.mlp.l3"
     return layer
 

@@ -79,6 +79,10 @@ class HyenaDNAEncoder(DNAEncoder):
         return self.model.config.d_model
 
     @property
+    def num_hidden_states(self) -> int:  # the embeddings, each block, and the final layer norm
+        return self.model.config.n_layer + 2
+
+    @property
     def fingerprint(self) -> dict:
         cfg = self.model.config
         return {"type": self.name, "model_type": cfg.model_type, "hidden_size": cfg.d_model,
