@@ -84,6 +84,30 @@ def test_missing_weight_is_an_error(tiny_genos):
         build_encoder("genos", str(path))
 
 
+def test_generic_hf_encoder_loads_a_masked_lm_checkpoint_without_its_pooler(tmp_path):
+    """AutoModel builds BertModel's pooler, which a BertForMaskedLM (DNABERT-style) checkpoint lacks: it was refused
+    as a missing weight, though per-position states never pass through it. Other missing weights still refuse."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=128, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                     pad_token_id=0)
+    mlm = BertForMaskedLM(cfg).eval()
+    mlm.save_pretrained(tmp_path)
+    build_base_tokenizer().save_pretrained(tmp_path)
+    enc = build_encoder("hf", str(tmp_path))
+    assert enc.model.pooler is None
+    hidden, mask = enc.encode(WINDOWS[:1])
+    ids = enc.tokenize(WINDOWS[:1])
+    expected = mlm.bert(**ids).last_hidden_state
+    torch.testing.assert_close(hidden[0, : int(mask.sum())], expected[0][ids["attention_mask"][0].bool()][: int(mask.sum())])
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights[next(k for k in weights if "encoder.layer.0.attention.self.query.weight" in k)]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(LoadingError, match="missing weights.*query"):
+        build_encoder("hf", str(tmp_path))
+
+
 def test_unexpected_weight_is_an_error(tiny_genos):
     path, _ = tiny_genos
     weights = load_file(path / "model.safetensors")
