@@ -130,6 +130,7 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.dna_encoder, self.projector, self.language_model = dna_encoder, projector, language_model
         self.processor = processor
+        processor.window_size = config.dna_config.window_size  # windows of another size are refused
         self.lora_merged = False
         self.loss_chunk_size = 1024  # answer tokens per LM-head chunk in the training loss (dnallm.losses)
         # Greedy by default (a hub LM's sampling defaults do not carry over); stop at every end token; never emit a
@@ -183,6 +184,13 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         elif dna.fingerprint != dna_encoder.fingerprint:
             raise LoadingError(f"checkpoint was trained on encoder {dna.fingerprint}, but {dna.encoder_name_or_path!r} "
                                f"is {dna_encoder.fingerprint}")
+        sample = dna_encoder.weight_sample()
+        if dna.weight_sample is None:  # a new model, or a checkpoint saved before samples were recorded
+            dna.weight_sample = sample
+        elif not dna_encoder.same_weights(dna.weight_sample, sample):
+            raise LoadingError(f"checkpoint was trained on other encoder weights than {dna.encoder_name_or_path!r} "
+                               "holds (the same layout: a re-pretrained or another fine-tuned encoder?); its first "
+                               f"weights were {dna.weight_sample[:3]}..., these are {sample[:3]}...")
         if config.text_config is not None:
             trained = {k: getattr(config.text_config, k, None) for k in TEXT_IDENTITY}
             loaded = {k: getattr(language_model.config, k, None) for k in TEXT_IDENTITY}
@@ -278,6 +286,7 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
             dtype = getattr(torch, dtype)
         model = cls.build(config, dtype=dtype, base_dir=path, attn_implementation=attn_implementation)
         model.processor = DNALLMProcessor.from_pretrained(path)  # the exact tokenizers it was trained with
+        model.processor.window_size = config.dna_config.window_size
         state = load_file(path / PROJECTOR_FILE)
         result = model.projector.load_state_dict(state, strict=False)
         check_loading_info({"missing_keys": result.missing_keys, "unexpected_keys": result.unexpected_keys},

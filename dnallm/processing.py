@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from dnallm.data import check_bases
 from dnallm.encoders.base import dna_positions
 
 PROCESSOR_FILE = "processor_config.json"
@@ -58,6 +59,7 @@ class DNALLMProcessor:
         self.include_dna = True  # False only inside without_dna()
         self.encoder_cache = None  # an EmbeddingCache only inside cached_encoder_states()
         self._dna_token_counts: dict[tuple, int] = {}  # num_dna_tokens' memo
+        self.window_size: int | None = None  # the model's window (set by the model); other sizes are refused
 
     @contextmanager
     def without_dna(self):
@@ -120,11 +122,17 @@ class DNALLMProcessor:
                                  add_special_tokens=self.dna_add_special_tokens)
         return {"dna_input_ids": enc["input_ids"], "dna_attention_mask": enc["attention_mask"]}
 
-    def num_dna_tokens(self, window: str) -> int:
+    def num_dna_tokens(self, window: str, where: str = "") -> int:
         # Memoised per window: tokenizing a 1 kb window just to count its positions was 10 s of the tiny default's
         # SFT set-up (every window is expanded 3-4 times: reasoning and direct examples, both views, val).
         counts, key = self._dna_token_counts, (window, self.dna_stride, self.dna_add_special_tokens)
         if key not in counts:
+            # Checked once per distinct window. The DNA tokenizers map any other character (lowercase too) to <unk>,
+            # and a window of another size gets as many DNA tokens as it has bases: both ran without a word.
+            check_bases(window, f"{where}DNA window")
+            if self.window_size is not None and len(window) != self.window_size:
+                raise ValueError(f"{where}DNA window of {len(window)} bp; the model reads {self.window_size} bp windows "
+                                 "centred on the variant (dnallm.inference.prepare_windows cuts them)")
             if len(counts) >= 65536:  # bounded for long-running servers
                 counts.clear()
             enc = self.dna_tokenizer(window, add_special_tokens=self.dna_add_special_tokens)
@@ -138,7 +146,7 @@ class DNALLMProcessor:
             raise ValueError(f"{where}prompt has {len(parts) - 1} DNA placeholders but {len(windows)} windows were given")
         out = parts[0]
         for window, rest in zip(windows, parts[1:]):
-            out += self.dna_start_token + self.dna_pad_token * self.num_dna_tokens(window) + self.dna_end_token + rest
+            out += self.dna_start_token + self.dna_pad_token * self.num_dna_tokens(window, where) + self.dna_end_token + rest
         return out
 
     # ---- batch ----

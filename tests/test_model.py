@@ -133,6 +133,27 @@ def test_checkpoint_from_another_encoder_is_refused(tiny_dir, tmp_path):
         DNALLMForConditionalGeneration.from_pretrained(tmp_path)
 
 
+def test_checkpoint_on_an_encoder_of_the_same_layout_with_other_weights_is_refused(tiny_dir, tmp_path):
+    """The layout fingerprint alone let a re-pretrained stand-in (same config, other weights) serve a checkpoint
+    trained on another: its states differed by ~0.8 and nothing said so. Another load dtype is the same encoder."""
+    from transformers import AutoModelForCausalLM
+
+    model = build(tiny_dir)
+    model.save_pretrained(tmp_path / "ckpt")
+    assert len(DNALLMConfig.from_pretrained(tmp_path / "ckpt").dna_config.weight_sample) == 16
+    other = tmp_path / "other-encoder"
+    shutil.copytree(tiny_dir / "encoder", other)
+    torch.manual_seed(123)
+    AutoModelForCausalLM.from_config(AutoModelForCausalLM.from_pretrained(other).config).save_pretrained(other)
+    with pytest.raises(LoadingError, match="checkpoint was trained on other encoder weights than"):
+        DNALLMForConditionalGeneration.from_pretrained(tmp_path / "ckpt", dna_config={"encoder_name_or_path": str(other)})
+    copy = tmp_path / "same-encoder"  # the same weights elsewhere, or in bfloat16, load
+    shutil.copytree(tiny_dir / "encoder", copy)
+    DNALLMForConditionalGeneration.from_pretrained(tmp_path / "ckpt", dna_config={"encoder_name_or_path": str(copy)})
+    bf16 = DNALLMForConditionalGeneration.from_pretrained(tmp_path / "ckpt", dtype=torch.bfloat16)
+    assert next(bf16.dna_encoder.model.parameters()).dtype == torch.bfloat16
+
+
 def test_missing_projector_weight_is_an_error(tiny_dir, tmp_path):
     build(tiny_dir).save_pretrained(tmp_path)
     state = load_file(tmp_path / PROJECTOR_FILE)

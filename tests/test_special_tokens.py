@@ -137,3 +137,21 @@ def test_a_question_holding_control_tokens_is_refused(tiny_dir, kegg_train, ques
     plain = explain_variant(question.replace("<|", "").replace("|>", "").replace("<", "").replace(">", ""),
                             r["ref_window"], r["variant_window"], model=model, mode="score")
     assert plain.label in [lab for lab, _ in plain.top_k]
+
+
+def test_the_processor_refuses_windows_the_encoder_cannot_read(tiny_dir, kegg_train):
+    """The documented `model.generate(**processor(...))` path: a lowercase window became all <unk>, a 100 bp one got
+    a third of the DNA tokens, and the model answered either way."""
+    model = build(tiny_dir).eval()
+    proc = model.processor
+    r = kegg_train[0]
+    prompt = proc.prompt(r["question"])
+    ok = proc([prompt], [[r["ref_window"], r["variant_window"]]])
+    assert int((ok["input_ids"] == proc.dna_pad_id).sum()) == 2 * proc.num_dna_tokens(r["ref_window"])
+    with pytest.raises(ValueError, match=rf"example 0: DNA window: invalid base '{r['variant_window'][0].lower()}' at "
+                                         r"position 0"):
+        proc([prompt], [[r["ref_window"], r["variant_window"].lower()]])
+    with pytest.raises(ValueError, match=r"example 0: DNA window of 100 bp; the model reads 1024 bp windows"):
+        proc([prompt], [[r["ref_window"], r["variant_window"][:100]]])
+    loaded_window = model.config.dna_config.window_size
+    assert proc.window_size == loaded_window == 1024

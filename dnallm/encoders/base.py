@@ -149,6 +149,21 @@ class DNAEncoder(nn.Module):
                 "num_hidden_layers": cfg.num_hidden_layers, "vocab_size": getattr(cfg, "vocab_size", None),
                 "layer": self.layer}
 
+    def weight_sample(self) -> list[float]:
+        """16 evenly spaced values of the model's first weight tensor (its token embeddings, in every layout here),
+        to 4 significant digits: what a checkpoint records of the encoder's weights, cheap for a 10B model and
+        compared with a tolerance that any load dtype meets (`same_weights`)."""
+        first = next(self.model.parameters()).detach().flatten()
+        picks = torch.linspace(0, first.numel() - 1, 16).round().long().to(first.device)
+        return [float(f"{v:.4g}") for v in first[picks].float().cpu().tolist()]
+
+    @staticmethod
+    def same_weights(recorded: list[float], sample: list[float]) -> bool:
+        """bfloat16 keeps ~3 significant digits; other weights (another seed, another training run) differ by the
+        values' own size."""
+        return len(recorded) == len(sample) and torch.allclose(torch.tensor(sample), torch.tensor(recorded),
+                                                               rtol=2e-2, atol=1e-4)
+
     def tokenize(self, windows: list[str]) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(list(windows), return_tensors="pt", padding=True,
                              add_special_tokens=self.add_special_tokens)
