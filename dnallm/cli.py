@@ -92,7 +92,7 @@ def pretrain_stand_ins(out: Path = typer.Option(..., help="Folder for encoder/, 
 def evaluate(model: Path = typer.Option(Path("runs/quickstart/model"), help="Checkpoint folder"),
              split: str = typer.Option("test", help="test | grouped-test, each also as hard-* (the probe is selected on "
                                                     "val / grouped-val)"),
-             out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL/../eval/SPLIT)"),
+             out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL/eval/SPLIT)"),
              batch_size: int = 16, max_new_tokens: int = 1024,
              score_batch_size: int = typer.Option(16, help="Questions per label-scoring batch (all 37 labels in one packed pass each)"),
              generate: bool = typer.Option(True, help="Greedy reasoning + final Answer: line (headline mode)"),
@@ -127,7 +127,7 @@ def evaluate(model: Path = typer.Option(Path("runs/quickstart/model"), help="Che
     records = load_kegg(name, view=view, window=checkpoint.config.dna_config.window_size)
     if limit:
         records = records.select(range(min(limit, len(records))))
-    out = out or model.resolve().parent / "eval" / split
+    out = out or model.resolve() / "eval" / split  # per checkpoint: sibling checkpoints under runs/ never share one
     bars: dict = {}
 
     def progress(stage: str, done: int) -> None:

@@ -396,6 +396,10 @@ def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: 
     seen = set(train_records["variant_sequence"])
     metrics["rows_with_variant_in_train"] = sum(v in seen for v in records["variant_sequence"])
     metrics["seconds"] = round(time.time() - start, 1)
+    if model.name_or_path:  # a loaded checkpoint: which training run these figures belong to (dnallm.model_card)
+        from dnallm.model_card import checkpoint_identity
+
+        metrics["checkpoint"] = {"path": model.name_or_path, "identity": checkpoint_identity(model.name_or_path)}
     metrics = json.loads(json.dumps(metrics))  # plain JSON types: the returned dict equals metrics.json
 
     write_predictions(out_dir / "predictions.jsonl", records, predicted, main, control_runs, threshold, k)

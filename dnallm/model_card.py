@@ -9,6 +9,7 @@ says so instead of showing a number.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -36,18 +37,34 @@ def _training(path: Path) -> dict | None:
     # The SFT answer forms per view name the training mix: {"kegg": 2} direct answers per kegg record, ...
     views = {}
     for form in ("thinking_answers", "direct_answers"):
-        for view, count in (cfg.get(form) or {}).items():
+        setting = cfg.get(form) or {}
+        # a bool or a number sets every view (SFTConfig); the views the checkpoint's data held are not recorded here
+        per_view = setting if isinstance(setting, dict) else {"every view": float(setting)}
+        for view, count in per_view.items():
             views.setdefault(view, {})[form.removesuffix("_answers")] = count
     return {"examples": summary.get("train_examples"), "tokens_per_epoch": summary.get("train_tokens_per_epoch"),
             "epochs": cfg.get("epochs"), "steps": summary.get("steps"), "best_val_loss": summary.get("best_val_loss"),
             "answers_per_record": views}
 
 
+def checkpoint_identity(path: str | Path) -> str | None:
+    """What an evaluation records of the checkpoint it ran on: the SHA-256 of its train_summary.json (written once
+    per training run), None without one. The card shows only evaluations of this very training run."""
+    try:
+        return hashlib.sha256((Path(path) / "train_summary.json").read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def _evaluations(path: Path) -> list[dict]:
+    """Evaluations of this checkpoint: `dnallm eval`'s MODEL/eval/SPLIT and the quickstart's DIR/eval/SPLIT, each
+    only if it records this training run (a sibling checkpoint's, or an earlier run's in a reused folder, do not)."""
     out = []
-    for metrics_path in sorted((path.parent / "eval").glob("*/metrics.json")):
+    identity = checkpoint_identity(path)
+    found = sorted({*(path / "eval").glob("*/metrics.json"), *(path.parent / "eval").glob("*/metrics.json")})
+    for metrics_path in found:
         m = _read_json(metrics_path)
-        if not m or "split" not in m:
+        if not m or "split" not in m or identity is None or (m.get("checkpoint") or {}).get("identity") != identity:
             continue
         modes = m.get("modes") or {m.get("mode", "?"): m}
         out.append({

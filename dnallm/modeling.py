@@ -285,6 +285,7 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         model = cls.build(config, dtype=dtype, base_dir=path, attn_implementation=attn_implementation)
+        model.name_or_path = model.config._name_or_path = str(path)  # as transformers' from_pretrained sets them
         model.processor = DNALLMProcessor.from_pretrained(path)  # the exact tokenizers it was trained with
         model.processor.window_size = config.dna_config.window_size
         state = load_file(path / PROJECTOR_FILE)

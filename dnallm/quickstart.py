@@ -167,6 +167,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
     elif not (reuse and (out / "encoder").exists() and (out / "text-model").exists()):
         for part in ("encoder", "text-model"):  # copies, so that DIR holds everything its checkpoint needs
             shutil.copytree(SHIPPED_STAND_INS / part, out / part, dirs_exist_ok=True)
+        shutil.copy2(SHIPPED_STAND_INS / "pretrain_log.json", out / "pretrain_log.json")  # not an earlier run's
     views = training_views(preset)
     window = preset["model"].get("dna_config", {}).get("window_size", WINDOW_SIZE)
     train, val = (load_views(prefix + s, views, limit=limit, window=window) for s in ("train", "val"))
@@ -190,6 +191,8 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
     timings["sft_s"] = round(time.time() - t, 1)
 
     t = time.time()
+    # an earlier run's evaluations in a reused DIR (other splits, another model) go: DIR/eval is this run's
+    shutil.rmtree(out / "eval", ignore_errors=True)
     # the val-selected checkpoint, as users load it (inference.load_model): LoRA merged into the weights
     best = DNALLMForConditionalGeneration.from_pretrained(out / "model").merge_lora().to(device).eval()
     evaluations = {}

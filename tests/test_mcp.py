@@ -417,3 +417,31 @@ def test_cli_refuses_a_remote_host_bad_settings_and_a_folder_without_a_checkpoin
     assert res.exit_code == 2 and "is not a checkpoint folder" in " ".join(res.output.split())
     res = runner.invoke(app, ["mcp", "--model", str(tmp_path)])  # a folder, but no checkpoint in it
     assert res.exit_code == 2 and "cannot load" in res.output and "no config.json" in " ".join(res.output.split())
+
+
+def test_the_card_reads_any_answer_setting_and_only_this_training_runs_evaluations(tmp_path):
+    """A GPU preset's `direct_answers: true` crashed the card (so `dnallm mcp` did not start); evaluations from a
+    sibling checkpoint (`dnallm eval` wrote MODEL/../eval for every checkpoint under runs/) or from an earlier run in
+    a reused quickstart folder were shown as this checkpoint's."""
+    from dataclasses import asdict
+
+    from dnallm.configuration import DNALLMConfig
+    from dnallm.model_card import checkpoint_card, checkpoint_identity
+    from dnallm.quickstart import load_preset
+    from dnallm.training import SFTConfig
+
+    ckpt = tmp_path / "run" / "model"
+    ckpt.mkdir(parents=True)
+    sft = SFTConfig.from_dict(load_preset(str(ROOT / "train" / "configs" / "genos-1.2b_qwen3-4b.yaml"))["sft"])
+    (ckpt / "train_summary.json").write_text(json.dumps({"config": asdict(sft), "steps": 10}))
+    mine = {"checkpoint": {"path": str(ckpt), "identity": checkpoint_identity(ckpt)}}
+    for folder, split, record in ((ckpt / "eval", "test", mine), (tmp_path / "run" / "eval", "hard-test", mine),
+                                  (tmp_path / "run" / "eval", "grouped-test", {"checkpoint": {"identity": "other"}}),
+                                  (tmp_path / "run" / "eval", "val", {})):
+        (folder / split).mkdir(parents=True)
+        (folder / split / "metrics.json").write_text(json.dumps({"split": split, "n": 3, "mode": "score",
+                                                                 "accuracy": 1.0, **record}))
+    card = checkpoint_card(ckpt, DNALLMConfig())
+    assert card["training"]["answers_per_record"] == {"every view": {"thinking": float(sft.thinking_answers),
+                                                                     "direct": float(sft.direct_answers)}}
+    assert sorted(e["split"] for e in card["evaluations"]) == ["hard-test", "test"]

@@ -122,6 +122,11 @@ def test_the_quickstart_runs_on_the_core_install(tmp_path):
     import subprocess
     import sys
 
+    # A reused folder: an earlier run's evaluation (another split) and pretraining log must not outlive it (the card
+    # showed them as the new model's).
+    (tmp_path / "eval" / "grouped-test").mkdir(parents=True)
+    (tmp_path / "eval" / "grouped-test" / "metrics.json").write_text('{"split": "grouped-test"}')
+    (tmp_path / "pretrain_log.json").write_text('{"train_rows": 2}')
     extras = ["deepspeed", "trl", "tensorboard", "gradio", "pysam", "pyfaidx", "Bio", "mcp", "pytest"]
     script = f"""
 import sys
@@ -133,3 +138,11 @@ assert result["summary"] and result["example"]["label_probabilities"]
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "model" / "config.json").exists()
+    from dnallm.quickstart import SHIPPED_STAND_INS
+
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["hard-test", "test"]
+    assert (tmp_path / "pretrain_log.json").read_bytes() == (SHIPPED_STAND_INS / "pretrain_log.json").read_bytes()
+    identity = json.loads((tmp_path / "eval" / "test" / "metrics.json").read_text())["checkpoint"]["identity"]
+    from dnallm.model_card import checkpoint_identity
+
+    assert identity == checkpoint_identity(tmp_path / "model")

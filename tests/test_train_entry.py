@@ -60,3 +60,40 @@ def test_sft_entry_point_trains_the_packaged_tiny_preset_on_stand_ins_next_to_it
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["train_examples"] == 4 * 16  # each row: kegg x (1 reasoning + 2 direct + 1 distractor), kegg_hard x 12 direct
     DNALLMForConditionalGeneration.from_pretrained(out)
+
+
+def test_sft_entry_point_uses_the_gpu_without_deepspeed(monkeypatch, tmp_path):
+    """One GPU runs without DeepSpeed (`sft.deepspeed: null`, the measured single-GPU setting): the script kept the
+    model on the CPU in fp32 unless DeepSpeed was on. CUDA is faked; the model build is stubbed at the move."""
+    import runpy
+
+    import torch
+
+    class Moved(Exception):
+        pass
+
+    class Stub:
+        def add_lora(self):
+            pass
+
+        def to(self, device):
+            raise Moved(device)
+
+    built = {}
+
+    def build(cls, config, dtype=None, base_dir=None):
+        built["dtype"] = dtype
+        return Stub()
+
+    preset = yaml.safe_load((ROOT / "train" / "configs" / "genos-1.2b_qwen3-4b.yaml").read_text())
+    preset["sft"]["deepspeed"] = None
+    (tmp_path / "one_gpu.yaml").write_text(yaml.safe_dump(preset))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: built.setdefault("set_device", device))
+    monkeypatch.setattr(DNALLMForConditionalGeneration, "build", classmethod(build))
+    monkeypatch.setattr(sys, "argv", ["train/sft.py", "--config", str(tmp_path / "one_gpu.yaml"), "--out",
+                                      str(tmp_path / "out")])
+    with pytest.raises(Moved) as moved:
+        runpy.run_path(str(ROOT / "train" / "sft.py"), run_name="__main__")
+    assert str(moved.value.args[0]) == "cuda:0" and str(built["set_device"]) == "cuda:0"
+    assert built["dtype"] == (torch.bfloat16 if preset["sft"].get("bf16") else None)

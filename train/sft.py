@@ -31,14 +31,13 @@ def main() -> None:
     preset = load_preset(args.config)
     sft = SFTConfig.from_dict(preset.get("sft", {}))
     device = torch.device("cpu")
+    if torch.cuda.is_available():  # with or without DeepSpeed (one GPU runs without it)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
     if sft.deepspeed:
         import deepspeed
 
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend)
-        if torch.cuda.is_available():
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     dtype = torch.bfloat16 if sft.bf16 and device.type == "cuda" else None
     torch.manual_seed(sft.seed)  # the fresh projector and LoRA weights: the same on every rank and every run
     # relative model paths (the tiny preset's ../encoder) are relative to the checkpoint folder
