@@ -25,9 +25,11 @@ def _lm_steps(model, batches, lr: float, log_every: int, what: str, device: str 
 
     stop_after ends the run early with the schedule of the full run (the tests replay the first steps).
     """
+    total = len(batches)
+    if total == 0:  # e.g. text_pretrain.epochs x rows < 1: no step to take, and the schedule would divide by 0
+        raise ValueError(f"{what}: the settings give no training batch (check steps / epochs and the training rows)")
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
-    total = len(batches)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)) * 0.5 * (1 + math.cos(math.pi * s / total)))
     model.train()

@@ -175,3 +175,15 @@ def test_the_probe_is_not_scored_on_the_split_it_is_selected_on(shipped_encoder,
     result = CliRunner().invoke(app, ["probe", "--encoder", str(SHIPPED_STAND_INS / "encoder"), "--split", split])
     words = " ".join(result.output.replace("│", " ").split())  # rich wraps the message in a box
     assert result.exit_code == 2 and "its score there is not held out" in words, result.output
+
+
+def test_pretraining_settings_that_give_no_batch_are_an_error(tmp_path):
+    """epochs x rows < 1 left no batch, and the warmup schedule divided by zero (ZeroDivisionError)."""
+    from dnallm.pretrain import pretrain_text_model
+    from dnallm.tokenization import BUNDLED_QWEN3_TOKENIZER, load_text_tokenizer
+
+    tokenizer = load_text_tokenizer(str(BUNDLED_QWEN3_TOKENIZER))
+    with pytest.raises(ValueError, match="text pretrain: the settings give no training batch"):
+        pretrain_text_model(tokenizer, ["What disease does this contribute to?"] * 8, tmp_path, epochs=0.1,
+                            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                            num_key_value_heads=1, head_dim=8)

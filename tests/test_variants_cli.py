@@ -550,5 +550,12 @@ def test_an_output_without_records_resumes_with_any_settings(quickstart_dir, fil
     stats = explain_file(d / "in.vcf", d / "genome.fa", out / "model", target, resume=True, progress=False)
     assert stats["skipped"] == 0 and stats["written"] == 14
     assert json.loads(meta_file(target).read_text())["mode"] == "score"
+    finished = target.read_bytes()
+    target.write_text("\t".join(OUT_COLUMNS) + "\n")  # and without --resume: a header alone is no output yet
+    write_meta(target, {"mode": "generate", "max_new_tokens": 0})
+    explain_file(d / "in.vcf", d / "genome.fa", out / "model", target, progress=False)
+    assert target.read_bytes() == finished
+    with pytest.raises(FileExistsError, match="exists: pass --resume"):  # records: never overwritten
+        explain_file(d / "in.vcf", d / "genome.fa", out / "model", target, progress=False)
     with pytest.raises(ValueError, match=r"it was written with other settings \(batch_size: 8 then, 4 now\)"):
         explain_file(d / "in.vcf", d / "genome.fa", out / "model", target, resume=True, batch_size=4, progress=False)

@@ -188,7 +188,7 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
         genome, total = open_input(variants, fmt, fasta)
 
         done: list[str] = []
-        if out.exists() and out.stat().st_size and not resume:
+        if out.exists() and not resume and any(out.read_bytes().split(b"\n")[1:]):  # a header alone: start again
             raise FileExistsError(f"{out} exists: pass --resume to continue it, or remove it")
         if resume and out.exists():
             done = _resume_keys(out)
