@@ -57,6 +57,13 @@ def _format_row(row: dict) -> str:
     return "\t".join(_cell(row.get(c)) for c in OUT_COLUMNS) + "\n"
 
 
+def _has_records(out: Path) -> bool:
+    """Whether anything follows the header line (read to the second line only: an output can be large)."""
+    with open(out, "rb") as f:
+        f.readline()
+        return bool(f.read(1))
+
+
 def _resume_keys(out: Path) -> list[str]:
     """Keys already in `out`, after cutting a partly written last line (a run killed mid-write)."""
     data = out.read_bytes()
@@ -188,7 +195,7 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
         genome, total = open_input(variants, fmt, fasta)
 
         done: list[str] = []
-        if out.exists() and not resume and any(out.read_bytes().split(b"\n")[1:]):  # a header alone: start again
+        if out.exists() and not resume and _has_records(out):  # a header alone: start again
             raise FileExistsError(f"{out} exists: pass --resume to continue it, or remove it")
         if resume and out.exists():
             done = _resume_keys(out)
