@@ -11,14 +11,12 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-import yaml
 from torch.nn.utils.rnn import pad_sequence
 from transformers import TrainerCallback
 
@@ -37,48 +35,35 @@ class SFTConfig:
     warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0
     max_length: int = 4096           # prompt + DNA + answer tokens; longer examples are an error, not cut
-    # Also train each example in Qwen3 non-thinking mode (answer line only): true = one such copy per record;
-    # a mapping {view: copies} sets it per training view (e.g. {kegg: 1, kegg_hard: 4}: the short DNA-only
-    # answer examples are cheap and are where the DNA -> label signal is densest).
+    # Examples per record of each kind: a bool/number for every view or a mapping {view: copies}; fractions give a
+    # fixed share of the records one more copy ({kegg: 0.5}). direct: Qwen3 non-thinking mode (answer line only:
+    # short, and where the DNA -> label signal is densest); thinking: reasoning mode (the long, costly examples).
     direct_answers: bool | float | dict = False
-    # Reasoning-mode (thinking) examples per record: true = one; a mapping {view: copies}, e.g. {kegg: 1,
-    # kegg_hard: 0} to teach reasoning on the pathway-context view only (the long examples are most of the cost).
-    # Fractions are allowed in every copies setting: {kegg: 0.5} gives a fixed half of the records one copy.
     thinking_answers: bool | float | dict = True
-    # Loss weights inside the reasoning examples (1.0 = the plain token mean). answer_weight: the tokens after
-    # `</think>` (the answer line and end of turn); without it they are ~8 of ~500 labelled tokens, and the tiny
-    # default's answer after its own reasoning copied whatever disease the reasoning named. mention_weight: the
-    # tokens of the gold label where the reasoning names it (case-insensitive), the words the answer line follows.
+    # Loss weight of a reasoning example's tokens after `</think>` (answer line, end of turn; 1.0 = plain token mean):
+    # unweighted they are ~8 of ~500 labelled tokens, and the answer copied whatever disease the reasoning named.
     answer_weight: float = 1.0
-    mention_weight: float = 1.0
-    # Distractor examples per record ({view: copies} or an int): the record's prompt and DNA, a think block holding
-    # the last steps of another record's reasoning (another label, so it names another disease), then the record's
-    # own answer line; the loss is on the answer line only. Generated reasoning drifts on a small LM and the answer
-    # copied the disease it named (docs/benchmarks.md, session 12): these teach the answer to come from the DNA and
-    # the question when the reasoning points elsewhere.
+    # Distractor examples per record: the record's prompt and DNA, another label's reasoning tail as the think block,
+    # the record's own answer line (loss on that line only): teaches the answer to come from the DNA when the
+    # reasoning points elsewhere (docs/benchmarks.md, session 12).
     distractor_answers: float | dict = 0
     eval_batch_size: int = 16
     evals_per_epoch: int = 1
     seed: int = 0
     bf16: bool = False
     # true: recompute every decoder layer in the backward; a fraction in (0, 1]: that share of the layers (the first
-    # ones), trading memory for speed in between (Qwen3-4B layout, batch 8, H200: none 94.8 GiB, all 16.1 GiB at
-    # -29 % samples/s; docs/benchmarks.md).
+    # ones), trading memory for speed in between (docs/benchmarks.md).
     gradient_checkpointing: bool | float = False
-    # liger-kernel on CUDA: its fused linear cross-entropy for the answer loss (no logits kept or recomputed) and
-    # its RMSNorm/SwiGLU/RoPE kernels in the text model. On an H200 (Qwen3-4B layout, batch 4): 6.64 -> 7.33
-    # samples/s with the fused loss alone; with the kernels, batch 8 and checkpointing 8.93 at 17.1 GiB
-    # (docs/benchmarks.md, "Speed, round two"). Needs liger-kernel (the `liger` extra) and a CUDA device.
+    # liger-kernel (the `liger` extra; CUDA only): its fused linear cross-entropy for the answer loss and its
+    # RMSNorm/SwiGLU/RoPE kernels in the text model (docs/benchmarks.md, "Speed, round two").
     liger: bool = False
-    # torch.compile of each decoder layer of the text model (regional compilation: one graph, reused by every layer;
-    # dynamic shapes for the length-grouped batches). With `liger`, only liger's fused loss is used: compile fuses
-    # RMSNorm/SwiGLU/RoPE itself and dynamo cannot trace liger's kernels. On an H200 (Qwen3-4B layout, batch 8):
-    # 13.3 -> 17.5 samples/s, LM MFU 29.8 -> 39.1 %, peak 94.8 -> 81.4 GiB (docs/benchmarks.md, "Speed, round four").
+    # torch.compile of each decoder layer (one graph reused by every layer, dynamic shapes). With `liger`, only its
+    # fused loss is used: compile fuses RMSNorm/SwiGLU/RoPE itself and dynamo cannot trace liger's kernels
+    # (docs/benchmarks.md, "Speed, round four").
     compile: bool = False
     deepspeed: str | dict | None = None  # path to (or dict of) a DeepSpeed JSON config
     log_every: int = 10
-    # Steps are optimizer updates (Trainer's global_step): with grad_accum > 1, each epoch ends in a (possibly
-    # partial) accumulation of its own.
+    # Steps are optimizer updates (Trainer's global_step); each epoch ends in a (possibly partial) accumulation.
     save_every: int | None = None    # steps between resumable states in out/last (default: every evaluation)
     resume: bool = False             # continue from out/last (a symlink to the latest checkpoint-N) if it exists
     stop_after_steps: int | None = None  # end early (the schedule still spans all epochs); for staged runs/tests
@@ -86,8 +71,7 @@ class SFTConfig:
     init_projector_from: str | None = None  # stage 2: start from a stage-1 checkpoint's projector
     tensorboard: bool = True
     progress: bool = False           # a tqdm bar instead of log lines
-    # An exponential moving average of the trainable weights (projector + LoRA), taken after every optimizer
-    # update; validation and the saved best checkpoint use it, training continues on the raw weights. None: off.
+    # An EMA of the trainable weights after every update, for validation and the best checkpoint (None: off).
     ema_decay: float | None = None
 
     def __post_init__(self):
@@ -110,10 +94,6 @@ class SFTConfig:
             raise ValueError(f"unknown SFT options {sorted(unknown)}")
         return cls(**d)
 
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "SFTConfig":
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
-
 
 def decoder_layers(language_model: torch.nn.Module) -> list[torch.nn.Module]:
     """The text model's decoder layers (transformers' GradientCheckpointingLayer); none is an error."""
@@ -128,9 +108,8 @@ def decoder_layers(language_model: torch.nn.Module) -> list[torch.nn.Module]:
 def checkpoint_layers(language_model: torch.nn.Module, fraction: bool | float = True) -> int:
     """Gradient checkpointing on the first round(fraction x L) decoder layers (True: all); returns how many.
 
-    transformers' checkpointing is per layer (each decoder layer a GradientCheckpointingLayer with its own flag):
-    enable it, then switch it off again on the layers after the first k. Every layer stores the same activations,
-    so which k layers does not change the memory saved."""
+    transformers' flag is per layer: enable it, then switch it off again after the first k layers (every layer
+    stores the same activations, so which k does not change the memory saved)."""
     # non-reentrant: needs no input that requires grad, and lets torch stop a recomputation early
     language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     layers = decoder_layers(language_model)
@@ -143,9 +122,8 @@ def checkpoint_layers(language_model: torch.nn.Module, fraction: bool | float = 
 def compile_layers(language_model: torch.nn.Module) -> int:
     """torch.compile every decoder layer in place; returns how many.
 
-    Ours rather than TrainingArguments(torch_compile=True), which compiles the whole wrapper: the DNA splice and the
-    chunked loss around the LM vary with every batch and would recompile or break the graph; the decoder layers are
-    where the time goes, and all of them share one compiled graph."""
+    Not TrainingArguments(torch_compile=True), which compiles the whole wrapper: the DNA splice and the chunked
+    loss vary with every batch and would recompile or break the graph; the layers share one compiled graph."""
     layers = decoder_layers(language_model)
     for layer in layers:
         layer.compile(dynamic=True)
@@ -155,9 +133,8 @@ def compile_layers(language_model: torch.nn.Module) -> int:
 def _copies(setting: bool | float | dict, view: str, draw: str | None = None) -> int:
     """Examples per record for one answer mode: a bool/number for every view, or a mapping {view: copies}.
 
-    A fractional number (e.g. 0.5) gives the integer part to every record and one more copy to that fraction of
-    the records: those whose fixed draw (seeded by `draw`, e.g. "thinking-17": mode and record index, so the same
-    records in every run) falls below it. Without a draw: whether the mode is used at all (0 or more)."""
+    A fraction (e.g. 1.5) gives one more copy to the records whose fixed draw (seeded by `draw`, e.g. "thinking-17",
+    so the same records in every run) falls below it. Without a draw: whether the mode is used at all."""
     copies = float(setting.get(view, 0) if isinstance(setting, dict) else setting)
     if copies < 0:
         raise ValueError(f"example copies must be >= 0, not {copies} (view {view})")
@@ -174,17 +151,12 @@ def record_views(records) -> set[str]:
 
 def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: int,
                     direct_answers: bool | float | dict = False, thinking_answers: bool | float | dict = True,
-                    answer_weight: float = 1.0, mention_weight: float = 1.0,
-                    distractor_answers: float | dict = 0) -> list[dict]:
+                    answer_weight: float = 1.0, distractor_answers: float | dict = 0) -> list[dict]:
     """Tokenize every record once: prompt + answer ids, labels on the answer only, and its two windows.
 
-    With direct_answers, each record also yields non-thinking-mode examples whose answer is the label line
-    alone (Qwen3's hybrid thinking/non-thinking training): a short, dense signal for the label. Mappings give
-    the number of copies of each mode per view (the records' `view` column; records without one are `kegg`).
-
-    answer_weight / mention_weight (SFTConfig): per-token loss weights on a reasoning example's answer line and on
-    the gold label's mentions inside its reasoning (`_reasoning_weights`). distractor_answers: see SFTConfig and
-    `_distractor_example`.
+    The copies of each kind of example (SFTConfig: thinking, direct = Qwen3 non-thinking mode with the label line
+    alone, distractor) are set per view (the records' `view` column; records without one are `kegg`).
+    answer_weight: the per-token loss weight of a reasoning example's answer line (SFTConfig).
     """
     proc = model.processor
     window = model.config.dna_config.window_size
@@ -207,9 +179,9 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
             target = proc.target(r["reasoning"] if thinking else None, r["label"])
             b = proc([proc.prompt(r["question"], thinking=thinking)], [windows], targets=[target], dna_ids=False)
             example = {"input_ids": b["input_ids"][0], "labels": b["labels"][0], "windows": windows}
-            if thinking and (answer_weight != 1.0 or mention_weight != 1.0):
-                example["label_weights"] = _reasoning_weights(proc.tokenizer, example, target, r["label"],
-                                                              answer_weight, mention_weight)
+            if thinking and answer_weight != 1.0:  # 1 elsewhere (the prompt's weights are never read)
+                answer = _answer_tokens(proc.tokenizer, example["input_ids"], target)
+                example["label_weights"] = torch.where(answer, float(answer_weight), 1.0)
             _check_length(example, r, max_length)
             out += [example] * copies
         for k in range(_copies(distractor_answers, view, f"distractor-{i}")):
@@ -240,40 +212,22 @@ def _distractor_example(proc, record: dict, windows: list[str], tails: list[tupl
     target = proc.target(rng.choice(others), record["label"])
     b = proc([proc.prompt(record["question"], thinking=True)], [windows], targets=[target], dna_ids=False)
     ids, labels = b["input_ids"][0], b["labels"][0].clone()
-    offsets = _target_offsets(proc.tokenizer, ids, target)
-    answer_start = target.rindex("</think>") + len("</think>")
-    labels[len(ids) - len(offsets):][torch.tensor([start < answer_start for start, _ in offsets])] = -100
+    labels[~_answer_tokens(proc.tokenizer, ids, target)] = -100  # the prompt's labels are -100 already
     return {"input_ids": ids, "labels": labels, "windows": windows,
             "label_weights": torch.full((len(ids),), float(answer_weight))}
 
 
-def _target_offsets(tokenizer, ids: torch.Tensor, target: str) -> list[tuple[int, int]]:
-    """Character offsets in `target` of the example's last tokens (its target, tokenized alone: the tokens must be
-    the same as inside the example, or per-token labels and weights would land on the wrong tokens)."""
+def _answer_tokens(tokenizer, ids: torch.Tensor, target: str) -> torch.Tensor:
+    """True on the example's tokens that start after the target's last `</think>` (the answer line, end of turn).
+
+    The target (the example's last tokens) is tokenized alone for its character offsets: its tokens must be the
+    same as inside the example, or per-token labels and weights would land on the wrong tokens."""
     enc = tokenizer(target, add_special_tokens=False, return_offsets_mapping=True)
     if enc["input_ids"] != ids[-len(enc["input_ids"]):].tolist():
         raise ValueError("the target's tokens differ when tokenized alone; cannot place per-token labels or weights")
-    return enc["offset_mapping"]
-
-
-def _reasoning_weights(tokenizer, example: dict, target: str, label: str, answer_weight: float,
-                       mention_weight: float) -> torch.Tensor:
-    """Per-token loss weights of one reasoning example: `answer_weight` on the target tokens that start after
-    `</think>`, `mention_weight` on those overlapping a case-insensitive mention of `label` inside the think block,
-    1 elsewhere (the prompt's weights are never read: its labels are -100)."""
-    offsets = _target_offsets(tokenizer, example["input_ids"], target)
-    n = len(offsets)
-    think_end = target.rindex("</think>")
-    mentions = [(m.start(), m.end()) for m in re.finditer(re.escape(label), target[:think_end], re.IGNORECASE)]
-    target_weights = []
-    for start, end in offsets:
-        if start >= think_end + len("</think>"):
-            target_weights.append(answer_weight)
-        elif any(start < m_end and end > m_start for m_start, m_end in mentions):
-            target_weights.append(mention_weight)
-        else:
-            target_weights.append(1.0)
-    return torch.tensor([1.0] * (len(example["input_ids"]) - n) + target_weights)
+    answer_start = target.rindex("</think>") + len("</think>")
+    return torch.tensor([False] * (len(ids) - len(enc["input_ids"]))
+                        + [start >= answer_start for start, _ in enc["offset_mapping"]])
 
 
 def pad_examples(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -296,12 +250,11 @@ def collate(examples: list[dict], cache: EmbeddingCache, pad_id: int) -> dict[st
 
 
 def _batch_indices(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """One epoch's batches (indices): shuffle, sort inside chunks of 16 batches by length so batches carry little
-    padding, then shuffle the batches, so that long reasoning examples and short direct answers stay interleaved.
+    """One epoch's batches (indices): shuffle, sort inside chunks of 16 batches by length (little padding), then
+    shuffle the batches, so that long reasoning examples and short direct answers stay interleaved.
 
-    Ours rather than transformers' `get_length_grouped_indices`, which does not shuffle its batches: each of its
-    400-example megabatches runs from its longest batch to its shortest, and with it the tiny default's hard-test
-    score fell from 85.6 % to 48.6 % (test 91.8 % -> 85.6 %; same data, seed and recipe, 2-core CPU)."""
+    Not transformers' `get_length_grouped_indices`: its megabatches run from longest to shortest batch unshuffled,
+    and with it the tiny default's hard-test score fell from 85.6 % to 48.6 % (docs/benchmarks.md, issue 14)."""
     order = rng.sample(range(len(lengths)), len(lengths))
     chunk = batch_size * 16
     batches = []
@@ -364,10 +317,9 @@ def _save_model(model, path: Path, engine, rank: int) -> None:
 def _save_best(model, out: Path, engine, rank: int, step: int) -> None:
     """The selected checkpoint, at the top of `out` (where users load it from), switched in atomically.
 
-    It is written whole to `.best-step<N>` and synced; then the symlink `best` is switched to it in one rename.
-    The entries at the top of `out` (config.json, projector.safetensors, adapter/, tokenizers, ...) are
-    symlinks through `best` (`config.json -> best/config.json`), so that one rename switches the whole
-    checkpoint: a crash mid-save leaves the previous best checkpoint whole, never a mix of two steps.
+    It is written whole to `.best-step<N>` and synced, then the symlink `best` is switched to it in one rename; the
+    entries at the top of `out` are symlinks through `best` (`config.json -> best/config.json`), so a crash mid-save
+    leaves the previous best checkpoint whole, never a mix of two steps.
     """
     staging = _staging(out, "best", step, rank)
     _save_model(model, staging, engine, rank)
@@ -442,11 +394,10 @@ WORLD_FILE = "world_size.json"  # in each checkpoint-N: the number of ranks that
 def _resharded(checkpoint: Path, saved_world: int, world: int, rank: int) -> Path:
     """A copy of `checkpoint` (saved on `saved_world` ranks) that this world of ranks can resume from.
 
-    Trainer counts optimizer updates per rank-batch, so the same examples seen are `step * saved_world / world`
-    updates here: the copy is `checkpoint-<that step>` with the step and the LR schedule's position rescaled, its
-    DeepSpeed shards converted to a universal checkpoint (DeepSpeed's own `ds_to_universal`, loadable on any
-    number of ranks; the caller sets `checkpoint.load_universal`) and each rank's RNG file taken from a saved rank.
-    The original stays untouched until the first save of the resumed run replaces it."""
+    Trainer counts updates per rank-batch, so the examples seen are `step * saved_world / world` updates here: the
+    copy is `checkpoint-<that step>` with the step and the LR schedule rescaled, its DeepSpeed shards converted by
+    DeepSpeed's `ds_to_universal` (the caller sets `checkpoint.load_universal`) and each rank's RNG file taken from a
+    saved rank. The original stays untouched until the first save of the resumed run replaces it."""
     import subprocess
     import sys
 
@@ -521,15 +472,10 @@ EMA_FILE = "ema.safetensors"
 
 
 class _WeightAverage(TrainerCallback):
-    """An exponential moving average (EMA) of the trainable weights, in float32.
-
-    Why: with a learning rate that stays up (constant or slowly decaying schedules), the last updates each move the
-    weights by one noisy batch; the average over the last ~1/(1 - decay) updates is a less noisy estimate. On the
-    tiny default, whose cosine schedule ends at zero, it measured no gain (docs/benchmarks.md, section 11), so the
-    preset leaves it off. Our own few lines rather than a library: transformers' Trainer has no EMA, and the
-    average has to be swapped in for our validation and best checkpoint (`swapped_in`) and saved with our
-    resumable checkpoints.
-    """
+    """An exponential moving average (EMA) of the trainable weights, in float32: with a learning rate that stays
+    up, the average over the last ~1/(1 - decay) updates is less noisy than the last weights (on the tiny default,
+    whose cosine schedule ends at zero, no gain: docs/benchmarks.md, section 11). Ours: Trainer has no EMA, and it
+    is swapped in for our validation and best checkpoint and saved with our resumable checkpoints."""
 
     def __init__(self, decay: float):
         if not 0.0 < decay < 1.0:
@@ -629,8 +575,7 @@ def _make_trainer_class():
                 lora = [p for p in model.language_model.parameters() if p.requires_grad]
                 groups = [g for g in ({"params": list(model.projector.parameters()), "lr": self.sft_cfg.lr_projector},
                                       {"params": lora, "lr": self.sft_cfg.lr_lora}) if g["params"]]
-                # fused: one kernel for all parameters instead of a loop over ~60 small tensors (on the CPU, torch
-                # picks that loop by default: ~3 ms of a 50 ms short step of the tiny default)
+                # fused: one kernel instead of torch's CPU default, a loop over ~60 small tensors (~6 % of a step)
                 self.optimizer = torch.optim.AdamW(groups, weight_decay=self.sft_cfg.weight_decay, betas=(0.9, 0.95),
                                                    fused=model.device.type in ("cpu", "cuda"))
             return self.optimizer
@@ -659,9 +604,8 @@ def _make_trainer_class():
             return (loss, out) if return_outputs else loss
 
         def floating_point_ops(self, inputs) -> int:
-            # Trainer's total_flos (6 x tokens x non-embedding parameters), with the parameters counted once:
-            # Trainer counts them at every step, a walk over all 417 modules (2.4 ms of a 60-90 ms short step of
-            # the tiny default on 2 CPU cores, ~5 s of its SFT), though they do not change during training.
+            # Trainer's total_flos (6 x tokens x non-embedding parameters), the parameters counted once rather than
+            # in a walk over all modules at every step (~5 s of the tiny default's CPU SFT)
             if self._flop_params is None:
                 self._flop_params = self.model.num_parameters(exclude_embeddings=True)
             return 6 * inputs["input_ids"].numel() * self._flop_params
@@ -747,7 +691,7 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
         _load_trainable(model, Path(cfg.init_projector_from), projector_only=True)
 
     train = encode_examples(model, train_records, cfg.max_length, cfg.direct_answers, cfg.thinking_answers,
-                            cfg.answer_weight, cfg.mention_weight, cfg.distractor_answers)
+                            cfg.answer_weight, cfg.distractor_answers)
     views = record_views(train_records)
     model.config.answer_modes = [mode for mode, setting in (("thinking", cfg.thinking_answers),
                                                             ("direct", cfg.direct_answers))
@@ -769,9 +713,6 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
                                   / world)
     updates_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
     eval_every = max(1, updates_per_epoch // max(1, cfg.evals_per_epoch))
-    # steps (save_every, stop_after_steps, the summary's `steps`) are Trainer's optimizer updates
-    save_every = cfg.save_every or eval_every
-    stop_at = cfg.stop_after_steps
     ds_config = None
     if cfg.deepspeed:
         ds_config = cfg.deepspeed if isinstance(cfg.deepspeed, dict) else json.loads(Path(cfg.deepspeed).read_text())
@@ -789,12 +730,12 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
         output_dir=str(out_dir), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,
         remove_unused_columns=False, bf16=cfg.bf16,
-        eval_strategy="steps", eval_steps=eval_every, save_strategy="steps", save_steps=save_every,
+        eval_strategy="steps", eval_steps=eval_every, save_strategy="steps", save_steps=cfg.save_every or eval_every,
         logging_steps=cfg.log_every, report_to="none",
         disable_tqdm=not cfg.progress, deepspeed=ds_config, use_cpu=device.type == "cpu",
         dataloader_num_workers=0, average_tokens_across_devices=True, save_only_model=False,
     )
-    callbacks = [_Progress(stop_at)]
+    callbacks = [_Progress(cfg.stop_after_steps)]
     if cfg.tensorboard and rank == 0:  # Trainer's TensorBoard callback, writing to out_dir/tensorboard
         try:
             from torch.utils.tensorboard import SummaryWriter
