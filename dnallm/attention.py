@@ -1,17 +1,15 @@
 """`sdpa_gqa`: transformers' SDPA attention for grouped-query models (Qwen3) without copying K/V per query head.
 
-With an attention mask (padding, a static cache's unwritten tail, the label tree), transformers' `sdpa` expands
-K and V to one copy per query head (`repeat_kv`) before calling SDPA: torch's masked kernels do not take grouped
-heads. At Qwen3-4B's 32 query / 8 KV heads that is 4 copies of the whole KV cache at every layer of every decoding
-step, which dominated a batch-128 decoding step on an H200 (docs/benchmarks.md). Here the G query heads that share a
-KV head are folded into the query-length axis instead: query [b, kv_heads * G, q, d] -> [b, kv_heads, G * q, d],
-the mask tiled G times along its query axis (a view when q = 1), one SDPA call, and the result unfolded. The
-arithmetic is the same attention; only the tensor layout differs. (transformers >= 5.2x does this for a single
-query token outside torch.compile; the compiled decoding step is exactly where it is needed.)
+With an attention mask, transformers' `sdpa` expands K and V to one copy per query head (`repeat_kv`): torch's
+masked kernels do not take grouped heads. At Qwen3-4B's 32 query / 8 KV heads that is 4 copies of the KV cache at
+every layer of every decoding step, which dominated a batch-128 decoding step on an H200 (docs/benchmarks.md).
+Here the G query heads that share a KV head are folded into the query-length axis instead ([b, kv_heads * G, q, d]
+-> [b, kv_heads, G * q, d], the mask tiled G times along its query axis), one SDPA call, and the result unfolded:
+the same attention in another layout. (transformers >= 5.2x does this for a single query token outside
+torch.compile; the compiled decoding step is exactly where it is needed.)
 
-The fold runs on CUDA only; elsewhere this is stock sdpa. On the 2-core CPU it gave the same texts and label
-scores as sdpa but generated ~5 % slower (benchmarks/cpu_eval_speed.py --attn; XPU and MPS have masked GQA kernels
-of their own, which stock sdpa uses).
+The fold runs on CUDA only; elsewhere this is stock sdpa (on the 2-core CPU the fold was ~5 % slower,
+benchmarks/cpu_eval_speed.py --attn; XPU and MPS have masked GQA kernels of their own).
 
 Registered with transformers' AttentionInterface on import, so `attn_implementation="sdpa_gqa"` works in
 `from_pretrained`, `set_attn_implementation` and dnallm's configs; dnallm.modeling picks it for grouped-KV LMs.

@@ -1,12 +1,11 @@
 """Losses without the full logits: the 151k-wide LM head and the cross-entropy run chunk by chunk.
 
-A batch of 8 KEGG answers is ~4,400 target tokens; their fp32 logits alone are 2.7 GB at Qwen3's vocabulary,
-kept again for the backward pass. Here each chunk's logits are recomputed in the backward pass
-(non-reentrant activation checkpointing), so at most one chunk's logits exist at any time.
+A batch of 8 KEGG answers (~4,400 target tokens) has 2.7 GB of fp32 logits at Qwen3's vocabulary, kept again for
+the backward pass; here each chunk's logits are recomputed in the backward (non-reentrant activation
+checkpointing), so at most one chunk's logits exist at any time.
 
 `chunk_size="liger"` (opt-in, CUDA only): liger-kernel's fused linear cross-entropy instead, which computes the
-input's (and a trainable head's) gradient in the forward pass, chunk by chunk, in Triton kernels; no logits are
-kept and none are recomputed (benchmarks/speed.py measures it against the chunked loss).
+gradients in the forward pass in Triton kernels, keeping and recomputing no logits (benchmarks/speed.py).
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ FUSED = "liger"
 def head_weight(head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The effective weight and bias of an LM head: a plain Linear, or peft's trainable-tokens layer over one
     (tied heads with trainable rows: the base weight with the trained rows written in, differentiable)."""
-    if isinstance(head, torch.nn.Linear):
-        return head.weight, head.bias
     layer = getattr(head, "token_adapter", head)  # peft TrainableTokensWrapper -> its TrainableTokensLayer
     if hasattr(layer, "get_merged_weights") and not getattr(layer, "disable_adapters", False):
         active = [a for a in layer.active_adapters if a in getattr(layer, "trainable_tokens_delta", {})]
@@ -32,15 +29,6 @@ def head_weight(head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | Non
     if hasattr(head, "weight"):
         return head.weight, getattr(head, "bias", None)
     raise TypeError(f"no linear weight found in LM head {type(head).__name__}")
-
-
-def fused_linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of `head(hidden)` against `targets` through liger-kernel's fused linear cross-entropy
-    (needs `liger-kernel`, Triton and a CUDA device)."""
-    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
-
-    weight, bias = head_weight(head)
-    return liger_fused_linear_cross_entropy(hidden.contiguous(), weight, targets, bias, reduction="mean")
 
 
 def require_liger(device: torch.device) -> None:
@@ -72,8 +60,7 @@ def apply_liger_kernels(language_model) -> None:
     apply = MODEL_TYPE_TO_APPLY_LIGER_FN[model_type]
     wanted = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
               "fused_linear_cross_entropy": False}
-    accepted = inspect.signature(apply).parameters
-    apply(model=base, **{k: v for k, v in wanted.items() if k in accepted})
+    apply(model=base, **{k: v for k, v in wanted.items() if k in inspect.signature(apply).parameters})
 
 
 def _chunk_token_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -100,10 +87,13 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: 
     """Mean cross-entropy of `head(hidden)` [N, vocab] against `targets` [N], `chunk_size` rows at a time.
 
     chunk_size None or 0: the plain loss over the full logits (no recomputation), for A/B measurements;
-    "liger": liger-kernel's fused linear cross-entropy (`fused_linear_cross_entropy`).
+    "liger": liger-kernel's fused linear cross-entropy (needs liger-kernel, Triton and a CUDA device).
     """
     if targets.numel() == 0:
         raise ValueError("no answer tokens in this batch: every label is -100")
     if chunk_size == FUSED:
-        return fused_linear_cross_entropy(hidden, head, targets)
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+        weight, bias = head_weight(head)
+        return liger_fused_linear_cross_entropy(hidden.contiguous(), weight, targets, bias, reduction="mean")
     return -chunked_token_logprobs(hidden, head, targets, chunk_size).mean()
