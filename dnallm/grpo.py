@@ -1,20 +1,18 @@
 """GRPO on top of an SFT checkpoint: a small trainer following trl's GRPOTrainer algorithm.
 
-trl's trainer generates from text prompts with a plain causal LM; our model splices DNA embeddings into
-`inputs_embeds`, so the loop is ours, with trl's choices: G sampled completions per prompt, group-normalised
-advantages (reward - mean) / (std + 1e-4), the clipped surrogate with epsilon, an optional k3 KL penalty
-(beta, default 0 as in trl >= 0.19) against the frozen SFT adapter, and a token-level mean over all
-completion tokens (trl's "dapo" loss). One optimisation pass per generation batch, so old = current logprobs.
+Ours because trl's trainer carries multimodal inputs only as image fields, and our model splices DNA embeddings
+into `inputs_embeds` (docs/benchmarks.md). trl's choices: G sampled completions per prompt, group-normalised
+advantages (reward - mean) / (std + 1e-4), the clipped surrogate with epsilon, an optional k3 KL penalty (beta,
+default 0 as in trl >= 0.19) against the frozen SFT adapter, and a token-level mean over all completion tokens
+(trl's "dapo" loss). One optimisation pass per generation batch, so old = current logprobs.
 
-The trainable weights (projector, LoRA) are kept in fp32 while a bf16 model computes in bf16 under autocast;
-the policy forward/backward runs in micro-batches whose gradients add up to the full batch's; out/last holds a
-resumable state (same files as SFT's, see dnallm.training) and `resume` continues it to the same result.
+Trainable weights (projector, LoRA) stay fp32 while a bf16 model computes under autocast; the policy
+forward/backward runs in micro-batches whose gradients add up to the full batch's; out/last holds a resumable state
+and `resume` continues it to the same result.
 
-Several ranks (`torchrun --nproc_per_node N train/grpo.py ...`): data parallel. Every rank draws the same
-prompts_per_step prompts and takes every N-th; each samples its completions with its own seed; the loss is the
-token mean over the completions of all ranks, and the gradients are summed across ranks before the step, so every
-rank takes the same step as one process holding the whole batch. (trl's GRPOTrainer is not used because it carries
-multimodal inputs only as image fields: docs/benchmarks.md.)
+Several ranks (`torchrun --nproc_per_node N train/grpo.py ...`): data parallel. Every rank draws the same prompts
+and takes every N-th, samples with its own seed, and the gradients of the token mean over all ranks' completions
+are summed before the step: every rank takes the step of one process holding the whole batch.
 """
 
 from __future__ import annotations
@@ -48,10 +46,8 @@ class GRPOConfig:
     reward_weights: dict = field(default_factory=lambda: {"correct": 1.0, "format": 0.2, "length": 0.1})
     length_target: int = 512
     length_limit: int = 1024
-    # Sequences per policy forward/backward (None: the whole step at once); the gradients of the micro-batches add
-    # up to the full batch's. Measured on an H200 (Genos-1.2B + Qwen3-4B, bf16, 4 x 8 completions of 768 tokens):
-    # micro-batches of 8 without gradient checkpointing run out of memory; with it, peak 28.6 GiB (53.8 GiB when
-    # all 32 sequences go at once).
+    # Sequences per policy forward/backward (None: the whole step at once). On an H200 (Genos-1.2B + Qwen3-4B,
+    # 4 x 8 completions of 768 tokens), 8 with gradient checkpointing peak at 28.6 GiB (all 32 at once: 53.8 GiB).
     micro_batch_size: int | None = 8
     gradient_checkpointing: bool = True
     seed: int = 0
@@ -105,9 +101,8 @@ def _encode_dna(model: DNALLMForConditionalGeneration, windows: list[list[str]],
 
 
 def _save_state(out_dir: Path, model: DNALLMForConditionalGeneration, optimizer, rng: random.Random, state: dict) -> None:
-    """Everything a resume needs, in out/last: weights, optimizer, step and log, RNG states (prompt sampling
-    uses `rng`, generation torch's). There is no scheduler: the learning rate is constant. Written and switched
-    in atomically like SFT's state (a crash mid-save leaves the previous state whole)."""
+    """Everything a resume needs, in out/last: weights, optimizer, step and log, RNG states (prompts: `rng`,
+    generation: torch's); no scheduler (constant learning rate). Switched in atomically like SFT's state."""
     rank = _rank_and_world()[0]
     last = _staging(out_dir, "last", state["step"], rank)
     last.mkdir(parents=True, exist_ok=True)
