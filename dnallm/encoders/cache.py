@@ -27,11 +27,9 @@ class EmbeddingCache:
 
     def lookup(self, windows: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Stacked (hidden [n, positions, dim], positions_mask [n, positions]); windows missing are encoded."""
-        self.add([w for w in windows if w not in self._states])
-        states = [self._states[w] for w in windows]
-        hidden = pad_sequence([h for h, _ in states], batch_first=True)
-        mask = pad_sequence([m for _, m in states], batch_first=True)
-        return hidden, mask
+        self.add(windows)
+        hidden, mask = zip(*(self._states[w] for w in windows))
+        return pad_sequence(hidden, batch_first=True), pad_sequence(mask, batch_first=True)
 
     def pooled(self) -> dict[str, np.ndarray]:
         """window -> mean of its cached states over its DNA positions (what the encoder-alone probe reads), so a
