@@ -71,8 +71,6 @@ class SFTConfig:
     init_projector_from: str | None = None  # stage 2: start from a stage-1 checkpoint's projector
     tensorboard: bool = True
     progress: bool = False           # a tqdm bar instead of log lines
-    # An EMA of the trainable weights after every update, for validation and the best checkpoint (None: off).
-    ema_decay: float | None = None
 
     def __post_init__(self):
         from dnallm.data import VIEWS
@@ -170,9 +168,8 @@ def encode_examples(model: DNALLMForConditionalGeneration, records, max_length: 
             raise ValueError(f"row {r.get('row')}: windows of {len(windows[0])}/{len(windows[1])} bp, but the model "
                              f"reads {window} bp windows (config.dna_config.window_size); load the data with "
                              f"load_kegg/load_views(..., window={window})")
-        thinking_copies = _copies(thinking_answers, view, f"thinking-{i}")
-        direct_copies = _copies(direct_answers, view, f"direct-{i}")
-        for thinking, copies in ((True, thinking_copies), (False, direct_copies)):
+        for thinking, setting in ((True, thinking_answers), (False, direct_answers)):
+            copies = _copies(setting, view, f"{'thinking' if thinking else 'direct'}-{i}")
             if not copies:
                 continue
             # Tokenized once; the copies share the tensors (collate only reads them).
@@ -232,12 +229,10 @@ def _answer_tokens(tokenizer, ids: torch.Tensor, target: str) -> torch.Tensor:
 
 def pad_examples(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """The examples' ids and labels right-padded to one width, with their attention mask."""
-    def pad(key, value):
-        return pad_sequence([e[key] for e in examples], batch_first=True, padding_value=value)
-
-    input_ids = pad("input_ids", pad_id)
-    attention_mask = pad_sequence([torch.ones_like(e["input_ids"]) for e in examples], batch_first=True)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": pad("labels", -100)}
+    ids = [e["input_ids"] for e in examples]
+    return {"input_ids": pad_sequence(ids, batch_first=True, padding_value=pad_id),
+            "attention_mask": pad_sequence([torch.ones_like(i) for i in ids], batch_first=True),
+            "labels": pad_sequence([e["labels"] for e in examples], batch_first=True, padding_value=-100)}
 
 
 def collate(examples: list[dict], cache: EmbeddingCache, pad_id: int) -> dict[str, torch.Tensor]:
@@ -468,67 +463,6 @@ class _EpochBatches(torch.utils.data.Sampler):
         return iter(_batch_indices(self.lengths, self.batch_size, random.Random(self.seed * 100_003 + self.sampler.epoch)))
 
 
-EMA_FILE = "ema.safetensors"
-
-
-class _WeightAverage(TrainerCallback):
-    """An exponential moving average (EMA) of the trainable weights, in float32: with a learning rate that stays
-    up, the average over the last ~1/(1 - decay) updates is less noisy than the last weights (on the tiny default,
-    whose cosine schedule ends at zero, no gain: docs/benchmarks.md, section 11). Ours: Trainer has no EMA, and it
-    is swapped in for our validation and best checkpoint and saved with our resumable checkpoints."""
-
-    def __init__(self, decay: float):
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"sft.ema_decay must lie in (0, 1), got {decay}")
-        self.decay, self.names, self.params, self.shadow, self.loaded = decay, [], [], None, None
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if any(p.numel() == 0 for _, p in named):
-            raise ValueError("sft.ema_decay needs whole parameters on every rank; it does not work under ZeRO-3")
-        self.names, self.params = [n for n, _ in named], [p for _, p in named]
-        if self.loaded is None:
-            self.shadow = [p.detach().float().clone() for p in self.params]
-        else:  # a resumed run: the average saved with its checkpoint (`load`)
-            if set(self.loaded) != set(self.names):
-                raise ValueError(f"the checkpoint's {EMA_FILE} averages other weights than this model trains: "
-                                 f"{sorted(set(self.loaded) ^ set(self.names))[:5]}")
-            self.shadow = [self.loaded[n].to(p.device) for n, p in zip(self.names, self.params)]
-
-    @torch.no_grad()
-    def on_step_end(self, args, state, control, **kwargs):
-        # early on, the average runs over the updates so far (decay (1+t)/(10+t)), not over the initial weights
-        step = state.global_step
-        decay = min(self.decay, (1 + step) / (10 + step))
-        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - decay)
-
-    @contextlib.contextmanager
-    def swapped_in(self):
-        """The averaged weights in the model for the duration; the raw ones back afterwards, bit for bit."""
-        raw = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, avg in zip(self.params, self.shadow):
-                p.copy_(avg)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, r in zip(self.params, raw):
-                    p.copy_(r)
-
-    def save(self, folder: Path) -> None:
-        from safetensors.torch import save_file
-
-        save_file({n: t.contiguous() for n, t in zip(self.names, self.shadow)}, str(folder / EMA_FILE))
-
-    def load(self, folder: Path) -> None:
-        from safetensors.torch import load_file
-
-        if not (folder / EMA_FILE).exists():
-            raise FileNotFoundError(f"{folder} has no {EMA_FILE}: it was saved without sft.ema_decay")
-        self.loaded = load_file(str(folder / EMA_FILE))
-
-
 class _Progress(TrainerCallback):
     """Stops at `stop_after_steps` (with a save) and evaluates + saves at the last step of the schedule."""
 
@@ -554,10 +488,6 @@ def _make_trainer_class():
             super().__init__(*args, **kwargs)
             self.sft_cfg, self.val_examples, self.cache, self.out_dir = sft_cfg, val_examples, cache, out_dir
             self._last_train_loss, self._flop_params = float("nan"), None
-            self.ema = None
-            if sft_cfg.ema_decay is not None:
-                self.ema = _WeightAverage(sft_cfg.ema_decay)
-                self.add_callback(self.ema)
 
         def get_train_dataloader(self):
             batches = _EpochBatches([len(e["input_ids"]) for e in self.train_dataset], self.args.per_device_train_batch_size,
@@ -613,14 +543,12 @@ def _make_trainer_class():
         # --- evaluation / best checkpoint ---------------------------------------------------------------------
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             cfg = self.sft_cfg
-            with self.ema.swapped_in() if self.ema else contextlib.nullcontext():
-                val_loss = answer_loss(self.model, self.val_examples, self.cache, cfg.eval_batch_size, cfg.bf16)
-                improved = self.state.best_metric is None or val_loss < self.state.best_metric
-                if improved:
-                    self.state.best_metric = val_loss
-                    self.state.best_global_step = self.state.global_step
-                    _save_best(self.model, self.out_dir, self._engine(), self.args.process_index,
-                               self.state.global_step)
+            val_loss = answer_loss(self.model, self.val_examples, self.cache, cfg.eval_batch_size, cfg.bf16)
+            improved = self.state.best_metric is None or val_loss < self.state.best_metric
+            if improved:
+                self.state.best_metric = val_loss
+                self.state.best_global_step = self.state.global_step
+                _save_best(self.model, self.out_dir, self._engine(), self.args.process_index, self.state.global_step)
             if self.args.process_index == 0:
                 print(f"[sft] step {self.state.global_step}: val answer loss {val_loss:.4f}"
                       f"{' (best, saved)' if improved else ''}", flush=True)
@@ -641,8 +569,6 @@ def _make_trainer_class():
             _barrier()
             if self.args.process_index == 0:  # `last` switches only once checkpoint-N is whole on disk
                 folder = self.out_dir / f"checkpoint-{self.state.global_step}"
-                if self.ema:
-                    self.ema.save(folder)
                 (folder / WORLD_FILE).write_text(json.dumps({"world_size": self.args.world_size}))
                 _publish(self.out_dir, "last", folder)
                 for old in self.out_dir.glob("checkpoint-*"):  # e.g. the resharded copy a resume started from
@@ -756,8 +682,6 @@ def train_sft(model: DNALLMForConditionalGeneration, train_records, val_records,
         _barrier()
         if saved_world != world:
             resume = _resharded(resume, saved_world, world, rank)
-    if resume and trainer.ema:  # here rather than in _load_from_checkpoint, which Trainer skips under DeepSpeed
-        trainer.ema.load(resume)
     start = time.time()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     state = trainer.state

@@ -298,49 +298,6 @@ def test_reasoning_examples_weigh_their_answer_line(tiny_dir):
     assert out["loss"].item() > model(**collate(plain[:2], cache, tok.pad_token_id))["loss"].item()
 
 
-def test_ema_checkpoint_holds_the_average_of_the_raw_weights_and_resumes(tiny_dir, tmp_path, monkeypatch):
-    """sft.ema_decay: the best checkpoint (what users load) holds the EMA of the raw weights after every update,
-    the resumable `last` holds the raw weights plus the average, and a resumed run ends with the same average."""
-    from dnallm import training
-
-    raw_after_step = []
-    update = training._WeightAverage.on_step_end
-
-    def recording(self, args, state, control, **kw):
-        raw_after_step.append({n: p.detach().clone() for n, p in zip(self.names, self.params)})
-        return update(self, args, state, control, **kw)
-
-    monkeypatch.setattr(training._WeightAverage, "on_step_end", recording)
-    decay = 0.5  # the warm-up (1+t)/(10+t) rules steps 1-7, 0.5 steps 8-12: both branches are used
-    full = run(tiny_dir, tmp_path / "full", ema_decay=decay, epochs=3.0, evals_per_epoch=1)  # 12 updates
-    assert full["steps"] == 12 and len(raw_after_step) == 12
-    names = list(raw_after_step[0])
-    start = dict(build(tiny_dir).named_parameters())  # run() builds the same model (seeded)
-    average = {n: start[n].detach().float().clone() for n in names}
-    averages = []
-    for step, raw in enumerate(raw_after_step, start=1):
-        d = min(decay, (1 + step) / (10 + step))
-        average = {n: d * average[n] + (1 - d) * raw[n] for n in names}
-        averages.append(average)
-    best = tmp_path / "full"
-    best_step = int((best / "best").resolve().name.removeprefix(".best-step"))
-    saved_projector = load_file(best / "projector.safetensors")
-    for k, v in saved_projector.items():
-        torch.testing.assert_close(v, averages[best_step - 1][f"projector.{k}"], rtol=1e-5, atol=1e-6)
-    raw_projector = load_file(best / "last" / "projector.safetensors")
-    assert any(not torch.allclose(raw_projector[k], saved_projector[k]) for k in saved_projector)  # raw != average
-    assert (best / "last" / training.EMA_FILE).exists()
-
-    raw_after_step.clear()
-    run(tiny_dir, tmp_path / "resumed", ema_decay=decay, epochs=3.0, evals_per_epoch=1, stop_after_steps=5)
-    run(tiny_dir, tmp_path / "resumed", ema_decay=decay, epochs=3.0, evals_per_epoch=1, resume=True)
-    a, b = trained_weights(tmp_path / "full"), trained_weights(tmp_path / "resumed")
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    with pytest.raises(ValueError, match="ema_decay"):
-        run(tiny_dir, tmp_path / "bad", ema_decay=1.0)
-
-
 @pytest.mark.parametrize("fraction,recomputed", [(True, [True, True]), (0.5, [True, False]), (False, [False, False])])
 def test_checkpointing_a_fraction_of_the_layers_recomputes_those_only_and_changes_no_gradient(tiny_dir, fraction,
                                                                                               recomputed):
