@@ -19,12 +19,10 @@ from transformers import MixtralForCausalLM, Qwen3Config, Qwen3ForCausalLM
 from dnallm.encoders.genos import build_base_tokenizer, genos_config
 
 
-def _lm_steps(model, batches, lr: float, log_every: int, what: str, device: str = "cpu",
+def _lm_steps(model, tokenizer, batches, out_dir, lr: float, log_every: int, what: str, device: str = "cpu",
               stop_after: int | None = None) -> list[float]:
-    """Plain AdamW next-token training with warmup + cosine decay; returns the loss curve.
-
-    stop_after ends the run early with the schedule of the full run (the tests replay the first steps).
-    """
+    """Plain AdamW next-token training with warmup + cosine decay, then model and tokenizer saved to `out_dir`;
+    returns the loss curve. stop_after ends the run early with the full run's schedule (the tests replay it)."""
     total = len(batches)
     if total == 0:  # e.g. text_pretrain.epochs x rows < 1: no step to take, and the schedule would divide by 0
         raise ValueError(f"{what}: the settings give no training batch (check steps / epochs and the training rows)")
@@ -44,6 +42,8 @@ def _lm_steps(model, batches, lr: float, log_every: int, what: str, device: str 
         if step % log_every == 0 or step == total - 1:
             print(f"[{what}] step {step + 1}/{total} loss {loss.item():.3f} ({time.time() - start:.0f}s)", flush=True)
     model.eval().cpu()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
     return losses
 
 
@@ -58,14 +58,10 @@ def pretrain_dna_encoder(windows: list[str], out_dir: str | Path, steps: int = 1
               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096, **layout}
     model = MixtralForCausalLM(genos_config("1.2b", **layout))
     windows = sorted(set(windows))
-    batches = []
-    for _ in range(steps):
-        chunk = rng.sample(windows, min(batch_size, len(windows)))
-        batches.append(dict(tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)))
-    losses = _lm_steps(model, batches, lr, max(1, steps // 6), "dna pretrain", device=device, stop_after=stop_after)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return losses
+    batches = [dict(tokenizer(rng.sample(windows, min(batch_size, len(windows))), return_tensors="pt", padding=True,
+                              add_special_tokens=False)) for _ in range(steps)]
+    return _lm_steps(model, tokenizer, batches, out_dir, lr, max(1, steps // 6), "dna pretrain", device=device,
+                     stop_after=stop_after)
 
 
 def pretrain_text_model(tokenizer, texts: list[str], out_dir: str | Path, epochs: float = 1.0,
@@ -82,13 +78,8 @@ def pretrain_text_model(tokenizer, texts: list[str], out_dir: str | Path, epochs
     model = Qwen3ForCausalLM(config)
     order = [i for _ in range(math.ceil(epochs)) for i in rng.sample(range(len(texts)), len(texts))]
     order = order[: int(len(texts) * epochs)]
-    batches = []
-    for i in range(0, len(order), batch_size):
-        chunk = [texts[j] + tokenizer.eos_token for j in order[i:i + batch_size]]
-        batches.append(dict(tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
-                                      max_length=max_length, add_special_tokens=False)))
-    losses = _lm_steps(model, batches, lr, max(1, len(batches) // 8), "text pretrain", device=device,
-                       stop_after=stop_after)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return losses
+    batches = [dict(tokenizer([texts[j] + tokenizer.eos_token for j in order[i:i + batch_size]], return_tensors="pt",
+                              padding=True, truncation=True, max_length=max_length, add_special_tokens=False))
+               for i in range(0, len(order), batch_size)]
+    return _lm_steps(model, tokenizer, batches, out_dir, lr, max(1, len(batches) // 8), "text pretrain",
+                     device=device, stop_after=stop_after)

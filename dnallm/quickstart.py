@@ -204,20 +204,19 @@ def run_quickstart(out: str | Path = "runs/quickstart", preset: str | dict = "ti
         # Baselines and the probe train on the matching training split (cut like the rest in smoke runs).
         train_records = take(load_kegg(*split_spec(training_split(split)), window=window)) if limit else None
         evaluations[split] = evaluate_split(
-            best, take(load_kegg(name, view=view, window=window)), split, out / "eval" / split, batch_size=preset["eval"]["batch_size"],
-            max_new_tokens=preset["eval"]["max_new_tokens"], controls=("text-only", "shuffled-dna"),
-            controls_generate=False, probe_cache_dir=out / "probe-cache", train_records=train_records,
-            encoder_cache=eval_cache)
+            best, take(load_kegg(name, view=view, window=window)), split, out / "eval" / split,
+            batch_size=preset["eval"]["batch_size"], max_new_tokens=preset["eval"]["max_new_tokens"],
+            controls=("text-only", "shuffled-dna"), controls_generate=False, probe_cache_dir=out / "probe-cache",
+            train_records=train_records, encoder_cache=eval_cache)
     metrics = evaluations[prefix + "test"]
-    test = take(load_kegg(prefix + "test", window=window))
+    example = take(load_kegg(prefix + "test", window=window))[0]
     timings["eval_s"] = round(time.time() - t, 1)
 
-    example = test[0]
     t = time.time()
     explanation = explain_variant(example["question"], example["reference_sequence"], example["variant_sequence"],
                                   model=best)
     timings["explain_s"] = round(time.time() - t, 1)
-    result = {"metrics": metrics, "summary": summary_table(evaluations), "best_val_loss": summary["best_val_loss"], "timings": timings,
-              "example": {"row": example["row"], "gold": example["label"], **explanation.to_dict()}}
+    result = {"metrics": metrics, "summary": summary_table(evaluations), "best_val_loss": summary["best_val_loss"],
+              "timings": timings, "example": {"row": example["row"], "gold": example["label"], **explanation.to_dict()}}
     (out / "quickstart.json").write_text(json.dumps(result, indent=2))
     return result
