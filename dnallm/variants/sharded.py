@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from dnallm.variants.batch import check_settings, meta_file, open_input, write_meta
+from dnallm.variants.batch import _has_records, check_settings, meta_file, open_input, write_meta
 from dnallm.variants.reading import OUT_COLUMNS
 from dnallm.variants.vcf_out import write_vcf_out
 
@@ -121,7 +121,7 @@ def explain_file_sharded(variants: str | Path, fasta: str | Path, model: str | P
     fmt = check_settings(variants, fmt, mode, batch_size, vcf_out, max_new_tokens)
     _, total = open_input(variants, fmt, fasta)  # file-level and genome-build errors before any process starts
     device_list, threads = worker_devices(devices)
-    if out.exists() and out.stat().st_size:
+    if out.exists() and _has_records(out):  # a header alone is no output yet: start again (as with --devices 1)
         if not resume:
             raise FileExistsError(f"{out} exists: pass --resume to continue it, or remove it")
         # OUT appears only when a sharded run is complete, so this is a finished run or a 1-device run's output
@@ -133,7 +133,7 @@ def explain_file_sharded(variants: str | Path, fasta: str | Path, model: str | P
         raise ValueError(f"cannot {'resume' if resume else 'start'} {out} with --devices {devices}: it has part files "
                          f"of a --devices {other[0]} run; {'resume it with' if resume else 'pass --resume and'} "
                          f"--devices {other[0]}, or remove them")
-    if found and not resume:
+    if not resume and any(_has_records(p) for p in found.get(devices, []) if p.suffix == ".tsv"):
         raise FileExistsError(f"{out} has part files of an unfinished run: pass --resume to continue it, or remove "
                               "them")
     parts = [part_path(out, rank, devices) for rank in range(devices)]
