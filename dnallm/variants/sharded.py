@@ -1,15 +1,13 @@
 """`dnallm explain --vcf/--tsv --devices N`: one file explained by N worker processes, merged into one output.
 
-Records are cut into the same fixed chunks of `batch_size` as in a 1-device run, and chunk k goes to worker
-k % N (`explain_file(..., shard=(k, N))`): every model batch holds exactly the records it holds in a 1-device run,
-so each record's result is the same (on the same kind of device), and the merged TSV is byte-identical to
-`--devices 1`. Each worker is its own spawned process that loads the model once on its device (`cuda:K`; on a
-machine without CUDA, a CPU process with cores // N threads) and appends + fsyncs its part file
-`OUT.part-K-of-N.tsv` (with its own `.meta.json`), so `--resume` continues every part the way it continues a
-1-device output. When all parts are done the parent interleaves them by chunk into OUT (written to a temporary
-file, then renamed: OUT exists only when complete), writes OUT.meta.json as a 1-device run would, writes
-`--vcf-out` from OUT, and removes the parts. Resuming with another N than the parts were written with is
-refused, naming the N to use.
+Records are cut into the same fixed chunks of `batch_size` as in a 1-device run and chunk k goes to worker k % N
+(`explain_file(..., shard=(k, N))`): every model batch holds the records it holds in a 1-device run, so the merged
+TSV is byte-identical to `--devices 1` (on the same kind of device). Each worker is a spawned process that loads the
+model once on its device (`cuda:K`; without CUDA, a CPU process with cores // N threads) and appends + fsyncs its part
+file `OUT.part-K-of-N.tsv` (with its own `.meta.json`), so `--resume` continues every part as it continues a 1-device
+output. When all parts are done the parent interleaves them by chunk into OUT (atomically: OUT exists only when
+complete), writes OUT.meta.json as a 1-device run would and `--vcf-out` from OUT, and removes the parts. Resuming
+with another N than the parts were written with is refused, naming the N to use.
 """
 
 from __future__ import annotations
