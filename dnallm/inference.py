@@ -66,8 +66,8 @@ def load_model(path: str, device: str | None = None, dtype: str | torch.dtype | 
                liger: bool = False) -> DNALLMForConditionalGeneration:
     """Load a checkpoint once per process (the API, CLI and app share it), in `dtype` (see resolve_dtype).
 
-    liger=True (CUDA, the `liger` extra): liger-kernel's RMSNorm/SwiGLU/RoPE kernels in the merged LM. Label
-    scoring at the seed sizes on an H200: 138,001 -> 160,485 variants/h (batch 16, docs/benchmarks.md)."""
+    liger=True (CUDA, the `liger` extra): liger-kernel's RMSNorm/SwiGLU/RoPE kernels in the merged LM (label
+    scoring on an H200: 138,001 -> 160,485 variants/h, docs/benchmarks.md)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if liger and not str(device).startswith("cuda"):  # apply_liger_kernels checks too; this fails before the load
         raise ValueError(f"liger kernels are Triton kernels and need a CUDA device, not {device}")
@@ -107,45 +107,35 @@ def generate_answers(model: DNALLMForConditionalGeneration, questions: list[str]
                      progress=None, static_cache: bool | None = None, constrained: bool = True) -> list[str]:
     """Greedy, deterministic answers (reasoning + answer line) for many questions, batched.
 
-    constrained=True (default): the reasoning is decoded until the model closes it (`</think>`) or the budget
-    ends; then `Answer:` follows and the answer is the label, of the 37, with the highest likelihood
-    as a continuation (`dnallm.scoring.continuation_label_logprobs`: exact search over the label-token trie, one
-    packed pass). Every answer is then one of the 37 labels. constrained=False: free greedy decoding of the
-    answer line, read by the strict parser (an answer can be invalid).
+    constrained=True (default): the reasoning is decoded until the model closes it (`</think>`) or the budget ends;
+    then `Answer:` follows and the answer is the most likely of the 37 labels as a continuation
+    (`dnallm.scoring.continuation_label_logprobs`: exact, one packed pass over the label-token trie).
+    constrained=False: free greedy decoding of the answer line, read by the strict parser (it can be invalid).
 
-    Thinking budget (Qwen3-style budget forcing): `max_new_tokens` bounds the reasoning. An answer that
-    has not ended by then gets `</think>` and `Answer:` appended, and the model writes the label (constrained,
-    or in at most `max_answer_tokens` free greedy tokens). The returned text contains the appended suffix, so a
-    reader (and `parse_answer`) sees exactly what the model was given and wrote. The answer continues the KV cache
-    the reasoning's generation left (`_continuation`): prompt and reasoning are not run a second time.
+    Thinking budget (Qwen3-style budget forcing): `max_new_tokens` bounds the reasoning; one not ended by then
+    gets `</think>` and `Answer:` appended and the model writes the label (constrained, or in at most
+    `max_answer_tokens` free greedy tokens). The returned text contains the appended suffix, so a reader (and
+    `parse_answer`) sees exactly what the model was given and wrote. The answer continues the reasoning's KV cache
+    (`_continuation`): prompt and reasoning are not run a second time.
 
-    Batches are formed longest-question-first (`length_order`), so they pad little; answers come back in
-    the input order. static_cache=True decodes with a preallocated KV cache and, on CUDA, a compiled step;
-    CUDA prompts are then padded to a multiple of 128 tokens so a job compiles for a few shapes only. The first
-    compilation took about a minute at the seed sizes (H100), so the default (None) turns it on where it was
-    measured to pay: always on the CPU (nothing compiles there; 1.4x on the tiny model's test split), and on
-    CUDA for batches of 64 or more in jobs of three or more batches (docs/benchmarks.md: 5,407 vs 4,366
-    variants/h on a 384-variant job at batch 128, H100). All static caches of a job have one length (`_JobCache`:
-    its first, widest batch's prompt + `max_new_tokens`), so the compiled step compiles once per job; the answer
-    runs on per-chunk copies of the cache (`_answer_tails`), so the cache holds prompt + reasoning only and no
-    decoding step attends over room kept for the answer.
+    Batches are formed longest-question-first (`length_order`); answers come back in input order.
+    static_cache=True decodes with a preallocated KV cache and, on CUDA, a compiled step (prompts then padded to a
+    multiple of 128 tokens, so a job compiles for a few shapes). The first compilation takes about a minute, so the
+    default (None) turns it on where it was measured to pay: always on the CPU (nothing compiles; 88 vs 123 s on the
+    test split), on CUDA for batches of >= 64 in jobs of three or more batches (docs/benchmarks.md: 5,407 vs 4,366
+    variants/h, H100). All static caches of a job have one length (`_JobCache`), so the step compiles once per job;
+    the answer runs on copies of the cache (`_answer_tails`), so no decoding step attends over room for the answer.
     """
     from dnallm.scoring import LabelTree
 
     proc = model.processor
     tok = proc.tokenizer
-    forced_ids = tok(FORCED_ANSWER, add_special_tokens=False)["input_ids"]
-    after_ids = tok(AFTER_REASONING, add_special_tokens=False)["input_ids"]
-    think_end = tok.convert_tokens_to_ids("</think>")
     tree = LabelTree(tok, model.device) if constrained else None
     if static_cache is None:
-        # CPU: a preallocated cache beats a cache grown by concatenation at every step (no compilation there):
-        # the test split in batches of 80, 800 tokens, 2 cores: 88 s vs 123 s, the same answers.
         static_cache = model.device.type == "cpu" or (
             model.device.type == "cuda" and batch_size >= 64 and len(questions) > 2 * batch_size)
     compiled = static_cache and model.device.type == "cuda"  # only CUDA compiles, and wants few shapes
     job_cache = _JobCache(model.config.text_config, one_length=compiled) if static_cache else None
-    ends = set(proc.end_token_ids)
     texts: list[str | None] = [None] * len(questions)
     order = proc.length_order(questions)
     for i in range(0, len(questions), batch_size):
@@ -157,11 +147,7 @@ def generate_answers(model: DNALLMForConditionalGeneration, questions: list[str]
         # Our own cache object, so that the answer continues from it after the reasoning (no recomputation).
         cache = (job_cache.get(input_ids.shape[0], input_ids.shape[1] + max_new_tokens) if static_cache
                  else DynamicCache(config=model.config.text_config))
-        rows = _decode_batch(model, input_ids, attention_mask, batch, cache, max_new_tokens,
-                             eos_ids=[*proc.end_token_ids, *([think_end] if constrained else [])],
-                             stops=ends | {think_end} if constrained else ends, ends=ends, think_end=think_end,
-                             suffix_ids=(after_ids, forced_ids), tree=tree if constrained else None,
-                             constrained=constrained, max_answer_tokens=max_answer_tokens,
+        rows = _decode_batch(model, input_ids, attention_mask, batch, cache, max_new_tokens, tree, max_answer_tokens,
                              segment=max_new_tokens if compiled or _JobCache.reuse else COMPACT_EVERY)
         for j, text in zip(idx, tok.batch_decode(rows, skip_special_tokens=True)):
             texts[j] = text
@@ -170,23 +156,26 @@ def generate_answers(model: DNALLMForConditionalGeneration, questions: list[str]
     return texts
 
 
-# CPU decoding drops the rows that have finished every COMPACT_EVERY tokens (`_decode_batch`): a batch otherwise runs
-# at full width until its longest row ends. On the tiny default's hard-test the median reasoning is ~35 tokens and the
-# longest ~800: its generation went from 34.0 to 18.5 s, the test split's from 48.6 to 37.8 s, 146/146 texts identical
-# on both (the tiny default on the 2-core CPU; 64: 18.7 / 40.8 s). A compiled (CUDA) step keeps its batch (one
-# shape), so it decodes in one segment.
+# CPU decoding drops the rows that have finished every COMPACT_EVERY tokens (`_decode_batch`), instead of running a
+# batch at full width until its longest row ends: the tiny default's hard-test generation 34.0 -> 18.5 s, identical
+# texts (docs/benchmarks.md, "Generation that drops finished rows"). A compiled (CUDA) step keeps one shape, so it
+# decodes in one segment.
 COMPACT_EVERY = 32
 
 
-def _decode_batch(model, input_ids, attention_mask, dna: dict, cache, max_new_tokens: int, eos_ids: list[int],
-                  stops: set[int], ends: set[int], think_end: int, suffix_ids: tuple[list[int], list[int]], tree,
-                  constrained: bool, max_answer_tokens: int, segment: int) -> list[list[int]]:
+def _decode_batch(model, input_ids, attention_mask, dna: dict, cache, max_new_tokens: int, tree,
+                  max_answer_tokens: int, segment: int) -> list[list[int]]:
     """Each row's generated tokens: reasoning (cut at its first stop), then, where it continues, the answer suffix
-    and the answer (`_answer_tails`). Decodes `segment` tokens at a time: after each segment, the rows that stopped
-    (or spent the budget) get their answer from the cache as it is, and the cache keeps only the other rows
-    (`batch_select_indices`), so a finished row costs nothing more. Greedy decoding of a row does not depend on
-    the other rows: the same tokens as one `generate` over the whole budget (tests/test_model.py)."""
-    after_ids, forced_ids = suffix_ids
+    and the answer (`_answer_tails`; constrained when `tree`, the label trie, is given). Decodes `segment` tokens at
+    a time: after each segment the rows that stopped (or spent the budget) get their answer from the cache as it
+    is, and the cache keeps only the other rows, so a finished row costs nothing more. Greedy decoding of a row does
+    not depend on the other rows: the same tokens as one `generate` over the whole budget (tests/test_model.py)."""
+    tok, constrained = model.processor.tokenizer, tree is not None
+    think_end = tok.convert_tokens_to_ids("</think>")
+    ends = set(model.processor.end_token_ids)
+    stops = ends | {think_end} if constrained else ends
+    eos_ids = [*model.processor.end_token_ids, *([think_end] if constrained else [])]
+    after_ids, forced_ids = (tok(s, add_special_tokens=False)["input_ids"] for s in (AFTER_REASONING, FORCED_ANSWER))
     out: list[list[int] | None] = [None] * input_ids.shape[0]
     active = list(range(input_ids.shape[0]))                # batch rows still decoding, in cache-row order
     generated = input_ids.new_zeros((input_ids.shape[0], 0))  # their tokens so far
@@ -197,7 +186,7 @@ def _decode_batch(model, input_ids, attention_mask, dna: dict, cache, max_new_to
         # The DNA goes in with the prompt only; a later segment continues the cache (generate feeds the ids after
         # the cached positions: the last token of the previous segment).
         new = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, eos_token_id=eos_ids,
-                             logits_processor=_think_once(model.processor.tokenizer, input_ids.shape[1]),
+                             logits_processor=_think_once(tok, input_ids.shape[1]),
                              **{CACHE_KWARG: cache}, **(dna if generated.shape[1] == 0 else {}))[:, ids.shape[1]:]
         generated = torch.cat([generated, new], 1)
         # Cut each row at its first stop: what follows is padding (the pad token may itself be an end token).
@@ -240,23 +229,17 @@ def _keep_cache_rows(cache, rows: torch.Tensor) -> None:
 
 
 class _JobCache:
-    """The static KV caches of one `generate_answers` job: every batch gets one of the SAME length, the widest prompt
-    seen (batches come longest first, so the first batch's) + the reasoning budget, so the compiled decoding step
-    keeps one shape for the whole job: one compilation. That is what transformers' own
-    `cache_implementation="static"` does (a new cache per call, at least as long as the last one), which the
-    pre-issue-14 loop used.
-
-    Why one length: a cache sized per batch changed the decoding step's mask width with every batch, and
-    `torch.compile` recompiled the step at the second batch (docs/benchmarks.md, "GPU generation regression found and
-    fixed"). `reuse = True` resets one cache object in place instead: the same speed at 18 GiB more peak memory on an
-    H200, so it is off. The cache holds no room for the answer: that runs on copies of its rows
-    (`_answer_tails`), so the ~150 label-tree positions do not lengthen every decoding step's attention."""
+    """The static KV caches of one `generate_answers` job. one_length (compiled CUDA jobs): every batch's cache has
+    the SAME length, the widest prompt seen (the first batch's: longest first) + the reasoning budget, so the
+    compiled step keeps one shape and compiles once, as transformers' `cache_implementation="static"` does. A cache
+    sized per batch recompiled the step at the second batch (docs/benchmarks.md, "GPU generation regression found
+    and fixed"). one_length=False (the CPU, nothing compiles): each batch its own length, so short prompts do not
+    attend over the longest batch's positions. `reuse = True` resets one cache object in place instead: the same
+    speed at 18 GiB more peak memory on an H200, so it is off. No room is kept for the answer (`_answer_tails`)."""
 
     reuse = False
 
     def __init__(self, config, one_length: bool = True):
-        # one_length=False (the CPU, where nothing compiles): each batch's own length, so a batch of short prompts
-        # does not attend over the longest batch's positions at every step.
         self.config, self.one_length, self.cache, self.rows, self.length = config, one_length, None, 0, 0
 
     def get(self, rows: int, length: int) -> StaticCache:
@@ -265,8 +248,7 @@ class _JobCache:
         if self.reuse and self.cache is not None and (rows, length) == (self.rows, self.length):
             self.cache.reset()  # in place: the same tensors, so the compiled step replays its CUDA graphs
         else:
-            # A StaticCache allocates its tensors at its first write (the prefill), when the caller holds the old
-            # one no more: the two are never both allocated.
+            # allocated at its first write (the prefill), when the caller holds the old one no more
             self.cache = StaticCache(config=self.config, max_cache_len=length)
         self.rows, self.length = rows, length
         return self.cache
@@ -286,6 +268,14 @@ def _cache_rows(cache, rows: slice | torch.Tensor, length: int, config) -> Dynam
     return part
 
 
+def _check_cache_length(cache, length: int) -> int:
+    """`length` (prompt + every generated token but the last), after checking that the cache holds that many."""
+    if int(cache.get_seq_length()) != length:
+        raise RuntimeError(f"the KV cache holds {int(cache.get_seq_length())} positions after generation, expected "
+                           f"prompt + generated - 1 = {length} (transformers changed?)")
+    return length
+
+
 def _answer_tails(model, input_ids, attention_mask, generated, rows, suffixes, cache, tree, max_answer_tokens,
                   cache_rows: list[int] | None = None):
     """The answer after each row's reasoning, continuing the KV cache its generation left: [label tokens] per row.
@@ -295,10 +285,7 @@ def _answer_tails(model, input_ids, attention_mask, generated, rows, suffixes, c
     from dnallm.scoring import continuation_label_logprobs
 
     tok = model.processor.tokenizer
-    length = input_ids.shape[1] + generated.shape[1] - 1  # prompt + every generated token but the last
-    if int(cache.get_seq_length()) != length:
-        raise RuntimeError(f"the KV cache holds {int(cache.get_seq_length())} positions after generation, expected "
-                           f"prompt + generated - 1 = {length} (transformers changed?)")
+    length = _check_cache_length(cache, input_ids.shape[1] + generated.shape[1] - 1)
     tails: list[list[int]] = []
     for c in range(0, len(rows), TAIL_ROWS):
         s = slice(c, c + TAIL_ROWS)
@@ -326,9 +313,7 @@ def _continuation(model, input_ids, attention_mask, generated, rows, suffixes, c
     context are those of recomputing prompt + reasoning + suffix from scratch, without the recomputation.
     `generate` reads the cached positions off the cache and feeds only the ids after them."""
     cached = generated.shape[1] - 1
-    if int(cache.get_seq_length()) != input_ids.shape[1] + cached:
-        raise RuntimeError(f"the KV cache holds {int(cache.get_seq_length())} positions after generation, expected "
-                           f"prompt + generated - 1 = {input_ids.shape[1] + cached} (transformers changed?)")
+    _check_cache_length(cache, input_ids.shape[1] + cached)
     kept = [min(len(row), cached) for row in rows]
     reasoning_mask = torch.tensor([[1] * k + [0] * (cached - k) for k in kept], device=model.device,
                                   dtype=attention_mask.dtype).view(len(rows), cached)
@@ -385,11 +370,8 @@ def explain_many(model, questions: list[str], windows: list[tuple[str, str]], mo
                  contrast: bool = False, attribution: bool = False, attribution_flank: int = 32,
                  attribution_batch_size: int = 16, encoder_dll: bool = False) -> list:
     """Explanations for many (question, windows) pairs: batched label scoring, plus batched generation in
-    generate mode. `explain_variant` is this with one pair. contrast=True adds the ref-vs-alt contrast
-    (`dnallm.evidence`: the same scoring with the reference window in the variant's place); attribution=True the
-    in-silico mutagenesis map of the answer's label over ±`attribution_flank` bp (`dnallm.ism`; 2 x flank + 1
-    positions x 3 bases scorings per pair, `attribution_batch_size` mutated windows per batch); encoder_dll=True
-    the frozen encoder's zero-shot score (`dnallm.evidence.encoder_dll`; needs the encoder's LM head)."""
+    generate mode. `explain_variant` is this with one pair; see it for contrast, attribution (`attribution_batch_size`
+    mutated windows per batch) and encoder_dll."""
     from dnallm.evidence import encoder_dll as encoder_scores
     from dnallm.evidence import no_variant_windows, ref_vs_alt
     from dnallm.ism import check_flank, ism_map, variant_kind
@@ -425,23 +407,18 @@ def explain_many(model, questions: list[str], windows: list[tuple[str, str]], mo
                              constrained=constrained)
             if mode == "generate" else [None] * len(questions))
     out = []
-    for p, best, raw in zip(probs.tolist(), bests, raws):
-        scores = {label: float(v) for label, v in zip(KEGG_LABELS, p)}
-        if raw is None:
-            out.append(Explanation(label=best[0][0], reasoning="", raw_text="", label_probabilities=scores, top_k=best))
-        else:
-            out.append(Explanation(label=parse_answer(raw), reasoning=split_reasoning(raw), raw_text=raw,
-                                   label_probabilities=scores, top_k=best))
-    if contrast:
-        for i, ex in enumerate(out):
+    for i, (p, best, raw) in enumerate(zip(probs.tolist(), bests, raws)):
+        ex = Explanation(label=best[0][0] if raw is None else parse_answer(raw),
+                         reasoning="" if raw is None else split_reasoning(raw), raw_text=raw or "",
+                         label_probabilities={label: float(v) for label, v in zip(KEGG_LABELS, p)}, top_k=best)
+        if contrast:
             ex.contrast = ref_vs_alt(probs[i], reference_probs[i], ex.label)
-    if attribution:  # the map of the answer's label (the top scored label when the answer did not parse)
-        for i, ex in enumerate(out):
+        if attribution:  # the map of the answer's label (the top scored label when the answer did not parse)
             ex.attribution = ism_map(model, questions[i], windows[i], label=ex.label, flank=attribution_flank,
                                      batch_size=attribution_batch_size)
-    if encoder_dll:
-        for ex, score in zip(out, dlls):
-            ex.encoder_dll = score
+        if encoder_dll:
+            ex.encoder_dll = dlls[i]
+        out.append(ex)
     return out
 
 
@@ -456,11 +433,9 @@ def explain_variant(question: str | None = None, reference_sequence: str | None 
     """Ask the model about one variant, given as sequences or as coordinates in a genome FASTA.
 
     Sequences: `reference_sequence` / `variant_sequence` are two 1024 bp windows or KEGG-layout sequences.
-    Coordinates: `chrom`, `pos` (1-based, VCF POS), `ref`, `alt` and `fasta` (plain or bgzip); the windows
-    are cut from the FASTA by the KEGG window rule (dnallm.genome), with REF checked against the FASTA; the
-    result's `padded` / `warnings` report windows padded with N at a contig end and similar.
-    `question=None` builds a question from `gene` and `chrom` (dnallm.questions.build_question; the kegg_hard
-    question when no gene is known).
+    Coordinates: `chrom`, `pos` (1-based, VCF POS), `ref`, `alt` and `fasta` (plain or bgzip): windows cut by the
+    KEGG window rule (dnallm.genome), REF checked against the FASTA; `padded` / `warnings` report windows padded
+    with N at a contig end and similar. `question=None` builds one from `gene` and `chrom` (build_question).
 
     mode="generate": greedy reasoning, then the final `Answer:` line: constrained to the 37 labels by default,
     else (constrained=False) decoded freely and parsed strictly (label None when it does not parse).
@@ -523,14 +498,12 @@ def stream_answer(model: DNALLMForConditionalGeneration, question: str, windows:
                   max_answer_tokens: int = 24, constrained: bool = True):
     """Yield the answer to one question as text chunks while the model writes it (greedy).
 
-    The same prompt, processor call, greedy decoding, thinking budget and (constrained) answer as
-    `generate_answers`, so `"".join(stream_answer(model, q, w, n))` equals
-    `generate_answers(model, [q], [w], max_new_tokens=n)[0]`. Text dnallm appended rather than the model wrote
-    comes as its own chunk: `ForcedAnswer` when the budget ran out (`</think>` + `Answer:`), `AppendedText` for
-    the `Answer:` after a reasoning the model closed itself (constrained mode); the label follows as one chunk.
-    `windows` are the two prepared windows (`prepare_windows`, or `dnallm.genome` for coordinates). Text
-    arrives through transformers' TextIteratorStreamer from a generation thread; closing the generator early
-    stops the generation.
+    The same decoding, thinking budget and (constrained) answer as `generate_answers`, so
+    `"".join(stream_answer(model, q, w, n))` equals `generate_answers(model, [q], [w], max_new_tokens=n)[0]`. Text
+    dnallm appended comes as its own chunk: `ForcedAnswer` when the budget ran out (`</think>` + `Answer:`),
+    `AppendedText` for the `Answer:` after a reasoning the model closed itself (constrained); the label follows as
+    one chunk. `windows`: the two prepared windows (`prepare_windows`, or `dnallm.genome`). Text arrives through
+    transformers' TextIteratorStreamer from a generation thread; closing the generator early stops the generation.
     """
     from threading import Event, Thread
 

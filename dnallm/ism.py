@@ -8,19 +8,15 @@ log-probability (normalised over the 37 labels, as `dnallm.scoring.label_probabi
 
 Only the variant window is mutated; the reference window (the other DNA slot) stays as it is.
 
-Positions: offset 0 is index `window // 2` (512) of the variant window, where the window rule puts the variant
-(`dnallm.data`). For an SNV that is the variant base. For indels and multi-base changes both windows hold the allele
-from that index on (for a deletion without ALT bases: the first base after it), so offsets are relative to the
-allele start, i.e. the window centre; `variant_kind` says which case a map is. A base that is not A/C/G/T (N) gets
-all four bases as mutations.
+Positions: offset 0 is index `window // 2` (512) of the variant window, where the window rule (`dnallm.data`) puts
+the variant: the variant base of an SNV; for indels and multi-base changes the allele start (for a deletion without
+ALT bases, the first base after it). `variant_kind` says which case a map is. A base that is not A/C/G/T (N) gets all
+four bases as mutations.
 
-Cost: one label scoring per mutated window (2 x flank + 1 positions x 3 bases: 195 for the default flank of 32),
-batched. What does not depend on the mutation runs once: the reference window's encoder states, and the prompt's
-tokens up to the variant slot (chat template, the reference window's DNA tokens, `<|dna_start|>`), whose KV cache
-is computed once and continued by every batch. Per mutated window there is then one encoder pass (an encoder state
-cache makes a window that repeats free: the SNV's ref-base mutation IS the reference window), and one label-scoring
-continuation: the rest of the prompt plus the packed, tree-masked pass over the 37 labels
-(`dnallm.scoring.continuation_label_logprobs`).
+Cost: one label scoring per mutated window (2 x flank + 1 positions x 3 bases: 195 for flank 32), batched. What does
+not depend on the mutation runs once: the reference window's encoder states and the KV cache of the prompt up to the
+variant slot's `<|dna_start|>`. Per mutated window there is one encoder pass (cached: the SNV's ref-base mutation IS
+the reference window) and one label-scoring continuation (`dnallm.scoring.continuation_label_logprobs`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from dnallm.cli import app
-from dnallm.variants import explain_file, read_results
+from dnallm.variants import OUT_COLUMNS, explain_file, read_results
+from dnallm.variants.batch import write_meta
 from dnallm.variants.sharded import part_path, worker_devices
 from test_variants_cli import files, flat  # noqa: F401 (the module's VCF + genome fixture)
 
@@ -68,6 +69,30 @@ def test_two_devices_merge_byte_identical_to_one_device_with_bad_records_in_both
     shard0 = set(keys[0:3] + keys[6:9] + keys[12:14])
     assert bad & shard0 and bad - shard0 and (set(keys) - bad) & shard0 and (set(keys) - bad) - shard0
     assert all(r["label"] for r in rows if not r["error"]) and len(set(keys) - bad) == 6
+
+
+def test_outputs_holding_only_their_header_start_again_without_resume(quickstart_dir, files, tmp_path):
+    """As with --devices 1 (`_has_records`): a part file or an OUT holding only its header (a run stopped before its
+    first batch) is no output yet, so a run without --resume starts it again, whatever settings it was written with;
+    one with records is never overwritten."""
+    out, _ = quickstart_dir
+    d, _ = files
+    explain_file(d / "in.vcf", d / "genome.fa", out / "model", tmp_path / "one.tsv", batch_size=3, progress=False)
+    target = tmp_path / "two.tsv"
+    for path in (target, part_path(target, 0, 2), part_path(target, 1, 2)):
+        path.write_text("\t".join(OUT_COLUMNS) + "\n")
+        write_meta(path, {"mode": "generate", "max_new_tokens": 0})
+    args = ["explain", "--vcf", str(d / "in.vcf"), "--fasta", str(d / "genome.fa"), "--model", str(out / "model"),
+            "--out", str(target), "--batch-size", "3", "--devices", "2", "--no-progress"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert target.read_bytes() == (tmp_path / "one.tsv").read_bytes()
+    part_path(target, 1, 2).write_text("\t".join(OUT_COLUMNS) + "\nrecord\n")  # records: never overwritten
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "exists: pass --resume to continue it" in flat(res.output), res.output
+    target.unlink()
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "part files of an unfinished run: pass --resume" in flat(res.output), res.output
 
 
 @pytest.mark.slow  # 58 s on 2 cores

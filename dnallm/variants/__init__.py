@@ -4,19 +4,11 @@
 `Genome.windows` cuts the windows, `questions.build_question` writes the question when none is given,
 `inference.explain_many` asks the model in batches.
 
-  reading.py   `read_variants` (`read_vcf`, `read_tsv`): a small strict reader, not pysam, so that every problem
-               names its line number and a bad line does not stop the file (pysam reports a non-numeric POS or a
-               short line only as "truncated file"). Multi-allelic records give one record per ALT (key
-               `LINE:ALT_NUMBER`). Also `read_results`, the explain output TSV read back.
-  batch.py     `explain_file`, the resumable batch runner. A VCF header whose `##contig` lengths or `##reference`
-               contradict the FASTA (another genome build) stops it before any work (`Genome.check_build`); a
-               bad record only gets its error.
+  reading.py   `read_variants` (`read_vcf`, `read_tsv`: a strict reader that names the line of every problem; the
+               TSV input format), `read_results` (the explain output TSV read back).
+  batch.py     `explain_file`, the resumable batch runner.
   vcf_out.py   `write_vcf_out` (`--vcf-out`): the input VCF with DNALLM_* INFO fields, written with pysam.
-  sharded.py   `explain_file_sharded` (`--devices N`): chunk k to worker process k % N (`explain_file(shard=)`),
-               part files merged in record order, byte-identical to a 1-device run.
-
-TSV input: a header row with columns chrom, pos, ref, alt (required; `-` or an empty cell is an empty allele)
-and optionally id, gene, question, network, genes_in_pathway; one variant (or comma-separated ALTs) per row.
+  sharded.py   `explain_file_sharded` (`--devices N`): chunk k to worker process k % N, byte-identical to 1 device.
 """
 
 from dnallm.variants.batch import explain_file

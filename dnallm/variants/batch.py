@@ -53,10 +53,6 @@ def _result_row(rec: VariantRecord, question=None, windows=None, explanation=Non
     return row
 
 
-def _format_row(row: dict) -> str:
-    return "\t".join(_cell(row.get(c)) for c in OUT_COLUMNS) + "\n"
-
-
 def _has_records(out: Path) -> bool:
     """Whether anything follows the header line (read to the second line only: an output can be large)."""
     with open(out, "rb") as f:
@@ -162,14 +158,13 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
     `contrast`: fill the `delta_p` / `reference_label` columns (dnallm.evidence; one more scoring pass).
     `encoder_dll`: fill the `encoder_dll` column (the encoder's zero-shot score; needs its LM head, checked before
     any record is read).
-    `on_progress(done, total)` is called after each written record (counting those a resume skipped), for
-    callers that report progress other than by the tqdm bar (the MCP server). `batch_lock()`, when given, is
-    entered around each model batch only: a server that shares the model between requests holds its slot per
-    batch, so other requests get their turn between batches of a long file.
-    `shard=(rank, n)` (dnallm.variants.sharded, `--devices N`): explain only the chunks k with k % n == rank into
-    `out` (a part file), so every batch holds exactly the records it holds in a 1-device run; `on_progress` then
-    counts this shard's records (first called once at the start, with those a resume skipped). `device` is where
-    a model given as a path is loaded (default: cuda if available, else cpu).
+    `on_progress(done, total)` is called after each written record (counting those a resume skipped), for callers
+    that report progress other than by the tqdm bar (the MCP server). `batch_lock()`, when given, is entered around
+    each model batch only: a server sharing the model between requests lets others in between batches.
+    `shard=(rank, n)` (`--devices N`, dnallm.variants.sharded): only the chunks k with k % n == rank, into the part
+    file `out`, so every batch holds the records it holds in a 1-device run; `on_progress` then counts this shard's
+    records (called once at the start too). `device`: where a model given as a path is loaded (default: cuda if
+    available, else cpu).
     Returns a summary with counts and timings.
     """
     from tqdm import tqdm
@@ -228,14 +223,7 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
             if not done:
                 _append(f, "\t".join(OUT_COLUMNS) + "\n")
             index = 0  # records of this run's chunks so far (all chunks unless sharded)
-            for k in itertools.count():
-                chunk = []
-                for rec in records:
-                    chunk.append(rec)
-                    if len(chunk) == batch_size:
-                        break
-                if not chunk:
-                    break
+            for k, chunk in enumerate(iter(lambda: list(itertools.islice(records, batch_size)), [])):
                 if shard is not None and k % shard[1] != shard[0]:
                     continue  # another device's chunk
                 keys = [r.key for r in chunk]
@@ -273,7 +261,7 @@ def explain_file(variants: str | Path, fasta: str | Path, model, out: str | Path
                 for (i, question, w), ex in zip(todo, explanations):
                     rows[i] = _result_row(chunk[i], question=question, windows=w, explanation=ex)
                 for row in rows[len(seen):]:
-                    _append(f, _format_row(row))
+                    _append(f, "\t".join(_cell(row.get(c)) for c in OUT_COLUMNS) + "\n")
                     stats["written"] += 1
                     stats["errors"] += bool(row["error"])
                     stats["padded"] += bool(row.get("padded"))

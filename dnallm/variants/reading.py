@@ -62,15 +62,12 @@ class VariantRecord:
         return w if self.error else f"{w} ({describe(self.chrom, self.pos, self.ref, self.alt)})"
 
 
-# ---- reading --------------------------------------------------------------------------------------------------
-
 def _open_text(path: Path):
     with open(path, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
     if gz:  # gzip and bgzip
         return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
-    # utf-8-sig: files saved by Excel and other Windows tools start with a byte-order mark, which would otherwise
-    # become part of the first header name
+    # utf-8-sig: a byte-order mark (Excel and other Windows tools) would otherwise start the first header name
     return open(path, encoding="utf-8-sig", errors="replace", newline="")
 
 
@@ -89,14 +86,7 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def parse_info(info: str) -> dict[str, str]:
-    if info in ("", "."):
-        return {}
-    out = {}
-    for item in info.split(";"):
-        if item:
-            k, _, v = item.partition("=")
-            out[k] = v
-    return out
+    return {} if info == "." else dict(item.partition("=")[::2] for item in info.split(";") if item)
 
 
 def gene_from_info(info: dict[str, str], alt: str) -> str | None:
@@ -111,6 +101,11 @@ def gene_from_info(info: dict[str, str], alt: str) -> str | None:
         genes = genes or [e[3] for e in entries if len(e) > 3 and e[3]]
         return genes[0] if genes else None
     return None
+
+
+def _bad(source: str, number: int, problem: str, chrom: str | None = None) -> VariantRecord:
+    """The one record of a line that cannot be read; its error names the file and line."""
+    return VariantRecord(source, number, 1, chrom=chrom, error=f"{source} line {number}: {problem}")
 
 
 def _empty_in_list(alleles: list[str]) -> int:
@@ -130,9 +125,8 @@ def parse_vcf_line(line: str, number: int, source: str = "VCF") -> list[VariantR
     cols = line.split("\t")
     if len(cols) < 8:
         hint = " (the line looks space-separated; VCF columns are tab-separated)" if len(line.split()) >= 8 else ""
-        return [VariantRecord(source, number, 1, error=f"{source} line {number}: malformed VCF line: {len(cols)} "
-                              f"tab-separated column(s), a data line needs at least 8 ({' '.join(VCF_COLUMNS)})"
-                              f"{hint}")]
+        return [_bad(source, number, f"malformed VCF line: {len(cols)} tab-separated column(s), a data line needs "
+                     f"at least 8 ({' '.join(VCF_COLUMNS)}){hint}")]
     chrom, pos, vid, ref, alts, info = cols[0].strip(), cols[1].strip(), cols[2], cols[3], cols[4], cols[7]
     problem = None
     if not chrom:
@@ -146,12 +140,10 @@ def parse_vcf_line(line: str, number: int, source: str = "VCF") -> list[VariantR
     elif not _is_qual(cols[5].strip()):  # htslib would write it back as 0, a real quality ("no variant")
         problem = f"QUAL {cols[5]!r} is not a number or '.'"
     if problem:
-        return [VariantRecord(source, number, 1, chrom=chrom or None,
-                              error=f"{source} line {number}: malformed VCF line: {problem}")]
+        return [_bad(source, number, f"malformed VCF line: {problem}", chrom or None)]
     alt_list = alts.split(",")
     if empty_alt := _empty_in_list(alt_list):  # "T," is a malformed list, not a deletion
-        return [VariantRecord(source, number, 1, chrom=chrom, error=f"{source} line {number}: malformed VCF line: "
-                              f"ALT {empty_alt} of {alts!r} is empty")]
+        return [_bad(source, number, f"malformed VCF line: ALT {empty_alt} of {alts!r} is empty", chrom)]
     info_map = parse_info(info)
     return [VariantRecord(source, number, i, chrom=chrom, pos=int(pos), ref=ref, alt=alt,
                           id=None if vid in (".", "") else vid, gene=gene_from_info(info_map, alt),
@@ -187,13 +179,11 @@ def read_vcf(path: str | Path) -> Iterator[VariantRecord]:
     for number, line in _numbered_lines(path):
         if line.startswith("##"):
             if header:
-                yield VariantRecord(path.name, number, 1, error=f"{path.name} line {number}: malformed VCF: "
-                                    "a ## meta line after the #CHROM header line")
+                yield _bad(path.name, number, "malformed VCF: a ## meta line after the #CHROM header line")
             continue
         if line.startswith("#"):
             if header:
-                yield VariantRecord(path.name, number, 1, error=f"{path.name} line {number}: malformed VCF: "
-                                    "a second #CHROM header line")
+                yield _bad(path.name, number, "malformed VCF: a second #CHROM header line")
                 continue
             cols = tuple(c.strip() for c in line[1:].split("\t"))
             if cols[:8] != VCF_COLUMNS:
@@ -238,20 +228,19 @@ def read_tsv(path: str | Path) -> Iterator[VariantRecord]:
                                        f"may add {', '.join(TSV_COLUMNS[4:])}; found {cells}")
             continue
         if len(cells) != len(columns):
-            yield VariantRecord(path.name, number, 1, error=f"{path.name} line {number}: malformed TSV line: "
-                                f"{len(cells)} tab-separated cell(s), the header has {len(columns)}")
+            yield _bad(path.name, number, f"malformed TSV line: {len(cells)} tab-separated cell(s), the header has "
+                       f"{len(columns)}")
             continue
         row = {c: (v.strip() or None) for c, v in zip(columns, cells)}
         pos = row["pos"] or ""
         if not row["chrom"] or not re.fullmatch(r"\d+", pos) or int(pos) < 1:
             problem = "chrom is empty" if not row["chrom"] else f"pos {pos!r} is not a 1-based position"
-            yield VariantRecord(path.name, number, 1, chrom=row["chrom"],
-                                error=f"{path.name} line {number}: malformed TSV line: {problem}")
+            yield _bad(path.name, number, f"malformed TSV line: {problem}", row["chrom"])
             continue
         alts = (row["alt"] or "").split(",")
         if len(alts) > 1 and (empty_alt := _empty_in_list(alts)):  # "A," is malformed; an empty cell is a deletion
-            yield VariantRecord(path.name, number, 1, chrom=row["chrom"], error=f"{path.name} line {number}: "
-                                f"malformed TSV line: alt {empty_alt} of {row['alt']!r} is empty")
+            yield _bad(path.name, number, f"malformed TSV line: alt {empty_alt} of {row['alt']!r} is empty",
+                       row["chrom"])
             continue
         for i, alt in enumerate(alts, 1):
             yield VariantRecord(path.name, number, i, chrom=row["chrom"], pos=int(pos), ref=_allele(row["ref"]),
@@ -269,9 +258,7 @@ def read_variants(path: str | Path, fmt: str) -> Iterator[VariantRecord]:
     return read_vcf(path) if fmt == "vcf" else read_tsv(path)
 
 
-
-# ---- the explain output TSV's cells (also TSV input text cells) -------------------------------------------------
-
+# the explain output TSV's cell escapes (also in TSV input text cells)
 _UNESCAPE = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
 
 

@@ -1,15 +1,13 @@
 """`dnallm explain --vcf/--tsv --devices N`: one file explained by N worker processes, merged into one output.
 
-Records are cut into the same fixed chunks of `batch_size` as in a 1-device run, and chunk k goes to worker
-k % N (`explain_file(..., shard=(k, N))`): every model batch holds exactly the records it holds in a 1-device run,
-so each record's result is the same (on the same kind of device), and the merged TSV is byte-identical to
-`--devices 1`. Each worker is its own spawned process that loads the model once on its device (`cuda:K`; on a
-machine without CUDA, a CPU process with cores // N threads) and appends + fsyncs its part file
-`OUT.part-K-of-N.tsv` (with its own `.meta.json`), so `--resume` continues every part the way it continues a
-1-device output. When all parts are done the parent interleaves them by chunk into OUT (written to a temporary
-file, then renamed: OUT exists only when complete), writes OUT.meta.json as a 1-device run would, writes
-`--vcf-out` from OUT, and removes the parts. Resuming with another N than the parts were written with is
-refused, naming the N to use.
+Records are cut into the same fixed chunks of `batch_size` as in a 1-device run and chunk k goes to worker k % N
+(`explain_file(..., shard=(k, N))`): every model batch holds the records it holds in a 1-device run, so the merged
+TSV is byte-identical to `--devices 1` (on the same kind of device). Each worker is a spawned process that loads the
+model once on its device (`cuda:K`; without CUDA, a CPU process with cores // N threads) and appends + fsyncs its part
+file `OUT.part-K-of-N.tsv` (with its own `.meta.json`), so `--resume` continues every part as it continues a 1-device
+output. When all parts are done the parent interleaves them by chunk into OUT (atomically: OUT exists only when
+complete), writes OUT.meta.json as a 1-device run would and `--vcf-out` from OUT, and removes the parts. Resuming
+with another N than the parts were written with is refused, naming the N to use.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from dnallm.variants.batch import check_settings, meta_file, open_input, write_meta
+from dnallm.variants.batch import _has_records, check_settings, meta_file, open_input, write_meta
 from dnallm.variants.reading import OUT_COLUMNS
 from dnallm.variants.vcf_out import write_vcf_out
 
@@ -121,7 +119,7 @@ def explain_file_sharded(variants: str | Path, fasta: str | Path, model: str | P
     fmt = check_settings(variants, fmt, mode, batch_size, vcf_out, max_new_tokens)
     _, total = open_input(variants, fmt, fasta)  # file-level and genome-build errors before any process starts
     device_list, threads = worker_devices(devices)
-    if out.exists() and out.stat().st_size:
+    if out.exists() and _has_records(out):  # a header alone is no output yet: start again (as with --devices 1)
         if not resume:
             raise FileExistsError(f"{out} exists: pass --resume to continue it, or remove it")
         # OUT appears only when a sharded run is complete, so this is a finished run or a 1-device run's output
@@ -133,7 +131,7 @@ def explain_file_sharded(variants: str | Path, fasta: str | Path, model: str | P
         raise ValueError(f"cannot {'resume' if resume else 'start'} {out} with --devices {devices}: it has part files "
                          f"of a --devices {other[0]} run; {'resume it with' if resume else 'pass --resume and'} "
                          f"--devices {other[0]}, or remove them")
-    if found and not resume:
+    if not resume and any(_has_records(p) for p in found.get(devices, []) if p.suffix == ".tsv"):
         raise FileExistsError(f"{out} has part files of an unfinished run: pass --resume to continue it, or remove "
                               "them")
     parts = [part_path(out, rank, devices) for rank in range(devices)]

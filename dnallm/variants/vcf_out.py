@@ -40,6 +40,12 @@ def _info_text(label: str) -> str:
     return label.replace(" ", "_")
 
 
+# (INFO key, results column, conversion, missing value) of the fields written per ALT
+_INFO_FIELDS = (("DNALLM_LABEL", "label", _info_text, "."), ("DNALLM_PROB", "probability", float, None),
+                ("DNALLM_TOP3", "top3", _info_text, "."), ("DNALLM_DELTA_P", "delta_p", float, None),
+                ("DNALLM_DLL", "encoder_dll", float, None))
+
+
 def _clean_copy(vcf_in: Path, clean: Path) -> tuple[list[int], int]:
     """Copy the lines pysam can read from `vcf_in` to the plain-text VCF `clean`: the ## lines before #CHROM
     (without DNALLM_* INFO declarations; `##fileformat=VCFv4.2` first when missing, htslib needs it to detect a
@@ -75,10 +81,9 @@ def _clean_copy(vcf_in: Path, clean: Path) -> tuple[list[int], int]:
 
 def write_vcf_out(vcf_in: str | Path, results_tsv: str | Path, vcf_out: str | Path) -> int:
     """The input VCF with DNALLM_LABEL / DNALLM_PROB / DNALLM_TOP3 (+ DNALLM_DELTA_P with --contrast, DNALLM_DLL
-    with --encoder-dll; Number=A)
-    added to INFO, from the results
-    TSV; written with pysam to a temporary file and renamed (bgzip when the name ends in .gz). Malformed input
-    lines are left out (their error is in the TSV); returns how many."""
+    with --encoder-dll; Number=A) added to INFO, from the results TSV; written with pysam to a temporary file and
+    renamed (bgzip when the name ends in .gz). Malformed input lines are left out (their error is in the TSV);
+    returns how many."""
     try:
         import pysam
     except ImportError:
@@ -107,21 +112,10 @@ def write_vcf_out(vcf_in: str | Path, results_tsv: str | Path, vcf_out: str | Pa
                 for rec, number in zip(f, numbers, strict=True):
                     rec.translate(out.header)
                     rows = [results.get(f"{number}:{i}", {}) for i in range(1, len(rec.alts or ()) + 1)]
-                    labels = [_info_text(r["label"]) if r.get("label") else "." for r in rows]
-                    probs = [float(r["probability"]) if r.get("probability") else None for r in rows]
-                    tops = [_info_text(r["top3"]) if r.get("top3") else "." for r in rows]
-                    if any(v != "." for v in labels):
-                        rec.info["DNALLM_LABEL"] = labels
-                    if any(v is not None for v in probs):
-                        rec.info["DNALLM_PROB"] = probs
-                    if any(v != "." for v in tops):
-                        rec.info["DNALLM_TOP3"] = tops
-                    deltas = [float(r["delta_p"]) if r.get("delta_p") else None for r in rows]
-                    if contrast and any(v is not None for v in deltas):
-                        rec.info["DNALLM_DELTA_P"] = deltas
-                    scores = [float(r["encoder_dll"]) if r.get("encoder_dll") else None for r in rows]
-                    if dll and any(v is not None for v in scores):
-                        rec.info["DNALLM_DLL"] = scores
+                    for key, column, convert, missing in _INFO_FIELDS:  # DELTA_P / DLL: declared when any row has one
+                        values = [convert(r[column]) if r.get(column) else missing for r in rows]
+                        if any(v != missing for v in values):
+                            rec.info[key] = values
                     out.write(rec)
         os.replace(tmp, vcf_out)
     finally:
