@@ -23,8 +23,7 @@ from sklearn.pipeline import make_pipeline
 from dnallm.labels import KEGG_LABELS, LABEL_TO_ID
 
 
-# Fitted classifiers by a digest of their training inputs: an evaluation of test and then hard-test fits the 6-mer
-# classifier on the same training windows twice otherwise (its fit is the slow one, ~10 s on 2 CPU cores).
+# Fitted classifiers by a digest of their training inputs: test, then hard-test, fit the slow 6-mer one once.
 _FITTED: OrderedDict[str, object] = OrderedDict()
 
 
@@ -39,12 +38,9 @@ def _fitted(name: str, make, inputs: list[str], y: list[int]):
 
 
 def single_threaded_blas():
-    """BLAS on one thread for the duration (threadpoolctl, which scikit-learn depends on).
-
-    Why: these fits multiply small matrices (1,159 x 128 by 128 x 37) a few hundred times; OpenBLAS's threads
-    cost more than they give there, the more so with torch's OpenMP threads on the same cores. On the 2-core CPU
-    one probe fit took 3.17 s with 2 BLAS threads and 0.26 s with one (the encoder-alone probe's nine fits: ~35 s).
-    """
+    """BLAS on one thread for the duration (threadpoolctl). These fits multiply small matrices a few hundred times,
+    where OpenBLAS's threads cost more than they give: one probe fit on 2 cores took 3.17 s with 2 threads, 0.26 s
+    with one."""
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(1, user_api="blas")

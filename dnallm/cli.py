@@ -29,8 +29,7 @@ DTYPE_OPTION = typer.Option("auto", help="Inference dtype: auto (bfloat16 on CUD
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """What a command reports as `error: ...` (exit 2) instead of a traceback: bad input or settings, files, a
-    checkpoint that does not load (`LoadingError`), an output another run is writing. Imported when one is raised."""
+    """What a command reports as `error: ...` (exit 2), not as a traceback; imported only when one is raised."""
     from dnallm.encoders.base import LoadingError
     from dnallm.variants.batch import OutputInUse
 
@@ -43,6 +42,20 @@ def _dtype(name: str) -> str:
     if name not in DTYPES:
         raise typer.BadParameter(f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}", param_hint="--dtype")
     return name
+
+
+def _split(split: str) -> tuple[str, str]:
+    from dnallm.evaluation import split_spec
+
+    try:
+        return split_spec(split)
+    except ValueError as e:
+        raise typer.BadParameter(str(e))
+
+
+def fail(message: str, out: Console = console, soft_wrap: bool | None = None):
+    out.print(f"[red]error:[/red] {message}", soft_wrap=soft_wrap)
+    raise typer.Exit(2)
 
 
 @app.command()
@@ -111,13 +124,10 @@ def evaluate(model: Path = typer.Option(Path("runs/quickstart/model"), help="Che
     from tqdm import tqdm
 
     from dnallm.data import load_kegg
-    from dnallm.evaluation import CONTROLS, evaluate_split, split_spec
+    from dnallm.evaluation import CONTROLS, evaluate_split
     from dnallm.inference import load_model
 
-    try:
-        name, view = split_spec(split)
-    except ValueError as e:
-        raise typer.BadParameter(str(e))
+    name, view = _split(split)
     if not (generate or score):
         raise typer.BadParameter("--no-generate and --no-score leave nothing to evaluate")
     try:
@@ -164,14 +174,11 @@ def probe(encoder: Optional[str] = typer.Option(None, help="Encoder hub id or lo
 
     from dnallm.data import load_kegg
     from dnallm.encoders import build_encoder
-    from dnallm.evaluation import probe_metrics, selection_split, split_spec, training_split
+    from dnallm.evaluation import probe_metrics, selection_split, training_split
 
     if (encoder is None) == (model is None):
         raise typer.BadParameter("give --encoder (with --encoder-type, --layer) or --model, not both")
-    try:
-        name, view = split_spec(split)
-    except ValueError as e:
-        raise typer.BadParameter(str(e))
+    name, view = _split(split)
     if name == selection_split(split):
         raise typer.BadParameter(f"the probe is selected on {name}, so its score there is not held out; "
                                  "give a test split")
@@ -185,7 +192,7 @@ def probe(encoder: Optional[str] = typer.Option(None, help="Encoder hub id or lo
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dna_encoder = build_encoder(encoder_type, encoder, layer=layer).to(device)
     metrics = {"split": split, "encoder": encoder, "encoder_type": encoder_type,
-               **probe_metrics(dna_encoder, load_kegg(*split_spec(training_split(split))), load_kegg(name, view=view),
+               **probe_metrics(dna_encoder, load_kegg(*_split(training_split(split))), load_kegg(name, view=view),
                                split, cache_dir=cache_dir, batch_size=batch_size, progress=True)}
     p = metrics["probe"]
     console.print(_metrics_table(metrics, f"encoder alone: {encoder} (layer {p['layer']}, {p['feature_set']}, "
@@ -285,11 +292,6 @@ def explain(question: Optional[str] = _QUESTION,
     print(json.dumps(result.to_dict(), indent=2))
 
 
-def fail(message: str):
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(2)
-
-
 def _explain_one(question, reference, variant, chrom, pos, ref, alt, fasta, gene, model, mode, max_new_tokens,
                  dtype, **evidence):
     """explain_variant for one variant given as sequences or coordinates (`explain`, `attribute`)."""
@@ -348,11 +350,8 @@ def attribute(question: Optional[str] = _QUESTION,
 
 
 def _load_app_module():
-    """Load the Gradio UI from app/app.py in the source checkout.
-
-    app/ is an entry point like train/ and eval/: it is not part of the installed package (only dnallm* and
-    projectors* are), so it is loaded by path, under a private module name, and only when `dnallm app` runs.
-    """
+    """Load the Gradio UI from app/app.py in the source checkout: app/ is not part of the installed package, so it
+    is loaded by path, under a private module name, and only when `dnallm app` runs."""
     import importlib.util
     import sys
 
@@ -389,23 +388,18 @@ def serve_app(model: Path = typer.Option(Path("runs/quickstart/model"), help="Ch
     try:
         ui = _load_app_module()
     except ModuleNotFoundError as e:
-        console.print(f"[red]error:[/red] {e}; install the app extra: pip install -e \".[app]\"")
-        raise typer.Exit(2)
+        fail(f"{e}; install the app extra: pip install -e \".[app]\"")
     except FileNotFoundError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+        fail(str(e))
     try:
         ui.serve(str(model), host=host, port=port, max_new_tokens=max_new_tokens, concurrency_limit=concurrency_limit,
                  fasta=fasta or [], genome_dir=genome_dir, allow_remote=allow_remote, dtype=_dtype(dtype))
     except ui.StartError as e:  # a refused host or a bad genome file
-        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
-        raise typer.Exit(2)
+        fail(str(e), soft_wrap=True)
     except FileNotFoundError as e:
-        console.print(f"[red]error:[/red] {e} (train one with `dnallm quickstart` or pass --model)")
-        raise typer.Exit(2)
+        fail(f"{e} (train one with `dnallm quickstart` or pass --model)")
     except _user_errors() as e:  # a checkpoint that does not load: another encoder, missing weights, ...
-        console.print(f"[red]error:[/red] cannot load {model}: {e}", soft_wrap=True)
-        raise typer.Exit(2)
+        fail(f"cannot load {model}: {e}", soft_wrap=True)
 
 
 @app.command("mcp")
@@ -436,8 +430,7 @@ def serve_mcp(model: Path = typer.Option(Path("runs/quickstart/model"), help="Ch
         from dnallm.mcp_server import build_server, make_settings, serve
         from dnallm.serving import StartError, check_host
     except ModuleNotFoundError as e:
-        err.print(f"[red]error:[/red] {e}; install the mcp extra: pip install -e \".[mcp]\"")
-        raise typer.Exit(2)
+        fail(f"{e}; install the mcp extra: pip install -e \".[mcp]\"", err)
     try:
         if http:
             check_host(host, allow_remote)
@@ -445,13 +438,11 @@ def serve_mcp(model: Path = typer.Option(Path("runs/quickstart/model"), help="Ch
                                  concurrency=concurrency, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                  dtype=_dtype(dtype))
     except StartError as e:
-        err.print(f"[red]error:[/red] {e}", soft_wrap=True)
-        raise typer.Exit(2)
+        fail(str(e), err, soft_wrap=True)
     try:
         server = build_server(settings)  # the model loads now, before any client connects
     except _user_errors() as e:  # not a checkpoint, missing weights, another encoder, ...
-        err.print(f"[red]error:[/red] cannot load {model}: {e}", soft_wrap=True)
-        raise typer.Exit(2)
+        fail(f"cannot load {model}: {e}", err, soft_wrap=True)
     serve(server, http=http, host=host, port=port)
 
 

@@ -1,17 +1,13 @@
 """Evaluation: greedy decoding with the strict `Answer:` parse and/or label scoring, metrics, controls, baselines.
 
-One harness (`run_inputs`) answers a list of questions with DNA windows in two modes:
-  generate: greedy reasoning + the strict final `Answer:` line (`generate_answers`, `parse_answer`);
-  score:    the argmax of the 37 label probabilities (`label_probabilities`).
-The main evaluation and every control go through it; only their inputs differ (`control_inputs`):
+One harness (`run_inputs`) answers questions with DNA windows in two modes: generate (greedy reasoning + the
+strict final `Answer:` line) and score (the argmax of the 37 label probabilities). The main evaluation and every
+control go through it; only their inputs differ (`control_inputs`):
   text-only      the prompt without the two sequence lines and no DNA inputs;
   dna-only       the question replaced by the kegg_hard sentence (skipped when it already is);
   shuffled-dna   another record's windows (a fixed permutation: no row keeps its own windows);
   ref-as-variant the reference window given as both reference and variant.
-Metrics: accuracy with a 95 % Wilson interval and macro-F1 over the labels present (an unparseable answer counts as
-wrong), a per-label precision/recall/F1 table, ECE (15 bins) of the label probabilities, and accuracy when
-predictions whose top probability is below a threshold abstain. Baselines (majority, TF-IDF + logistic
-regression) are trained on the matching training split and scored by the same metric functions.
+Baselines are trained on the matching training split and scored by the same metric functions.
 """
 
 from __future__ import annotations
@@ -174,22 +170,20 @@ def run_inputs(model, questions: list[str], windows: list[tuple[str, ...]], gene
     if any(has_dna) and not all(has_dna):
         raise ValueError("either every record has DNA windows or none has")
     run: dict = {"texts": None, "generated": None, "probabilities": None, "scored": None}
+    notify = progress or (lambda stage, done: None)
     with nullcontext() if all(has_dna) else model.processor.without_dna():
         if generate:
-            if progress:
-                progress("generate", 0)
+            notify("generate", 0)
             run["texts"] = generate_answers(model, questions, windows, batch_size=batch_size,
                                             max_new_tokens=max_new_tokens, constrained=constrained,
                                             progress=progress and (lambda n: progress("generate", n)))
             run["generated"] = [parse_answer(t) for t in run["texts"]]
         if score:
-            if progress:
-                progress("score", 0)
+            notify("score", 0)
             probs = label_probabilities(model, questions, windows, batch_size=score_batch_size).float().cpu().numpy()
             run["probabilities"] = probs.astype(np.float64)
             run["scored"] = [KEGG_LABELS[j] for j in probs.argmax(1)]
-            if progress:
-                progress("score", len(questions))
+            notify("score", len(questions))
     return run
 
 
@@ -230,14 +224,6 @@ def _scored(gold: list[str], kind: str, predicted: list[str], probs: np.ndarray)
             "ece": calibration_metrics(gold, probs)["ece"]}
 
 
-def baseline_metrics(train_records, records) -> dict:
-    from dnallm.baselines import run_baselines
-
-    gold = list(records["label"])
-    return {name: _scored(gold, kind, predicted, probs)
-            for name, (kind, predicted, probs) in run_baselines(train_records, records).items()}
-
-
 def selection_split(split: str) -> str:
     """The split a probe is selected on for an evaluation split: the matching val (grouped-val for grouped-*)."""
     name, _ = split_spec(split)
@@ -251,31 +237,30 @@ def probe_metrics(encoder, train_records, records, split: str, cache_dir: str | 
     from dnallm.data import load_kegg
     from dnallm.probe import run_probe
 
-    if split_spec(split)[0] == selection_split(split):
-        raise ValueError(f"the encoder-alone probe is selected on {selection_split(split)}: its score on {split} "
+    selected_on = selection_split(split)
+    if split_spec(split)[0] == selected_on:
+        raise ValueError(f"the encoder-alone probe is selected on {selected_on}: its score on {split} "
                          "would not be held out; score it on a test split")
     window = len(records["ref_window"][0])  # the probe's train and val windows are cut to the evaluated rows' size
-    result = run_probe(encoder, train_records, load_kegg(selection_split(split), window=window), records,
+    result = run_probe(encoder, train_records, load_kegg(selected_on, window=window), records,
                        batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+    probe = {k: result[k] for k in ("feature_set", "C", "val_accuracy", "pooling", "layer", "seconds", "selection")}
     return {**_scored(list(records["label"]), "DNA only (frozen encoder)", result["predicted"],
-                      result["probabilities"]),
-            "probe": {k: result[k] for k in ("feature_set", "C", "val_accuracy", "pooling", "layer", "seconds",
-                                             "selection")},
-            "selected_on": selection_split(split)}
+                      result["probabilities"]), "probe": probe, "selected_on": selected_on}
 
 
 # ---- the evaluation ----
 
 def write_predictions(path: Path, records, predicted: list[str | None], main: dict, control_runs: dict,
-                      threshold: float, k: int = 3) -> None:
+                      threshold: float) -> None:
     """One JSON line per record: the headline prediction, the generated text, the 37 label probabilities,
-    the top k, whether it abstains, and each control's predictions."""
+    the top 3, whether it abstains, and each control's predictions."""
     from dnallm.scoring import top_k
 
     gold = list(records["label"])
     sources = records["source_split"] if "source_split" in records.column_names else [None] * len(gold)
     probs = main["probabilities"]
-    tops = top_k(torch.from_numpy(probs), k) if probs is not None else None
+    tops = top_k(torch.from_numpy(probs), 3) if probs is not None else None
     with open(path, "w") as f:
         for i, (row, label) in enumerate(zip(records["row"], gold)):
             line = {"row": row, **({"source_split": sources[i]} if sources[i] else {}), "label": label,
@@ -323,23 +308,21 @@ def _check_windows(records, window: int, what: str) -> None:
 def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: int = 16,
                    max_new_tokens: int = 1024, progress=None, *, generate: bool = True, score: bool = True,
                    controls: tuple[str, ...] = (), train_records=None, threshold: float = ABSTAIN_THRESHOLD,
-                   score_batch_size: int = 16, k: int = 3, report: bool = True, probe: bool = True,
+                   score_batch_size: int = 16, report: bool = True, probe: bool = True,
                    controls_generate: bool = True, probe_cache_dir: str | Path | None = None,
                    constrained: bool = True, encoder_cache=None) -> dict:
     """Evaluate one split and write metrics.json, predictions.jsonl and (report=True) report.md + PNGs.
 
     The top-level accuracy/macro-F1/CI are those of generation when `generate`, else of scoring (`mode`).
-    `train_records` feed the baselines; None loads the training split that matches `split` (`training_split`).
-    probe=True adds the "encoder alone" row: the model's frozen encoder probed on the same training split
-    (`dnallm.probe`, selected on the matching val split; pooled states kept in `probe_cache_dir` if given).
+    `train_records` feed the baselines and the probe; None loads the split's `training_split`.
+    probe=True adds the "encoder alone" row (`dnallm.probe`; pooled states kept in `probe_cache_dir` if given).
     controls_generate=False runs the controls in score mode only (generation is the costly part).
-    constrained=True decodes the answer line over the 37 labels (`generate_answers`); False keeps free decoding
-    with the strict parse. The metrics (and report) record which (`decoding`, `constrained`).
+    constrained=True decodes the answer line over the 37 labels; False keeps free decoding with the strict parse.
     `progress(stage, done)` is called as the stages advance.
-    `encoder_cache`: an `EmbeddingCache` of the model's encoder that the main run and the controls read the
-    windows' encoder states from (pass one to share it across splits that hold the same windows, as test and
-    hard-test do); None: a new one for this call. Each distinct window is encoded once either way.
+    `encoder_cache`: the `EmbeddingCache` the main run and the controls read encoder states from (share one across
+    splits holding the same windows, as test and hard-test do); None: a new one for this call.
     """
+    from dnallm.baselines import run_baselines
     from dnallm.data import load_kegg
     from dnallm.encoders.cache import EmbeddingCache
 
@@ -367,8 +350,7 @@ def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: 
                 "greedy reasoning; answer constrained to the 37 labels (the most likely label after `Answer:`)"
                 if constrained else "greedy, free answer line (strict parse: an answer that does not parse counts as wrong)")
     metrics = {"split": split, "mode": mode, **modes[mode], "decoding": decoding, "constrained": constrained,
-               "modes": modes,
-               "per_label": per_label_table(gold, predicted)}
+               "modes": modes, "per_label": per_label_table(gold, predicted)}
     if score:
         from dnallm.scoring import scoring_form_trained
 
@@ -380,13 +362,12 @@ def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: 
 
     metrics["controls"] = control_metrics
 
-    trained_on = "given records"
+    trained_on = "given records" if train_records is not None else training_split(split)
     if train_records is None:
-        trained_on = training_split(split)
-        name, view = split_spec(trained_on)
-        train_records = load_kegg(name, view=view, window=window)
+        train_records = load_kegg(*split_spec(trained_on), window=window)
     _check_windows(train_records, window, f"the baselines' training records ({trained_on})")
-    metrics["baselines"] = baseline_metrics(train_records, records)
+    metrics["baselines"] = {name: _scored(gold, kind, predicted, probs)
+                            for name, (kind, predicted, probs) in run_baselines(train_records, records).items()}
     if probe and split_spec(split)[0] == selection_split(split):
         metrics["probe_left_out"] = f"the probe is selected on {split_spec(split)[0]}, so it has no held-out row here"
     elif probe:
@@ -402,7 +383,7 @@ def evaluate_split(model, records, split: str, out_dir: str | Path, batch_size: 
         metrics["checkpoint"] = {"path": model.name_or_path, "identity": checkpoint_identity(model.name_or_path)}
     metrics = json.loads(json.dumps(metrics))  # plain JSON types: the returned dict equals metrics.json
 
-    write_predictions(out_dir / "predictions.jsonl", records, predicted, main, control_runs, threshold, k)
+    write_predictions(out_dir / "predictions.jsonl", records, predicted, main, control_runs, threshold)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if report:
         from dnallm.report import write_report

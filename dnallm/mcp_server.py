@@ -3,10 +3,9 @@ Protocol, on the official `mcp` SDK (`MCPServer`, FastMCP's name since mcp 2).
 
 - Transports: stdio (the default: the MCP client starts `dnallm mcp` itself) or streamable HTTP (`--http`, at
   http://HOST:PORT/mcp; loopback unless `--allow-remote`).
-- One model, loaded when the server is built, before the first request. Tools call the same library functions
-  as the API and the CLI (`inference.explain_variant`, `variants.explain_file`, `model_card.checkpoint_card`) in
-  worker threads, at most `concurrency` at once; the rest wait in arrival order (`serving.FifoSlots`). A VCF
-  job holds a slot per model batch, not for the whole file, so quick calls are not stuck behind it.
+- One model, loaded when the server is built. Tools call the library functions the CLI calls in worker threads,
+  at most `concurrency` at once; the rest wait in arrival order (`serving.FifoSlots`). A VCF job holds a slot per
+  model batch, not for the whole file, so quick calls are not stuck behind it.
 - A caller never names a path: genomes by file name from the operator's allow-list (`--fasta`, `--genome-dir`),
   VCF files by name from `--vcf-dir`, job results only into `--jobs-dir` (dnallm.serving).
 - Errors a caller can act on (bad bases, REF mismatch, unknown genome, too many inline records) come back as MCP
@@ -53,8 +52,7 @@ READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_worl
 
 @dataclass
 class ServerSettings:
-    """What the operator set at start. `genomes` comes from `serving.allowed_genomes`; `vcf_dir` and `jobs_dir`
-    are resolved folders (`serving.allowed_folder`)."""
+    """What the operator set at start (`make_settings`)."""
 
     model: str
     genomes: dict[str, Path] = field(default_factory=dict)
@@ -88,33 +86,22 @@ def _variant_input(settings: ServerSettings, question, reference_sequence, varia
 
 
 def _budget(settings: ServerSettings, max_new_tokens: int | None) -> int:
-    if max_new_tokens is None:
-        return settings.max_new_tokens
-    if max_new_tokens > settings.max_new_tokens:
+    if max_new_tokens is not None and max_new_tokens > settings.max_new_tokens:
         raise ValueError(f"max_new_tokens {max_new_tokens} is above this server's limit of {settings.max_new_tokens}")
-    return max_new_tokens
+    return settings.max_new_tokens if max_new_tokens is None else max_new_tokens
 
 
 def _probabilities(pairs) -> list[LabelProbability]:
     return [LabelProbability(label=label, probability=p) for label, p in pairs]
 
 
-def _float(cell: str) -> float | None:
-    return float(cell) if cell else None
-
-
 def _record(row: dict) -> VcfRecordResult:
-    """One row of the explain output TSV (all strings, "" for empty) as the tool's record."""
+    """One row of the explain output TSV (all strings, "" for empty) as the tool's record; pydantic converts the
+    numbers and padded (true/false)."""
     top3 = [label_p.rpartition(":") for label_p in row["top3"].split("|")] if row["top3"] else []
-    return VcfRecordResult(
-        record=row["record"], line=int(row["line"]), id=row["id"] or None, chrom=row["chrom"] or None,
-        pos=int(row["pos"]) if row["pos"] else None, ref=row["ref"] or None, alt=row["alt"] or None,
-        gene=row["gene"] or None, label=row["label"] or None, probability=_float(row["probability"]),
-        top3=[LabelProbability(label=label, probability=float(p)) for label, _, p in top3],
-        delta_p=_float(row["delta_p"]), reference_label=row["reference_label"] or None,
-        padded={"true": True, "false": False}.get(row["padded"]),
-        warnings=row["warnings"].split(" | ") if row["warnings"] else [], error=row["error"] or None,
-        question=row["question"] or None, reasoning=row["reasoning"] or None)
+    return VcfRecordResult(**{**{name: row[name] or None for name in VcfRecordResult.model_fields},
+                              "top3": _probabilities((label, float(p)) for label, _, p in top3),
+                              "warnings": row["warnings"].split(" | ") if row["warnings"] else []})
 
 
 VCF_HEADER = "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO"
@@ -149,9 +136,8 @@ def build_server(settings: ServerSettings, model=None) -> MCPServer:
     server = MCPServer("dnallm", version=dnallm.__version__, instructions=INSTRUCTIONS)
 
     async def in_slot(work):
-        """Run `work` (library calls) in a worker thread once a slot is free; its ValueError / OSError (bad input,
-        REF mismatch, ...) become the tool error the caller sees. Anything else is a server fault: the SDK
-        reports it without its text."""
+        """Run `work` in a worker thread once a slot is free; its ValueError / OSError become the tool error the
+        caller sees (anything else is a server fault: the SDK reports it without its text)."""
         def run():
             with slots.slot():
                 return work()
@@ -223,25 +209,6 @@ def build_server(settings: ServerSettings, model=None) -> MCPServer:
                                warnings=r.warnings or [])
         return await in_slot(work)
 
-    # Attribution methods by name (mcp_schemas.AttributionMethod): the ref-vs-alt contrast (dnallm.evidence) and
-    # the in-silico mutagenesis map (dnallm.ism), both through explain_variant.
-    def contrast_attribution(q: str, kwargs: dict) -> Attribution:
-        r = explain(q, kwargs, mode="score", contrast=True)
-        c = r.contrast
-        evidence = ContrastEvidence(label=c["label"], p_variant=c["p_variant"], p_reference=c["p_reference"],
-                                    delta_p=c["delta_p"], reference_label=c["reference_label"],
-                                    movers=[LabelShift(label=label, delta_p=d) for label, d in c["movers"]])
-        return Attribution(method="contrast", question=q, contrast=evidence, padded=r.padded,
-                           warnings=r.warnings or [])
-
-    def ism_attribution(q: str, kwargs: dict) -> Attribution:
-        r = explain(q, kwargs, mode="score", attribution=True)
-        m = r.attribution
-        ism = IsmMap(**{k: m[k] for k in IsmMap.model_fields})
-        return Attribution(method="ism", question=q, ism=ism, padded=r.padded, warnings=r.warnings or [])
-
-    attribution_methods = {"contrast": contrast_attribution, "ism": ism_attribution}
-
     @server.tool(annotations=READ_ONLY)
     async def attribute_variant(question: Question = None, reference_sequence: ReferenceSequence = None,
                                 variant_sequence: VariantSequence = None, chrom: Chrom = None, pos: Pos = None,
@@ -257,7 +224,18 @@ def build_server(settings: ServerSettings, model=None) -> MCPServer:
         around the variant drive the top label: for each position within 32 bp and each other base, the change of
         its log-probability. Same variant input as explain_variant; contrast costs two scoring passes, ism ~200."""
         q, kwargs = variant_input(question, reference_sequence, variant_sequence, chrom, pos, ref, alt, genome, gene)
-        return await in_slot(lambda: attribution_methods[method](q, kwargs))
+
+        def work():  # the ref-vs-alt contrast (dnallm.evidence) or the in-silico mutagenesis map (dnallm.ism)
+            r = explain(q, kwargs, mode="score", contrast=method == "contrast", attribution=method == "ism")
+            c, m = r.contrast, r.attribution
+            evidence = None if method != "contrast" else ContrastEvidence(
+                label=c["label"], p_variant=c["p_variant"], p_reference=c["p_reference"], delta_p=c["delta_p"],
+                reference_label=c["reference_label"],
+                movers=[LabelShift(label=label, delta_p=d) for label, d in c["movers"]])
+            ism = IsmMap(**{k: m[k] for k in IsmMap.model_fields}) if method == "ism" else None
+            return Attribution(method=method, question=q, contrast=evidence, ism=ism, padded=r.padded,
+                               warnings=r.warnings or [])
+        return await in_slot(work)
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False))
     async def explain_vcf(ctx: Context,

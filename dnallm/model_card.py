@@ -1,10 +1,6 @@
-"""What a checkpoint is, what it was trained on and how accurate it was measured to be, read from its files.
-
-`checkpoint_card(path, config)` gathers: the encoder and text model (from the config), the SFT run
-(`train_summary.json`: examples, tokens, answer forms per view) and every evaluation `dnallm eval` or the
-quickstart wrote next to it (`PATH/../eval/SPLIT/metrics.json`, the default output folder), each with its split,
-n, accuracy and 95 % Wilson interval per answer mode. Nothing is re-measured: a checkpoint without evaluations
-says so instead of showing a number.
+"""What a checkpoint is, what it was trained on and how accurate it was measured to be, read from its files:
+the config, `train_summary.json` and the evaluations `dnallm eval` or the quickstart wrote next to it. Nothing is
+re-measured: a checkpoint without evaluations says so instead of showing a number.
 """
 
 from __future__ import annotations
@@ -34,11 +30,10 @@ def _training(path: Path) -> dict | None:
     if summary is None:
         return None
     cfg = summary.get("config") or {}
-    # The SFT answer forms per view name the training mix: {"kegg": 2} direct answers per kegg record, ...
-    views = {}
+    views = {}  # answers per record and view, e.g. {"kegg": {"direct": 2}}
     for form in ("thinking_answers", "direct_answers"):
         setting = cfg.get(form) or {}
-        # a bool or a number sets every view (SFTConfig); the views the checkpoint's data held are not recorded here
+        # a bool or a number sets every view (SFTConfig); which views the data held is not recorded
         per_view = setting if isinstance(setting, dict) else {"every view": float(setting)}
         for view, count in per_view.items():
             views.setdefault(view, {})[form.removesuffix("_answers")] = count

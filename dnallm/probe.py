@@ -1,17 +1,14 @@
 """Encoder-alone probe: what the frozen DNA encoder knows about the label, with no language model at all.
 
-The frozen encoder embeds each record's reference and variant window; each window's states at the chosen layer
-are **mean-pooled over its DNA positions** (padding and special tokens excluded). From the two pooled vectors we
-build features `ref`, `variant`, `diff` (variant - ref) and their concatenations (default candidates: `ref`,
-`variant`, `ref+variant+diff`; `diff` alone was never chosen on val in the tiny sweeps). A multinomial
-logistic regression (standardised features) is fitted on the training split for every feature set and every C in
-`C_GRID`; the pair with the best validation accuracy is refitted and scored once on the evaluation split. This is
-the "encoder alone" row of the reports (the single-modality rows of BioReason / the Genos report) and the
-yardstick for any change to the encoder, its layer or its pretraining: the LLM cannot use a signal the probe
-cannot find.
+Each record's reference and variant window is embedded by the frozen encoder and **mean-pooled over its DNA
+positions** (padding and special tokens excluded). Features: `ref`, `variant`, `diff` (variant - ref) or a '+' join
+(`diff` alone was never chosen on val in the tiny sweeps, so it is no default candidate). A logistic regression on
+standardised features is fitted on train for every feature set and C in `C_GRID`; the best on val is refitted and
+scored once on the evaluation split. This is the reports' "encoder alone" row and the yardstick for any change to
+the encoder: the LLM cannot use a signal the probe cannot find.
 
-Pooled vectors are computed once per distinct window (many KEGG windows repeat) and can be kept on disk
-(`cache_dir`), keyed by the encoder's architecture and weights (`encoder_key`), so a real encoder on a GPU runs once per data set.
+Pooled vectors are computed once per distinct window and can be kept on disk (`cache_dir`), keyed by the encoder's
+architecture and weights (`encoder_key`).
 """
 
 from __future__ import annotations
@@ -34,10 +31,9 @@ def _digest(obj, length: int) -> str:
 
 @torch.no_grad()
 def encoder_key(encoder) -> dict:
-    """What cached states and fitted probes are keyed by: the architecture (`fingerprint`) and the weights (per
-    tensor, the float64 sum and sum of squares). The fingerprint alone is shared by two pretrainings of one layout,
-    and the second would read the first one's vectors. The weights digest is taken once per encoder object (a
-    frozen encoder's weights do not change; a real one's are gigabytes, and a probe run asks for the key thrice)."""
+    """What cached states and fitted probes are keyed by: the architecture (`fingerprint`, shared by two
+    pretrainings of one layout) and the weights (per tensor, the float64 sum and sum of squares). The weights digest
+    is taken once per encoder object: a frozen encoder's weights do not change, and a real one's are gigabytes."""
     if not hasattr(encoder, "_weights_digest"):
         weights = [(name, float(t.double().sum()), float(t.double().square().sum()))
                    for name, t in encoder.state_dict().items()]
@@ -69,13 +65,13 @@ def store_pooled(encoder, pooled: dict[str, np.ndarray], cache_dir: str | Path) 
 def pooled_window_states(encoder, windows: list[str], batch_size: int = 16, cache_dir: str | Path | None = None,
                          progress: bool = False) -> dict[str, np.ndarray]:
     """window -> mean of the encoder's states over the window's DNA positions (float32 [hidden])."""
+    from tqdm import tqdm
+
     from dnallm.encoders.base import mean_pool
 
     path = _cache_path(encoder, cache_dir) if cache_dir else None
     pooled = _load_pooled(path)
     todo = sorted({w for w in windows if w not in pooled})
-    from tqdm import tqdm
-
     computed = {}
     for i in tqdm(range(0, len(todo), batch_size), desc="encoder", unit="batch", disable=not progress):
         chunk = todo[i:i + batch_size]
@@ -123,8 +119,7 @@ def run_probe(encoder, train_records, val_records, eval_records, feature_sets=FE
     windows = [w for ds in (train_records, val_records, eval_records) for col in ("ref_window", "variant_window")
                for w in ds[col]]
     pooled = pooled_window_states(encoder, windows, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
-    # The selected, fitted probe is kept next to the pooled states, keyed by everything it was fitted from: a
-    # second split scored against the same train/val (test, then hard-test) skips the nine fits.
+    # The fitted probe is cached by everything it was fitted from: test, then hard-test, skips the nine fits.
     fitted_path = None
     if cache_dir is not None:
         key = _digest([encoder_key(encoder), list(feature_sets), list(c_grid)] + [
@@ -161,12 +156,9 @@ def _select_and_fit(pooled, train_records, val_records, feature_sets, c_grid, n_
     from joblib import Parallel, delayed
     from sklearn.exceptions import ConvergenceWarning
 
-    # n_jobs > 1 fits in threads (no copies of the features). Each fit runs its BLAS on one thread (`_fit`); on the
-    # 2-core CPU the nine fits then take 4.0 s in sequence and 8.7 s in two threads (the Python between BLAS calls
-    # holds the GIL), so the default is 1; a many-core machine may pass more.
-    # 300 lbfgs iterations: weakly regularised fits (large C) stop short of full convergence; selection on val
-    # judges the result, and more iterations cost time without changing the chosen model. (The
-    # filter is set here, around all fits: warning filters are process-wide, not per thread.)
+    # n_jobs > 1 fits in threads; on 2 cores that is slower (4.0 s in sequence, 8.7 s in two threads: the GIL).
+    # Large-C fits stop short of convergence at 300 iterations; selection on val judges the result, so the
+    # warning is silenced, here around all fits (warning filters are process-wide, not per thread).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         selection = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(candidate)(fs, c) for fs in feature_sets

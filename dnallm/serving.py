@@ -1,10 +1,8 @@
 """What every dnallm server shares (the Gradio app, the MCP server): the operator's start-up settings.
 
-Safe to expose means two things here. A server binds loopback unless the operator asks for more (`check_host`),
-since anyone who reaches it can run the model on the server's hardware. And a caller never names a path: genome
-FASTA files are picked by file name from the operator's allow-list (`allowed_genomes`, `genome_path`), variant
-files by name from the operator's folder (`allowed_folder`, `file_in_folder`). Nothing a caller sends is ever
-joined onto a path that was not checked to stay inside what the operator gave at start.
+A server binds loopback unless the operator asks for more (`check_host`). A caller never names a path: genomes are
+picked by file name from the operator's allow-list (`allowed_genomes`, `genome_path`), variant files by name from
+the operator's folder (`allowed_folder`, `file_in_folder`), each checked to stay inside what was given at start.
 """
 
 from __future__ import annotations
@@ -44,13 +42,9 @@ def check_host(host: str, allow_remote: bool = False) -> None:
 
 
 def allowed_genomes(fasta=(), genome_dir: str | Path | None = None) -> dict[str, Path]:
-    """The genome FASTA files coordinate input may read, by the name callers pick them with.
-
-    Each `--fasta` file, and each FASTA file directly in `--genome-dir` (by suffix: .fa, .fasta, .fna, each
-    optionally .gz). Every file is opened here, at start: pyfaidx writes its .fai/.gzi index on first open, so
-    indexing now means that no request ever makes the server write a file, and a bad file is an error now
-    rather than for the first caller.
-    """
+    """The genome FASTA files coordinate input may read (each `--fasta` file and each FASTA file directly in
+    `--genome-dir`), by the name callers pick them with. Every file is opened now: pyfaidx writes its .fai/.gzi
+    index on first open, so no request ever makes the server write a file, and a bad file fails at start."""
     paths = [Path(f).expanduser() for f in fasta]
     if genome_dir is not None:
         folder = Path(genome_dir).expanduser()
@@ -126,34 +120,24 @@ def file_in_folder(name: str, folder: Path, suffixes: tuple[str, ...], what: str
 
 def files_in_folder(folder: Path | None, suffixes: tuple[str, ...]) -> list[str]:
     """The names `file_in_folder` accepts in `folder`, sorted ([] without a folder)."""
-    if folder is None:
-        return []
     names = []
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.name.lower().endswith(suffixes):
-            continue
+    for p in sorted(folder.iterdir()) if folder is not None else ():
         try:
-            resolved = p.resolve()
-        except (OSError, RuntimeError):  # a symbolic-link loop: not a file a caller can use
+            file_in_folder(p.name, folder, suffixes, "file")
+        except ValueError:
             continue
-        if resolved.parent == folder and resolved.is_file():
-            names.append(p.name)
+        names.append(p.name)
     return names
 
 
 class FifoSlots:
     """At most `k` holders at once, handed out in arrival order: the request queue of a server that shares one
-    model between threads.
-
-    A plain semaphore lets a releasing thread take its slot straight back; a long batch job that releases and
-    re-acquires between its model batches would then starve the requests queued behind it. Here a slot goes to
-    the oldest waiter, so a quick request waits for at most the batch in flight.
-    """
+    model between threads. Unlike a semaphore, whose releasing thread can take its slot straight back (a batch job
+    would starve the requests behind it), a slot goes to the oldest waiter."""
 
     def __init__(self, k: int):
         if k < 1:
             raise StartError(f"--concurrency must be >= 1, got {k}")
-        self.k = k
         self._cond = threading.Condition()
         self._free = k
         self._queue: deque[object] = deque()
