@@ -223,7 +223,7 @@ class Genome:
             raise VariantError(f"{where}: CHROM is empty")
         contig = self.resolve(str(chrom), where)
         length, start = self.lengths[contig], pos - 1
-        if start + len(ref) > length or start > length:
+        if start + len(ref) > length:
             raise VariantError(f"{where}: REF at {contig}:{pos}-{pos + max(len(ref), 1) - 1} runs past the end of "
                                f"{contig} ({length} bp) - is it the same genome build as the variants?")
         genome_ref = self.fetch(contig, start, start + len(ref))
