@@ -20,13 +20,12 @@ class DNAEncoderConfig(PretrainedConfig):
                  window_size: int = 1024, fingerprint: dict | None = None, weight_sample: list | None = None,
                  **kwargs):
         self.encoder_type = encoder_type
-        self.encoder_name_or_path = encoder_name_or_path  # hub id or path; a relative path resolves against the checkpoint folder
+        self.encoder_name_or_path = encoder_name_or_path  # a relative path resolves against the checkpoint folder
         self.layer = layer
         self.window_size = window_size
-        # Filled when a model is built: the encoder's identity, checked again on load.
+        # Filled when a model is built, checked on load: the encoder's layout, and 16 of its weights (the layout
+        # alone does not tell a re-pretrained encoder from the one the checkpoint was trained on).
         self.fingerprint = fingerprint
-        # Also filled then: 16 values of the encoder's first weight tensor (`DNAEncoder.weight_sample`); the layout
-        # alone does not tell a re-pretrained encoder of the same shape from the one the checkpoint was trained on.
         self.weight_sample = weight_sample
         super().__init__(**kwargs)
 

@@ -1,17 +1,12 @@
 """KEGG variant->disease data: loading with `datasets`, validation, and the 1024 bp window rule.
 
-Every KEGG file row holds a reference and a variant sequence of the form
-    2000 bp upstream flank + allele + 2000 bp downstream flank
-(reference: the REF allele, variant: the ALT allele; ALT may be empty for a deletion),
-so a 1-bp substitution gives two 4001 bp strings and indels give 4000-4260 bp strings.
+Every KEGG row holds a reference and a variant sequence: 2000 bp upstream flank + allele (REF / ALT, ALT may be
+empty) + 2000 bp downstream flank.
 
 Window rule (the same for KEGG rows and for coordinates + FASTA):
     window = (upstream[-512:] + allele + downstream)[:1024]
-i.e. both windows start 512 bp upstream of the allele's first base. For a SNV the changed base sits at
-index 512 (512 bp left, 511 right: the centre of an even-length window). For indels and multi-base
-substitutions the two windows share the same 512 bp upstream flank, the allele starts at index 512 in
-both, and the downstream sequence fills each window to exactly 1024 bp, so the ref and variant windows
-differ only from index 512 on (an allele longer than 512 bp is cut at the window end).
+so the allele starts at index 512 in both windows (a SNV's changed base sits at the centre), the downstream
+sequence fills each to exactly 1024 bp, and the two differ only from index 512 on.
 """
 
 from __future__ import annotations
@@ -43,11 +38,11 @@ def data_dir() -> Path:
     return Path(os.environ.get("DNALLM_DATA_DIR", Path(__file__).resolve().parents[1] / "data"))
 
 
-def check_bases(seq: str, what: str, alphabet: frozenset = DNA_ALPHABET) -> None:
-    bad = set(seq) - alphabet
-    if bad:
+def check_bases(seq: str, what: str) -> None:
+    if bad := set(seq) - DNA_ALPHABET:
         pos = next(i for i, b in enumerate(seq) if b in bad)
-        raise ValueError(f"{what}: invalid base {seq[pos]!r} at position {pos} (allowed: {''.join(sorted(alphabet))})")
+        raise ValueError(f"{what}: invalid base {seq[pos]!r} at position {pos} "
+                         f"(allowed: {''.join(sorted(DNA_ALPHABET))})")
 
 
 def centred_windows(upstream: str, ref_allele: str, alt_allele: str, downstream: str,
@@ -105,11 +100,8 @@ def validate_record(record: dict, where: str, window: int = WINDOW_SIZE) -> dict
 
 
 def hard_view(ds: datasets.Dataset) -> datasets.Dataset:
-    """The kegg_hard rule: the same rows, the question replaced by HARD_QUESTION, every other field unchanged.
-
-    The shipped hard val/test (Genos release) follow exactly this rule (tested); the hard train view is built
-    with it, since none ships.
-    """
+    """The kegg_hard rule: the question replaced by HARD_QUESTION, all else unchanged (the shipped hard val/test
+    follow it, tested; the hard train view, which does not ship, is built with it)."""
     return ds.map(lambda r: {"question": HARD_QUESTION})
 
 
@@ -123,13 +115,9 @@ def _raw_split(split: str, view: str, root: Path) -> datasets.Dataset:
     return hard_view(ds) if view == "kegg_hard" else ds
 
 
-GROUPED_DIR = "kegg_grouped"
-ASSIGNMENTS_FILE = "assignments.csv"
-
-
 def assignments_path(root: str | Path | None = None) -> Path:
     """The grouped split's row assignments (built by `dnallm.splits`, shipped in data/kegg_grouped)."""
-    return Path(root or data_dir()) / GROUPED_DIR / ASSIGNMENTS_FILE
+    return Path(root or data_dir()) / "kegg_grouped" / "assignments.csv"
 
 
 def read_assignments(root: str | Path | None = None) -> list[dict]:
@@ -168,11 +156,9 @@ def load_views(split: str, views: dict[str, float] | None = None, seed: int = 0,
                window: int = WINDOW_SIZE) -> datasets.Dataset:
     """A training mix of views of one split: `views` maps a view to how often each record appears in it.
 
-    {"kegg": 1.0, "kegg_hard": 1.0} shows every variant once with its pathway context and once without, so the
-    label cannot be read off the question alone and the model has to use the DNA. A weight w keeps
-    round(w * n) records of that view (whole copies, then a seeded sample for the fraction). Adds a `view`
-    column. None or {} means {"kegg": 1.0}. `limit` keeps the first rows of the split (smoke runs); `window`
-    is the window length (the model's `config.dna_config.window_size`).
+    {"kegg": 1.0, "kegg_hard": 1.0} shows every variant with its pathway context and without, so the model has to
+    use the DNA. A weight w keeps round(w * n) records (whole copies, then a seeded sample). Adds a `view` column.
+    None or {} means {"kegg": 1.0}. `limit` keeps the first rows of the split (smoke runs).
     """
     import random
 

@@ -1,29 +1,21 @@
 """Variants as coordinates: the model's reference and variant windows cut from a genome FASTA.
 
 A variant is `chrom, pos, ref, alt` with `pos` the 1-based position of REF's first base (VCF POS). The windows
-follow the KEGG window rule of `dnallm.data.centred_windows`, with
+follow the KEGG window rule of `dnallm.data.centred_windows`: the 512 bp before REF, then REF (reference window) or
+ALT (variant window), then as much downstream sequence as the window needs.
 
-    upstream   = genome[pos - 512 : pos)           (the 512 bp before REF, 0-based half-open)
-    allele     = REF (reference window) / ALT (variant window)
-    downstream = genome[pos + len(REF) : ...)      (as much as the window needs)
+The variant is normalised first (`Genome.normalize`: shared end bases trimmed, indels left-aligned), so every way of
+writing one change (VCF-anchored `100 AT>A`, KEGG-style `101 T>-`, ...) gives the same windows, with the first
+changed base at index 512; an empty REF inserts ALT before `pos`. KEGG rows placed at their coordinates give
+exactly the dataset's windows (KEGG's indels are left-aligned, and their padding base is the indel's last base).
+`normalize=False` uses the alleles exactly as given.
 
-after the variant is normalised (`Genome.normalize`): bases REF and ALT share at either end are trimmed (VCF's
-padding base too) and an indel is moved left as far as the FASTA repeats it. One change can be written many
-ways (VCF-anchored `100 AT>A`, KEGG-style `101 T>-`, or `102 T>-` when base 102 is T too); normalised, all give
-the same windows, with the first changed base at index 512. An empty REF (an insertion written as `-`) inserts
-ALT before `pos`. A KEGG row placed at its coordinates gives exactly the dataset's windows: KEGG's indels are
-left-aligned already, and the padding base they keep (T>TT, CTCT>CT) is also the indel's last base, so
-trimming it moves no window. `normalize=False` uses the alleles exactly as given.
-
-Checks (each error names the variant and the problem): REF must match the FASTA (a mismatch usually means a
-different genome build), the contig must exist after alias resolution (chr1 <-> 1, chrM <-> MT <-> M, KEGG's
-23 / 24 -> X / Y), alleles
-must be A/C/G/T/N (IUPAC ambiguity codes and non-IUPAC characters are rejected, symbolic and breakend ALTs are
-not supported), and a window that runs off a contig end is padded with N and flagged. For a whole VCF,
+Checks (each error names the variant and the problem): REF must match the FASTA (else: another genome build?), the
+contig must exist after aliases (chr1 <-> 1, chrM <-> MT <-> M, KEGG's 23 / 24 -> X / Y), alleles must be
+A/C/G/T/N, and a window that runs off a contig end is padded with N and flagged. For a whole VCF,
 `Genome.check_build` compares the header's `##contig` lengths and `##reference` with the FASTA first.
 
-FASTA files are read with pyfaidx, plain or bgzip-compressed (bgzip needs biopython); pyfaidx writes its
-`.fai` (and `.gzi`) index next to the FASTA on first use.
+FASTA files are read with pyfaidx, plain or bgzip (needs biopython); it writes its `.fai`/`.gzi` index next to them.
 """
 
 from __future__ import annotations
@@ -107,9 +99,8 @@ def contig_candidates(chrom: str) -> list[str]:
     """Names to try for `chrom`, in order: itself, then the chr-prefix toggled, then mitochondrial synonyms, or
     for KEGG's 23 / 24 the X / Y contig (a FASTA with a contig literally named 23 still gets that one)."""
     c = chrom.strip()
-    names = [c]
     bare = re.sub(r"^chr", "", c, flags=re.I)
-    names += [bare, f"chr{bare}"]
+    names = [c, bare, f"chr{bare}"]
     if bare.upper() in ("M", "MT"):
         names += list(_MITO)
     if bare in KEGG_SEX_CHROMOSOMES:
@@ -152,10 +143,12 @@ class Genome:
             raise ValueError(f"cannot read the genome FASTA {self.path}: {e}") from None
         self.lengths = {name: len(rec) for name, rec in self._fasta.records.items()}
 
+    def _contig(self, chrom: str) -> str | None:
+        return next((c for c in contig_candidates(str(chrom)) if c in self.lengths), None)
+
     def resolve(self, chrom: str, where: str) -> str:
-        for name in contig_candidates(str(chrom)):
-            if name in self.lengths:
-                return name
+        if (name := self._contig(chrom)) is not None:
+            return name
         shown = ", ".join(list(self.lengths)[:8]) + (", ..." if len(self.lengths) > 8 else "")
         tried = ", ".join(contig_candidates(str(chrom)))
         raise VariantError(f"{where}: contig {chrom!r} is not in the genome FASTA {self.path.name} (tried {tried}; "
@@ -163,7 +156,7 @@ class Genome:
 
     def build(self) -> str | None:
         """GRCh37 or GRCh38 when the FASTA's chromosome 1 has that build's length, else None (unknown)."""
-        contig = next((c for c in contig_candidates("1") if c in self.lengths), None)
+        contig = self._contig("1")
         return next((b for b, n in CHR1_LENGTHS.items() if contig and self.lengths[contig] == n), None)
 
     def check_build(self, contigs: dict[str, tuple[int, int]], reference: tuple[str, int] | None,
@@ -174,7 +167,7 @@ class Genome:
         length. Contigs the FASTA lacks are left to the records on them."""
         differ = []
         for name, (length, line) in contigs.items():
-            contig = next((c for c in contig_candidates(name) if c in self.lengths), None)
+            contig = self._contig(name)
             if contig is not None and self.lengths[contig] != length:
                 differ.append(f"{source} line {line}: ##contig {name} has length={length}, but {contig} in the "
                               f"genome FASTA {self.path.name} has {self.lengths[contig]} bp")
@@ -203,11 +196,9 @@ class Genome:
             end = start
 
     def normalize(self, contig: str, pos: int, ref: str, alt: str) -> tuple[int, str, str]:
-        """One change, one form: (pos, ref, alt) with the bases REF and ALT share at either end trimmed (the
-        padding base of a VCF indel among them, so an allele may become empty) and an indel moved left while
-        the base before it equals its last base (deleting or inserting the same sequence one base earlier: the
-        left-alignment of `bcftools norm`, without the padding base). `ref` must be the FASTA's bases at `pos`;
-        the shift stops at an N and at the contig start."""
+        """One change, one form: (pos, ref, alt) with the bases REF and ALT share at either end trimmed (an allele
+        may become empty) and an indel moved left while the base before it equals its last base (`bcftools norm`'s
+        left-alignment, without the padding base). `ref` must be the FASTA's bases; the shift stops at an N."""
         while ref and alt and ref[-1] == alt[-1]:
             ref, alt = ref[:-1], alt[:-1]
         while ref and alt and ref[0] == alt[0]:
@@ -232,7 +223,7 @@ class Genome:
             raise VariantError(f"{where}: CHROM is empty")
         contig = self.resolve(str(chrom), where)
         length, start = self.lengths[contig], pos - 1
-        if start + len(ref) > length or start > length:
+        if start + len(ref) > length:
             raise VariantError(f"{where}: REF at {contig}:{pos}-{pos + max(len(ref), 1) - 1} runs past the end of "
                                f"{contig} ({length} bp) - is it the same genome build as the variants?")
         genome_ref = self.fetch(contig, start, start + len(ref))
@@ -259,13 +250,10 @@ class Genome:
         if pad_down:
             warnings.append(f"{where}: the window runs off the end of {contig} ({length} bp); {pad_down} N added "
                             "after it")
-        replaced = 0
-        parts = []
-        for seq, offset in ((up, start - len(up)), (genome_ref, start), (down, start + len(ref))):
-            clean, n = self._window_bases(seq, contig, offset, where)
-            parts.append(clean)
-            replaced += n
-        up, genome_ref, down = parts
+        cleaned = [self._window_bases(seq, contig, offset, where)
+                   for seq, offset in ((up, start - len(up)), (genome_ref, start), (down, start + len(ref)))]
+        (up, _), (genome_ref, _), (down, _) = cleaned
+        replaced = sum(n for _, n in cleaned)
         if replaced:
             warnings.append(f"{where}: {replaced} IUPAC ambiguity code(s) in the genome window replaced by N")
         if len(alt) > window - half or len(ref) > window - half:
@@ -282,17 +270,11 @@ class Genome:
         """FASTA bases as the encoder takes them (A/C/G/T/N): ambiguity codes become N (counted)."""
         if set(seq) <= ALLELE_BASES:
             return seq, 0
-        out, replaced = [], 0
         for i, b in enumerate(seq):
-            if b in ALLELE_BASES:
-                out.append(b)
-            elif b in IUPAC_CODES:
-                out.append("N")
-                replaced += 1
-            else:
+            if b not in IUPAC_CODES:
                 raise VariantError(f"{where}: the genome FASTA has {b!r} at {contig}:{offset + i + 1}, which is not "
                                    "an IUPAC nucleotide code - is the FASTA a DNA sequence file?")
-        return "".join(out), replaced
+        return "".join(b if b in ALLELE_BASES else "N" for b in seq), sum(b not in ALLELE_BASES for b in seq)
 
 
 @lru_cache(maxsize=4)
@@ -325,10 +307,8 @@ class KeggCoordinates:
 def parse_kegg_coordinates(reasoning: str) -> KeggCoordinates | None:
     """(chrom, pos, ref, alt) from a KEGG reasoning text, or None when the text does not state all four.
 
-    Reads the forms the KEGG reasoning uses, e.g. "G>T substitution at position 11022300 on chromosome 1",
-    "T to TT change (duplication) at position 179836493 on chromosome 5", "on chromosome 12 at position
-    12718210". The positions are the dataset's own (GRCh38 by the KEGG source, not checked here); a few rows
-    state a position one base off.
+    Reads the KEGG forms "G>T substitution at position 11022300 on chromosome 1", "T to TT change ... at position
+    179836493 on chromosome 5", "on chromosome 12 at position 12718210" (positions as stated: a few are one off).
     """
     m = _POS_ON_CHROM.search(reasoning)
     if m:
@@ -345,12 +325,9 @@ def parse_kegg_coordinates(reasoning: str) -> KeggCoordinates | None:
 
 
 def write_kegg_contigs(rows, path: str | Path, rows_per_contig: int = 10, gap: int = 100) -> list[dict]:
-    """Place KEGG rows on synthetic contigs and write them as a FASTA (for tests, demos and benchmarks).
-
-    Each row contributes its reference sequence (2000 bp flank + REF + 2000 bp flank); rows are separated by
-    `gap` N. Returns one dict per row: chrom (the contig), pos (1-based position of REF), ref, alt, plus the
-    row's windows, so that `Genome.windows(chrom, pos, ref, alt)` can be checked against them.
-    """
+    """Place KEGG rows' reference sequences on synthetic contigs, `gap` N apart, and write them as a FASTA (for
+    tests, demos and benchmarks). Returns one dict per row: chrom, pos (1-based, of REF), ref, alt, row and the
+    row's windows, to check `Genome.windows(chrom, pos, ref, alt)` against."""
     rows = list(rows)
     n_contigs = -(-len(rows) // rows_per_contig)
     names = [f"chr{i + 1}" for i in range(n_contigs)]

@@ -1,14 +1,12 @@
 """DNALLMForConditionalGeneration: frozen DNA encoder -> projector -> (LoRA) causal LM, one transformers model.
 
-Read it like transformers' LlavaForConditionalGeneration: three parts wired by one composite config
-(`DNALLMConfig`), and one `forward` where the projected DNA replaces the `<|dna_pad|>` placeholder embeddings.
-Being a `PreTrainedModel` + `GenerationMixin`, `model.generate(**processor(...))` takes every generation option
-(sampling, beams, static cache and compilation, streamers, stopping criteria, logits processors); the DNA goes
-in at the prefill only (`prepare_inputs_for_generation`).
+Like transformers' LlavaForConditionalGeneration: three parts wired by one composite config (`DNALLMConfig`), and
+one `forward` where the projected DNA replaces the `<|dna_pad|>` placeholder embeddings.
+`model.generate(**processor(...))` takes every generation option; the DNA goes in at the prefill only.
 
-A checkpoint stores the config, the projector, the LoRA adapter and the processor (tokenizers), never the frozen
-encoder or base LM weights: those are loaded from `config.dna_config.encoder_name_or_path` and
-`config.text_model_name_or_path` (hub id or local path; relative paths resolve against the checkpoint folder).
+A checkpoint stores the config, projector, LoRA adapter and processor, never the frozen encoder or base LM weights:
+those load from `config.dna_config.encoder_name_or_path` and `config.text_model_name_or_path` (hub id or path;
+relative paths resolve against the checkpoint folder).
 """
 
 from __future__ import annotations
@@ -43,9 +41,8 @@ TEXT_IDENTITY = ("model_type", "hidden_size", "num_hidden_layers", "num_attentio
 
 
 def _resolve(name_or_path: str, base: Path | None) -> str:
-    """A component's path: relative to the checkpoint folder `base` when it exists there; else a hub id or a path
-    as given. `./` and `../` paths are always the checkpoint's: one missing there is an error, never a folder of
-    that name under the current directory."""
+    """A component's path: relative to the checkpoint folder `base` when it exists there, else as given; a `./` or
+    `../` path is always the checkpoint's (missing there: an error, never a folder under the current directory)."""
     if base is None or Path(name_or_path).is_absolute():
         return name_or_path
     if (base / name_or_path).exists():
@@ -59,8 +56,7 @@ def _resolve(name_or_path: str, base: Path | None) -> str:
 
 
 def _load_adapter(language_model, adapter: Path, is_trainable: bool) -> PeftModel:
-    """The LM with the saved LoRA adapter; every adapter weight must be in the file (peft only warns about a
-    missing one and leaves it at its initial value)."""
+    """The LM with the saved LoRA adapter; every adapter weight must be in the file (peft only warns)."""
     try:
         model = PeftModel.from_pretrained(language_model, adapter, is_trainable=is_trainable)
     except KeyError as e:  # peft's trainable-token rows, missing from the file
@@ -75,9 +71,8 @@ def _load_adapter(language_model, adapter: Path, is_trainable: bool) -> PeftMode
 
 
 def load_text_model(name_or_path: str, dtype: torch.dtype | None = None, attn_implementation: str | None = None):
-    """The LM, attending with `attn_implementation`; by default transformers' choice, except that its `sdpa` becomes
-    `sdpa_gqa` (dnallm.attention, the same attention) when the LM groups its KV heads (Qwen3): 2.0x generation
-    throughput at the seed sizes on an H200 (docs/benchmarks.md)."""
+    """The LM, attending with `attn_implementation`; by default transformers' choice, but `sdpa` becomes `sdpa_gqa`
+    (dnallm.attention) when the LM groups its KV heads (Qwen3): 2.0x generation throughput (docs/benchmarks.md)."""
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model, info = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, output_loading_info=True, **kwargs)
     check_loading_info(info, name_or_path)
@@ -90,28 +85,22 @@ def load_text_model(name_or_path: str, dtype: torch.dtype | None = None, attn_im
 
 @torch.no_grad()
 def init_added_rows(language_model: nn.Module, token_ids: list[int]) -> None:
-    """Set the embedding rows of tokens the processor added to the mean of the other rows.
-
-    Needed with or without a resize: real Qwen3 has 151,936 embedding rows for 151,669 tokens, so the DNA
-    markers land on spare rows that were never trained (no resize happens, so no mean-resizing either).
-    """
+    """Set the embedding rows of tokens the processor added to the mean of the trained rows (those before the added
+    ids): needed without a resize too (real Qwen3's DNA markers land on spare, never-trained rows)."""
     if not token_ids:
         return
     embeddings = language_model.get_input_embeddings().weight
-    # Added tokens get the ids after the tokenizer's own; the rows before them are the trained vocabulary.
     embeddings[token_ids] = embeddings[:min(token_ids)].float().mean(0).to(embeddings.dtype)
 
 
 @dataclass
 class DNALLMOutput(CausalLMOutputWithPast):
-    """The training forward's output: `loss` is the mean over answer tokens, `n_tokens` how many there were
-    (SFT weights micro-batches by it)."""
+    """`loss`: the mean over answer tokens; `n_tokens`: how many (SFT weights micro-batches by it)."""
 
     n_tokens: int | None = None
 
 
-# transformers 5.2x names the KV cache `cache` (generate's and the models' argument and output); the GPU image's
-# 5.17 `past_key_values`.
+# transformers 5.2x names the KV cache `cache`; the GPU image's 5.17 `past_key_values`.
 CACHE_KWARG = ("cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
                else "past_key_values")
 
@@ -133,15 +122,13 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         processor.window_size = config.dna_config.window_size  # windows of another size are refused
         self.lora_merged = False
         self.loss_chunk_size = 1024  # answer tokens per LM-head chunk in the training loss (dnallm.losses)
-        # Greedy by default (a hub LM's sampling defaults do not carry over); stop at every end token; never emit a
-        # DNA token: text fed back to the model (the answer tail, streaming, GRPO log-probs) must hold exactly the
-        # placeholders of its DNA windows.
+        # Greedy (a hub LM's sampling defaults do not carry over); never emit a DNA token: text fed back to the model
+        # (answer tail, streaming, GRPO log-probs) must hold exactly the placeholders of its DNA windows.
         self.generation_config = GenerationConfig(
             do_sample=False, eos_token_id=processor.end_token_ids, pad_token_id=processor.tokenizer.pad_token_id,
             suppress_tokens=[*processor.dna_marker_ids, processor.dna_pad_id])
         self.post_init()
-        # The wrapper attends as its LM does: generate reads the top config (e.g. flash attention with a static
-        # cache needs the attention mask kept), and PreTrainedModel.__init__ set it to its own default.
+        # The wrapper attends as its LM: generate reads the top config, which PreTrainedModel.__init__ set to a default.
         self.config._attn_implementation_internal = language_model.config._attn_implementation
 
     def set_attn_implementation(self, attn_implementation: str) -> None:
@@ -150,8 +137,7 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         self.config._attn_implementation_internal = self.language_model.config._attn_implementation
 
     def init_weights(self):
-        """Nothing to initialise: the encoder and the LM arrive pretrained and the projector initialises itself;
-        transformers' initialisation would overwrite them."""
+        """Nothing to initialise (all parts arrive initialised); transformers' initialisation would overwrite them."""
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -214,8 +200,8 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def add_lora(self) -> None:
         c = self.config
-        # The <|dna_start|>/<|dna_end|> rows train with the adapter (peft's trainable tokens: only those rows
-        # get gradients and are saved in the adapter); <|dna_pad|> rows are always replaced by DNA embeddings.
+        # The <|dna_start|>/<|dna_end|> rows train with the adapter (peft's trainable tokens, saved in the adapter);
+        # <|dna_pad|> rows are always replaced by DNA embeddings.
         lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
                           target_modules=c.lora_target_modules, task_type="CAUSAL_LM",
                           trainable_token_indices=list(self.processor.dna_marker_ids))
@@ -223,18 +209,16 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         c.has_adapter = True
 
     def merge_lora(self) -> "DNALLMForConditionalGeneration":
-        """Fold the LoRA adapter into the LM weights, for inference: same outputs, no adapter kernels per layer.
-
-        A merged model can no longer be trained or saved as a checkpoint (the adapter is gone).
-        """
+        """Fold the LoRA adapter into the LM weights for inference (same outputs); the model can then no longer be
+        trained or saved."""
         if isinstance(self.language_model, PeftModel):
             self.language_model = self.language_model.merge_and_unload()
             self.lora_merged = True
         return self
 
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
-        """Config, generation config, projector, adapter and processor; never the frozen weights. (transformers'
-        own save would write every weight; `kwargs` such as `safe_serialization` are accepted and unused.)"""
+        """Config, generation config, projector, adapter and processor; never the frozen weights (`kwargs` such as
+        `safe_serialization` are accepted and unused)."""
         if self.lora_merged:
             raise ValueError("this model's LoRA adapter was merged into the LM for inference (merge_lora); "
                              "save the checkpoint from an unmerged model")
@@ -253,12 +237,11 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *model_args, config: DNALLMConfig | None = None,
                         dtype: torch.dtype | str | None = None, is_trainable: bool = False,
                         attn_implementation: str | None = None, **kwargs) -> "DNALLMForConditionalGeneration":
-        """Load a dnallm checkpoint folder (or a hub repo holding one): the frozen parts from their own paths, then
-        the projector and adapter. Also what `AutoModelForCausalLM.from_pretrained(folder)` calls.
+        """Load a dnallm checkpoint folder or hub repo (also what `AutoModelForCausalLM.from_pretrained` calls): the
+        frozen parts from their own paths, then the projector and adapter.
 
-        Other keyword arguments override config fields (e.g. `dna_config={"encoder_name_or_path": ...}` to point at a
-        local copy of the encoder); hub download options (`revision`, `cache_dir`, ...) are accepted as
-        `huggingface_hub.snapshot_download` takes them.
+        Other keyword arguments override config fields (e.g. `dna_config={"encoder_name_or_path": ...}`); hub options
+        (`revision`, `cache_dir`, `token`, `local_files_only`) go to `huggingface_hub.snapshot_download`.
         """
         path = Path(pretrained_model_name_or_path)
         hub = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
@@ -288,10 +271,8 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         model.name_or_path = model.config._name_or_path = str(path)  # as transformers' from_pretrained sets them
         model.processor = DNALLMProcessor.from_pretrained(path)  # the exact tokenizers it was trained with
         model.processor.window_size = config.dna_config.window_size
-        state = load_file(path / PROJECTOR_FILE)
-        result = model.projector.load_state_dict(state, strict=False)
-        check_loading_info({"missing_keys": result.missing_keys, "unexpected_keys": result.unexpected_keys},
-                           str(path / PROJECTOR_FILE))
+        result = model.projector.load_state_dict(load_file(path / PROJECTOR_FILE), strict=False)
+        check_loading_info(result._asdict(), str(path / PROJECTOR_FILE))
         if (path / ADAPTER_DIR).exists():
             model.language_model = _load_adapter(model.language_model, path / ADAPTER_DIR, is_trainable)
         elif config.has_adapter:
@@ -304,10 +285,8 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
     # ---- the forward pass ----
     def get_dna_features(self, dna_input_ids=None, dna_attention_mask=None, dna_hidden_states=None,
                          dna_positions_mask=None) -> torch.Tensor:
-        """Projected DNA tokens of all windows in the batch, flattened in order: [n_tokens, text_hidden].
-
-        Give the windows' encoder tokens, or their encoder outputs (`dna_hidden_states` + `dna_positions_mask`,
-        from `dnallm.encoders.cache`, so training never re-runs the frozen encoder)."""
+        """Projected DNA tokens of all windows in the batch, flattened in order: [n_tokens, text_hidden]. Give the
+        windows' encoder tokens, or their cached encoder outputs (`dna_hidden_states` + `dna_positions_mask`)."""
         if dna_hidden_states is None:
             dna_hidden_states, dna_positions_mask = self.dna_encoder(dna_input_ids, dna_attention_mask)
         variant_embeddings, tokens_mask = self.projector(dna_hidden_states, dna_positions_mask)
@@ -316,9 +295,8 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def embed_inputs(self, input_ids: torch.Tensor, check_placeholders: bool = True, **dna) -> torch.Tensor:
         """The one place where DNA embeddings replace the `<|dna_pad|>` placeholder embeddings.
 
-        Text without DNA inputs must hold no placeholder (`check_placeholders`). Continuations of a KV cache skip
-        that check: it reads a count back from the device, and that sync would stop the host from queueing the
-        continuation while the device still runs the prefix (label scoring's tree pass, generation's steps)."""
+        Text without DNA inputs must hold no placeholder; continuations of a KV cache skip that check
+        (`check_placeholders=False`): its device sync would stop the host from queueing ahead of the device."""
         inputs_embeds = self.get_input_embeddings()(input_ids)
         if all(v is None for v in dna.values()):
             if check_placeholders:
@@ -336,8 +314,8 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
             raise ValueError(f"{n} DNA placeholder tokens but no DNA inputs")
 
     def text_hidden_states(self, input_ids, attention_mask=None, position_ids=None, **dna) -> torch.Tensor:
-        """The LM's last hidden states (before the output layer) with the DNA spliced in, no KV cache: for losses
-        that apply the 151k-wide output layer to a few positions only (SFT's answer tokens, GRPO's completions)."""
+        """The LM's last hidden states with the DNA spliced in, no KV cache: for losses that apply the 151k-wide output
+        layer to a few positions only (SFT's answer tokens, GRPO's completions)."""
         decoder = self.language_model.get_decoder()
         return decoder(inputs_embeds=self.embed_inputs(input_ids, **dna), attention_mask=attention_mask,
                        position_ids=position_ids, use_cache=False).last_hidden_state
@@ -346,24 +324,17 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 dna_input_ids=None, dna_attention_mask=None, dna_hidden_states=None, dna_positions_mask=None,
                 labels=None, logits_to_keep: int | torch.Tensor = 0, cache=None, past_key_values=None,
                 label_weights=None, **kwargs):
-        """Logits (and the KV cache) of the LM over the text with its DNA spliced in; `kwargs` go to the LM
-        (`use_cache`, ...). The KV cache comes in as `cache` or `past_key_values` (named here so that `generate`
-        accepts a cache object from the caller) and goes to the LM under its version's name. `logits_to_keep` is
-        named here because `generate` looks for it in this signature: it then computes the prefill's logits at the
-        last position only, not over the whole prompt (at batch 128 those full fp32 logits were ~38 GiB more peak
-        memory on an H200).
+        """Logits (and the KV cache) of the LM over the text with its DNA spliced in; `kwargs` go to the LM. `cache` /
+        `past_key_values` and `logits_to_keep` are named because `generate` looks for them in this signature (with
+        `logits_to_keep`, the prefill's logits are computed at the last position only: ~38 GiB less peak at batch 128).
 
-        With `labels` (-100 outside the answer): the mean cross-entropy over the answer tokens only, and no
-        logits: the output layer never runs on the prompt and DNA positions, and on the answer it runs in chunks
-        whose logits are recomputed in backward (dnallm.losses)."""
-        dna = {"dna_input_ids": dna_input_ids, "dna_attention_mask": dna_attention_mask,
-               "dna_hidden_states": dna_hidden_states, "dna_positions_mask": dna_positions_mask}
+        With `labels` (-100 outside the answer): the mean cross-entropy over the answer tokens only, and no logits:
+        the output layer runs on the answer alone, in chunks recomputed in backward (dnallm.losses)."""
+        dna = dict(zip(DNA_INPUTS, (dna_input_ids, dna_attention_mask, dna_hidden_states, dna_positions_mask)))
         if labels is not None:
             if attention_mask is not None and attention_mask.dim() == 2 and not (attention_mask[:, 1:] > attention_mask[:, :-1]).any():
-                # Right padding under a causal mask needs no padding mask: no real token attends to a later
-                # position, and the padding's own outputs carry no labels. Without it, attention runs as plain
-                # causal (the kernels skip the masked-out blocks): the same loss, 18-23 % faster SFT steps on the
-                # tiny default's reasoning batches (2-core CPU, tests/test_model.py checks the loss).
+                # Right padding under a causal mask needs no padding mask (no real token attends to a later position;
+                # padding carries no labels): plain causal attention, the same loss, 18-23 % faster SFT steps.
                 attention_mask = None
             hidden = self.text_hidden_states(input_ids, attention_mask, position_ids, **dna)
             targets = labels[:, 1:]
@@ -385,9 +356,8 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
                                    position_ids=position_ids, logits_to_keep=logits_to_keep, **kwargs)
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
-        """Beam search and num_return_sequences copy each text row `expand_size` times; its DNA windows (two rows
-        of the dna_* tensors per text row) are copied as one group. transformers' per-tensor repeat_interleave
-        would pair the copies with the wrong windows (ref, ref / var, var)."""
+        """Copy each text row's DNA windows as one group (transformers' per-tensor repeat_interleave would pair the
+        copies with the wrong windows: ref, ref / var, var)."""
         dna = {k: model_kwargs.pop(k) for k in DNA_INPUTS if model_kwargs.get(k) is not None}
         if expand_size > 1 and input_ids is not None:
             rows = input_ids.shape[0]
@@ -397,14 +367,13 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return input_ids, {**model_kwargs, **dna}
 
     def generate(self, inputs=None, *args, logits_processor=None, think_opens_once: bool = True, **kwargs):
-        """transformers' generate, with `ThinkOpensOnce` added where the tokenizer has `<think>` and the caller
-        gave none (dnallm's decoding paths, which continue earlier output, pass theirs). think_opens_once=False:
-        the model's own distribution (GRPO samples on-policy)."""
+        """transformers' generate, with `ThinkOpensOnce` added where the tokenizer has `<think>` and the caller gave
+        none. think_opens_once=False: the model's own distribution (GRPO samples on-policy)."""
         processors = LogitsProcessorList(logits_processor or [])
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
-        tok = self.processor.tokenizer if self.processor is not None else None
-        think_id = tok.convert_tokens_to_ids("<think>") if tok is not None else None
-        if (think_opens_once and input_ids is not None and think_id is not None and think_id != tok.unk_token_id
+        tok = self.processor.tokenizer
+        think_id = tok.convert_tokens_to_ids("<think>")
+        if (think_opens_once and input_ids is not None and think_id not in (None, tok.unk_token_id)
                 and not any(isinstance(p, ThinkOpensOnce) for p in processors)):
             processors.append(ThinkOpensOnce(think_id, input_ids.shape[1]))
         return super().generate(inputs, *args, logits_processor=processors, **kwargs)
@@ -423,12 +392,9 @@ class DNALLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
 
 class ThinkOpensOnce(LogitsProcessor):
-    """A Qwen3 answer has one think block: once a row has generated `<think>`, it cannot generate it again.
-    The tiny default otherwise opens it 2-5 times in a few rows (4 of 146 on test; 15 with half the reasoning
-    examples, docs/benchmarks.md), and the reasoning it shows starts with a run of `<think>` lines. Ours because
-    transformers' suppressors act on every step (`suppress_tokens`) or the first (`begin_suppress_tokens`) only.
-    `DNALLMForConditionalGeneration.generate` adds one when the caller gives none; a call that continues earlier
-    output (ids = prompt + tokens so far) passes its own with the prompt's length."""
+    """A Qwen3 answer has one think block: once a row has generated `<think>`, it cannot generate it again (the tiny
+    default otherwise reopens it in a few rows, docs/benchmarks.md; transformers' suppressors act on every step or
+    the first only). A call that continues earlier output passes its own with the prompt's length."""
 
     def __init__(self, think_id: int, prompt_length: int):
         self.think_id, self.prompt_length = think_id, prompt_length
@@ -439,6 +405,6 @@ class ThinkOpensOnce(LogitsProcessor):
         return scores
 
 
-# Importing this module lets `AutoModelForCausalLM.from_pretrained(checkpoint)` load a dnallm checkpoint (the config
-# is registered with AutoConfig by dnallm.configuration). Not on `import dnallm`, which stays light (no peft).
+# Importing this module lets `AutoModelForCausalLM.from_pretrained(checkpoint)` load a dnallm checkpoint (not on
+# `import dnallm`, which stays light).
 AutoModelForCausalLM.register(DNALLMConfig, DNALLMForConditionalGeneration, exist_ok=True)

@@ -21,19 +21,13 @@ PROCESSOR_FILE = "processor_config.json"
 ANSWER_PREFIX = "Answer:"
 
 
-def format_user_message(question: str, dna_pad: str | None) -> str:
-    """The user turn; dna_pad=None leaves out the two sequence lines (the text-only control)."""
-    if dna_pad is None:
-        return question
-    return f"Reference sequence: {dna_pad}\nVariant sequence: {dna_pad}\n\n{question}"
-
-
 def format_answer(reasoning: str, label: str) -> str:
     """The assistant turn the model is trained to write: a think block, then one strict answer line."""
     return f"<think>\n{reasoning.strip()}\n</think>\n\n{ANSWER_PREFIX} {label}"
 
 
 MAX_QUESTION_CHARS = 10_000  # also the MCP tools' limit (dnallm.mcp_schemas)
+
 
 class DNALLMProcessor:
     def __init__(self, tokenizer, dna_tokenizer, dna_stride: int = 1, dna_add_special_tokens: bool = False,
@@ -44,7 +38,8 @@ class DNALLMProcessor:
         self.dna_stride = dna_stride
         self.dna_add_special_tokens = dna_add_special_tokens
         self.dna_start_token, self.dna_pad_token, self.dna_end_token = dna_start_token, dna_pad_token, dna_end_token
-        missing = [t for t in (dna_start_token, dna_pad_token, dna_end_token) if t not in tokenizer.get_vocab()]
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in (dna_start_token, dna_pad_token, dna_end_token) if t not in vocab]
         if missing:
             tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
         # Ids this processor added to the tokenizer: their embedding rows hold nothing trained yet.
@@ -53,7 +48,6 @@ class DNALLMProcessor:
         self.dna_marker_ids = tokenizer.convert_tokens_to_ids([dna_start_token, dna_end_token])
         # Every token that ends a Qwen3 answer: <|im_end|> (end of turn, the tokenizer's eos) and <|endoftext|>
         # (end of document, which Qwen3 also emits); generation stops at whichever comes first.
-        vocab = tokenizer.get_vocab()
         self.end_token_ids = list(dict.fromkeys(
             [tokenizer.eos_token_id] + [vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]))
         self.include_dna = True  # False only inside without_dna()
@@ -72,11 +66,9 @@ class DNALLMProcessor:
 
     @contextmanager
     def cached_encoder_states(self, cache):
-        """Batches carry the frozen encoder's states for their windows (`dna_hidden_states` +
-        `dna_positions_mask`, from `cache`, a `dnallm.encoders.cache.EmbeddingCache`) instead of DNA token ids:
-        each distinct window goes through the encoder once for the whole block. An evaluation feeds the same
-        windows to generation, label scoring and the shuffled-DNA control, and hard-test repeats test's windows:
-        on the tiny default's 2-core CPU the encoder ran ~1,750 windows for 292 distinct ones (36 of 123 s)."""
+        """Batches carry the frozen encoder's states for their windows (`dna_hidden_states` + `dna_positions_mask`,
+        from `cache`, an `EmbeddingCache`) instead of DNA token ids: each distinct window is encoded once for the
+        whole block (an evaluation feeds the same windows to generation, label scoring and the controls)."""
         self.encoder_cache = cache
         try:
             yield self
@@ -85,21 +77,18 @@ class DNALLMProcessor:
 
     # ---- text ----
     def prompt(self, question: str, thinking: bool = True) -> str:
-        """Chat-formatted prompt ending where the assistant starts writing.
-
-        thinking=True: Qwen3 thinking mode (the model writes `<think>...</think>` then the answer line).
-        thinking=False: Qwen3 non-thinking mode; the template closes an empty think block and the model
-        answers directly (used for direct-answer training examples and label scoring).
+        """Chat-formatted prompt ending where the assistant starts writing; without_dna() leaves out the two
+        sequence lines. thinking=False: Qwen3 non-thinking mode (an empty think block; the model answers directly).
         """
-        # A question is plain text: a control token in it (`<|im_end|>`, `<|dna_pad|>`, `<think>`, ...) would be read
-        # as one and rewrite the chat turns or the DNA placeholders; callers of the app and the MCP server send it.
+        # A question is plain text: a control token in it would rewrite the chat turns or the DNA placeholders.
         injected = sorted(t for t in self.tokenizer.get_added_vocab() if t in question)
         if injected:
             raise ValueError(f"the question contains the control token(s) {injected}; a question is plain text")
         if len(question) > MAX_QUESTION_CHARS:  # KEGG's longest is 2,824; a remote caller's would cost a long pass
             raise ValueError(f"the question has {len(question):,} characters; at most {MAX_QUESTION_CHARS:,}")
-        pad = self.dna_pad_token if self.include_dna else None
-        messages = [{"role": "user", "content": format_user_message(question, pad)}]
+        pad = self.dna_pad_token
+        content = f"Reference sequence: {pad}\nVariant sequence: {pad}\n\n{question}" if self.include_dna else question
+        messages = [{"role": "user", "content": content}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                                   enable_thinking=thinking)
 
@@ -109,10 +98,8 @@ class DNALLMProcessor:
         return body + self.tokenizer.eos_token
 
     def length_order(self, questions: list[str]) -> list[int]:
-        """Indices of `questions`, longest first: batches of similar length pad little (KEGG prompts run from
-        about 210 to 1270 tokens, so a random batch of 128 pads to ~3x its mean) and an out-of-memory error,
-        if any, comes with the first batch. Every window adds the same number of DNA tokens, so the
-        question's own token count decides."""
+        """Indices of `questions`, longest first (by the question's own tokens: every window adds the same DNA
+        tokens): batches of similar length pad little, and an out-of-memory error, if any, comes first."""
         lengths = [len(ids) for ids in self.tokenizer(list(questions), add_special_tokens=False)["input_ids"]]
         return sorted(range(len(questions)), key=lambda i: -lengths[i])
 
@@ -123,12 +110,11 @@ class DNALLMProcessor:
         return {"dna_input_ids": enc["input_ids"], "dna_attention_mask": enc["attention_mask"]}
 
     def num_dna_tokens(self, window: str, where: str = "") -> int:
-        # Memoised per window: tokenizing a 1 kb window just to count its positions was 10 s of the tiny default's
-        # SFT set-up (every window is expanded 3-4 times: reasoning and direct examples, both views, val).
+        # Memoised per window: every window is expanded 3-4 times in SFT's set-up (10 s of the tiny default's).
         counts, key = self._dna_token_counts, (window, self.dna_stride, self.dna_add_special_tokens)
         if key not in counts:
-            # Checked once per distinct window. The DNA tokenizers map any other character (lowercase too) to <unk>,
-            # and a window of another size gets as many DNA tokens as it has bases: both ran without a word.
+            # Checked once per distinct window: the DNA tokenizers map any other character to <unk>, and a window of
+            # another size would run without a word.
             check_bases(window, f"{where}DNA window")
             if self.window_size is not None and len(window) != self.window_size:
                 raise ValueError(f"{where}DNA window of {len(window)} bp; the model reads {self.window_size} bp windows "

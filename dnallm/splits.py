@@ -33,10 +33,8 @@ from dnallm.labels import LABEL_TO_ID
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 COLUMNS = ("source_split", "row", "split", "group")
-# Shortest shared stretch that counts as an overlap when only sequences are known. For random sequence the
-# chance that any two of the 428 distinct windows match over >= 20 bp by accident is about 2e-7 (every one of
-# the 318 overlaps between rows that both state coordinates agrees with them); shorter overlaps are still
-# found from the coordinates of the 1202 rows whose reasoning states them.
+# Shortest shared stretch that counts as an overlap between sequences: an accidental >= 20 bp match among the 428
+# distinct windows has p ~ 2e-7 (all 318 overlaps of rows stating coordinates agree); coordinates find shorter ones.
 MIN_OVERLAP = 20
 
 
@@ -52,13 +50,8 @@ def _components(n: int, pairs) -> list[int]:
 def same_value_pairs(values: list[str]) -> list[tuple[int, int]]:
     """(i, first index with the same value) for every repeated value."""
     first: dict[str, int] = {}
-    pairs = []
-    for i, v in enumerate(values):
-        if v in first:
-            pairs.append((i, first[v]))
-        else:
-            first[v] = i
-    return pairs
+    pairs = [(i, first.setdefault(v, i)) for i, v in enumerate(values)]
+    return [(i, j) for i, j in pairs if i != j]
 
 
 def overlapping_windows(windows: list[str], min_overlap: int = MIN_OVERLAP) -> list[tuple[int, int]]:

@@ -22,37 +22,16 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2Tokenizer
 BUNDLED_QWEN3_TOKENIZER = Path(__file__).parent / "assets" / "qwen3-tokenizer"
 BUNDLED_ALIAS = "bundled:qwen3"
 
-# The 26 added tokens of Qwen3, in id order from 151643, with the `special` flag of the real
-# tokenizer_config.json. `special` means "skipped by decode(skip_special_tokens=True)": the chat control
-# and vision tokens are; <think>, <tool_call>, the FIM/repo tokens etc. are not, because they are text
-# the model has to emit and parsers have to see.
+# The 26 added tokens of Qwen3, in id order from 151643 (<|endoftext|>) to 151668 (</think>), with the `special`
+# flag of the real tokenizer_config.json: "skipped by decode(skip_special_tokens=True)". The chat control and
+# vision tokens are; <think>, <tool_call>, the FIM/repo tokens etc. are not: the model emits them and parsers read them.
 QWEN3_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
-    ("<|endoftext|>", True),  # 151643
-    ("<|im_start|>", True),  # 151644
-    ("<|im_end|>", True),  # 151645
-    ("<|object_ref_start|>", True),
-    ("<|object_ref_end|>", True),
-    ("<|box_start|>", True),
-    ("<|box_end|>", True),
-    ("<|quad_start|>", True),
-    ("<|quad_end|>", True),
-    ("<|vision_start|>", True),
-    ("<|vision_end|>", True),
-    ("<|vision_pad|>", True),
-    ("<|image_pad|>", True),
-    ("<|video_pad|>", True),  # 151656
-    ("<tool_call>", False),  # 151657
-    ("</tool_call>", False),
-    ("<|fim_prefix|>", False),
-    ("<|fim_middle|>", False),
-    ("<|fim_suffix|>", False),
-    ("<|fim_pad|>", False),
-    ("<|repo_name|>", False),
-    ("<|file_sep|>", False),
-    ("<tool_response>", False),
-    ("</tool_response>", False),
-    ("<think>", False),  # 151667
-    ("</think>", False),  # 151668
+    *((t, True) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                          "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                          "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")),
+    *((t, False) for t in ("<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+                           "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>",
+                           "<think>", "</think>")),
 )
 QWEN3_FIRST_ADDED_ID = 151643
 QWEN3_MODEL_MAX_LENGTH = 131072  # Qwen3-0.6B tokenizer_config.json
@@ -69,33 +48,20 @@ def build_qwen3_tokenizer(src_dir: str | Path) -> PreTrainedTokenizerBase:
     merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
     assert all(len(m) == 2 for m in merges), "malformed merges.txt line"
 
-    # vocab/merges as Python objects: this is the path that works in transformers 5 (file paths to the fast
-    # class gave an empty tokenizer). No named specials yet, so the constructor adds nothing by itself and
-    # the added tokens below get their ids purely from the order we add them in.
-    tok = Qwen2Tokenizer(
-        vocab=vocab,
-        merges=merges,
-        unk_token=None,
-        bos_token=None,
-        eos_token=None,
-        pad_token=None,
-        clean_up_tokenization_spaces=False,  # decode must give back the text, byte for byte
-        split_special_tokens=False,
-        model_max_length=QWEN3_MODEL_MAX_LENGTH,
-    )
+    # vocab/merges as Python objects (file paths gave an empty tokenizer in transformers 5). No named specials yet,
+    # so the added tokens below get their ids purely from the order we add them in.
+    # clean_up_tokenization_spaces=False: decode must give back the text, byte for byte.
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token=None, pad_token=None,
+                         clean_up_tokenization_spaces=False, split_special_tokens=False,
+                         model_max_length=QWEN3_MODEL_MAX_LENGTH)
     tok.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in QWEN3_ADDED_TOKENS])
     for i, (t, _) in enumerate(QWEN3_ADDED_TOKENS):
         got = tok.convert_tokens_to_ids(t)
         assert got == QWEN3_FIRST_ADDED_ID + i, f"{t} got id {got}, expected {QWEN3_FIRST_ADDED_ID + i}"
 
     # Named specials, as in the real config; all already added, so no id moves.
-    tok.add_special_tokens(
-        {
-            "eos_token": "<|im_end|>",
-            "pad_token": "<|endoftext|>",
-            "extra_special_tokens": [t for t, s in QWEN3_ADDED_TOKENS if s and t != "<|endoftext|>"],
-        }
-    )
+    tok.add_special_tokens({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+                            "extra_special_tokens": [t for t, s in QWEN3_ADDED_TOKENS if s and t != "<|endoftext|>"]})
     assert len(tok) == QWEN3_FIRST_ADDED_ID + len(QWEN3_ADDED_TOKENS)
     tok.chat_template = (src_dir / "Qwen-Qwen3-0.6B.jinja").read_text(encoding="utf-8")
     return tok
@@ -139,16 +105,13 @@ def _remap_ids(node, new_id: dict[str, int]) -> None:
 
 
 def prune_tokenizer(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) -> PreTrainedTokenizerBase:
-    """A copy of a byte-level BPE `tokenizer` that keeps only the vocabulary `texts` need.
+    """A copy of a byte-level BPE `tokenizer` that keeps only the vocabulary `texts` need (for tiny CPU models the
+    151,936-row embedding/output layer dominates the cost; the KEGG text uses ~5,000 ids).
 
-    For tiny CPU models the 151,936-row embedding/output layer dominates the cost, while the KEGG text uses
-    ~5,000-5,200 distinct ids. Kept: the 256 byte tokens (any text still encodes, in smaller pieces), every token of
-    `texts` with every intermediate piece of the merges that build it (so `texts` encode to exactly the same
-    token strings), and all added tokens (renumbered after the vocabulary, same order). Ids become 0..K-1;
-    merges are those whose two parts and result are kept, in the original order.
-
-    Pass the text as the model will see it, chat template rendered: the template's own words ("user",
-    "assistant", ...) are only kept whole if they occur in `texts` (otherwise they still encode, in pieces).
+    Kept: the 256 byte tokens (any text still encodes, in smaller pieces), every token of `texts` with every
+    intermediate piece of the merges that build it (so `texts` encode to exactly the same tokens), and all added
+    tokens (renumbered after the vocabulary, same order). Pass the text as the model will see it, chat template
+    rendered: the template's own words are only kept whole if they occur in `texts`.
     """
     texts = list(texts)
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
@@ -175,9 +138,8 @@ def prune_tokenizer(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) ->
     model["vocab"], model["merges"], backend["added_tokens"] = new_vocab, new_merges, added
     _remap_ids(backend.get("post_processor"), new_id)
 
-    # A deep copy keeps all the Python-side state (class, named and extra specials, chat template, max
-    # length). Its memo swaps in the small backend, and the small vocab/merges for the copies Qwen2Tokenizer
-    # keeps of its constructor inputs, instead of copying the 151k-entry originals.
+    # A deep copy keeps all the Python-side state (specials, chat template, ...); its memo swaps in the small backend
+    # and vocab/merges (Qwen2Tokenizer keeps copies of its inputs) instead of copying the 151k-entry originals.
     memo = {id(tokenizer.backend_tokenizer): Tokenizer.from_str(json.dumps(backend))}
     for name, small in (("_vocab", new_vocab), ("_merges", new_merges)):
         if name in vars(tokenizer):

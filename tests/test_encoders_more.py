@@ -7,6 +7,7 @@ left-padding/positions logic through the generic path on a tiny causal model of 
 Evo2 needs CUDA and the `evo2` package: on CPU, the clear error and its byte-level tokenizer.
 """
 
+import inspect
 import json
 import random
 
@@ -23,7 +24,6 @@ from dnallm.encoders.evo2 import build_evo2_tokenizer, layer_name, resolve_model
 from dnallm.encoders.genos import build_base_tokenizer
 from dnallm.encoders.hyenadna import HUB_IDS as HYENA_HUB_IDS
 from dnallm.encoders.hyenadna import build_hyenadna_tokenizer, load_hyenadna_tokenizer
-from dnallm.encoders.nt import DEFAULT_LAYERS as NT_LAYERS
 from dnallm.encoders.nt import HUB_IDS as NT_HUB_IDS
 from dnallm.encoders.nt import GatedFFN, use_glu_ffn
 from dnallm.processing import DNALLMProcessor
@@ -218,7 +218,10 @@ def test_evo2_tokenizer_is_byte_level_and_layer_names(text_tokenizer):
 def test_registry_and_defaults():
     assert set(ENCODERS) == {"genos", "hf", "nt", "hyenadna", "evo2"}
     nt_id = "InstaDeepAI/nucleotide-transformer-v2-500m-multi-species"
-    assert NT_HUB_IDS["nt-v2-500m"] == nt_id and NT_LAYERS[nt_id] == -1
+    assert NT_HUB_IDS["nt-v2-500m"] == nt_id
+    # the last hidden layer (after the final layer norm), as BioReason takes it
+    assert all(inspect.signature(ENCODERS[k].from_pretrained).parameters["layer"].default == -1
+               for k in ("nt", "hyenadna"))
     assert HYENA_HUB_IDS["hyenadna-large-1m"] == "LongSafari/hyenadna-large-1m-seqlen-hf"
 
 

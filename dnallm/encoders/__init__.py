@@ -1,6 +1,6 @@
 """DNA encoders behind one interface, built by name (`build_encoder("genos", "ZhejiangLab/Genos-1.2B")`).
 
-Each encoder module has HUB_IDS (short aliases -> hub ids) and DEFAULT_LAYERS (hub id -> the layer to use).
+Each encoder module has HUB_IDS (short aliases -> hub ids); Evo2 also DEFAULT_LAYERS (model -> the layer to use).
 """
 
 from __future__ import annotations

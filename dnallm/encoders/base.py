@@ -15,25 +15,23 @@ class NoLMHeadError(ValueError):
     scoring rule is not known (the generic `hf` encoder)."""
 
 
-def split_head_keys(info: dict, prefix: str = "lm_head.") -> tuple[dict, bool]:
-    """Loading info without the LM head's missing weights, and whether any were missing.
-
-    An encoder's states never pass through its LM head, so a checkpoint without one still loads for embeddings;
-    the head (random-initialised by transformers when missing) is then dropped, never used: the zero-shot score
-    refuses with NoLMHeadError instead."""
-    missing = list(info.get("missing_keys", []))
-    head_missing = any(k.startswith(prefix) for k in missing)
-    return {**info, "missing_keys": [k for k in missing if not k.startswith(prefix)]}, head_missing
-
-
 def check_loading_info(info: dict, source: str, ignore_unexpected: tuple[str, ...] = ()) -> None:
     missing = list(info.get("missing_keys", []))
-    unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith(ignore_unexpected or ("\0",))]
+    unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith(ignore_unexpected)]
     mismatched = list(info.get("mismatched_keys", []))
     if missing or unexpected or mismatched:
         raise LoadingError(f"loading {source}: missing weights {missing[:5]}, unexpected weights {unexpected[:5]}, "
                            f"mis-shaped weights {mismatched[:5]} (counts {len(missing)}/{len(unexpected)}/"
                            f"{len(mismatched)}); refusing to run with random-initialised weights")
+
+
+def checked_lm_head(model: nn.Module, info: dict, source: str, ignore_unexpected: tuple[str, ...] = ()):
+    """`check_loading_info` for a whole LM; its LM head, or None when the checkpoint has none (it still loads for
+    embeddings; the random head is dropped and the zero-shot score raises NoLMHeadError)."""
+    missing = list(info.get("missing_keys", []))
+    check_loading_info({**info, "missing_keys": [k for k in missing if not k.startswith("lm_head.")]}, source,
+                       ignore_unexpected)
+    return None if any(k.startswith("lm_head.") for k in missing) else model.lm_head
 
 
 def char_tokenizer(vocab: dict[str, int], **kwargs):
@@ -48,12 +46,10 @@ def char_tokenizer(vocab: dict[str, int], **kwargs):
 
 
 def dna_positions(tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Which tokens are DNA positions: attended and not a special token (CLS, EOS, padding, ...).
+    """Which tokens are DNA positions: attended and not a special token (CLS, EOS, padding, ...); `<unk>` counts.
 
-    The one rule shared by the encoders (which states to keep) and DNALLMProcessor (how many placeholders a
-    window needs). It reads token ids, not the tokenizer's special-tokens mask, which some tokenizers get wrong
-    (EsmTokenizer with no EOS, as Nucleotide Transformer's, marks one token too many). An unknown character
-    (`<unk>`) still occupies a position, so it counts.
+    The one rule shared by the encoders (which states to keep) and DNALLMProcessor (how many placeholders a window
+    needs). It reads token ids, not the special-tokens mask, which NT's EsmTokenizer (no EOS) gets wrong by one.
     """
     special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
     ids = torch.as_tensor(input_ids)
@@ -62,12 +58,8 @@ def dna_positions(tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tens
 
 
 def pack_positions(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move each row's DNA positions to the front, in order, and trim to the longest row.
-
-    Whatever the layout of the encoder's tokens (a leading CLS, left padding), the result has the real
-    positions first and `mask` as a prefix mask, which the projectors' pooling of runs of `stride` positions
-    relies on (so n positions always pool to ceil(n / stride) tokens). Non-positions are zeroed.
-    """
+    """Move each row's DNA positions to the front, in order, zero the rest, and trim to the longest row: `mask`
+    becomes a prefix mask, which the projectors' pooling relies on (n positions pool to ceil(n / stride) tokens)."""
     order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
     width = int(mask.sum(1).max()) if mask.numel() else 0
     order = order[:, :width]
@@ -83,20 +75,12 @@ def mean_pool(hidden: torch.Tensor, positions_mask: torch.Tensor) -> torch.Tenso
 
 
 class _ReachedLayer(Exception):
-    """Raised by a forward pre-hook to leave the encoder as soon as the chosen layer's states exist."""
-
-    def __init__(self, hidden_states: torch.Tensor):
-        super().__init__()
-        self.hidden_states = hidden_states
+    """Raised by a forward pre-hook with the chosen layer's states (args[0]), to leave the encoder early."""
 
 
 class DNAEncoder(nn.Module):
-    """A frozen DNA language model.
-
-    Subclasses set `self.model`, `self.tokenizer`, `self.layer`, and implement `_hidden_states`.
-    `forward(input_ids, attention_mask)` returns (hidden [batch, positions, hidden_size], positions_mask),
-    where positions_mask marks the real sequence positions (no padding, no special tokens), packed to the
-    front of each row (`pack_positions`); `dna_positions` is the rule for which tokens those are.
+    """A frozen DNA language model. `forward(input_ids, attention_mask)` returns (hidden [batch, positions,
+    hidden_size], positions_mask): the real DNA positions (`dna_positions`), packed to the front (`pack_positions`).
     """
 
     name: str = "base"
@@ -111,11 +95,9 @@ class DNAEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.layer = layer
         self.name_or_path = name_or_path
-        # The pretrained LM head (states -> token logits), kept where the checkpoint has one: the zero-shot score
-        # reads it; the embeddings never do. A few MB at most (Genos-1.2B: 128 x 1024; NT v2-500m: ~5M).
+        # The pretrained LM head, kept where the checkpoint has one (a few MB): only the zero-shot score reads it.
         self.lm_head = lm_head
-        self.model.requires_grad_(False)
-        self.model.eval()
+        self.model.requires_grad_(False).eval()
         if lm_head is not None:
             lm_head.requires_grad_(False).eval()
         self.check_layer()
@@ -134,8 +116,8 @@ class DNAEncoder(nn.Module):
         return (len(blocks) if blocks is not None else self.model.config.num_hidden_layers) + 1
 
     def check_layer(self) -> None:
-        """An integer layer must index the hidden states: taken modulo their count, layer 13 of 12-block Genos read
-        the token embeddings (and the checkpoint recorded 13)."""
+        """An integer layer must index the hidden states (modulo their count, layer 13 of 12-block Genos read the
+        token embeddings)."""
         n = self.num_hidden_states
         if isinstance(self.layer, int) and not -n <= self.layer < n:
             raise ValueError(f"{self.name_or_path}: layer {self.layer} is out of range: the encoder has {n} hidden "
@@ -150,9 +132,8 @@ class DNAEncoder(nn.Module):
                 "layer": self.layer}
 
     def weight_sample(self) -> list[float]:
-        """16 evenly spaced values of the model's first weight tensor (its token embeddings, in every layout here),
-        to 4 significant digits: what a checkpoint records of the encoder's weights, cheap for a 10B model and
-        compared with a tolerance that any load dtype meets (`same_weights`)."""
+        """16 evenly spaced values of the model's first weight tensor (the token embeddings), to 4 significant digits:
+        what a checkpoint records of the encoder's weights, compared with a tolerance any load dtype meets."""
         first = next(self.model.parameters()).detach().flatten()
         picks = torch.linspace(0, first.numel() - 1, 16).round().long().to(first.device)
         return [float(f"{v:.4g}") for v in first[picks].float().cpu().tolist()]
@@ -186,8 +167,7 @@ class DNAEncoder(nn.Module):
         blocks = self._blocks()
         layer = self.layer % (len(blocks) + 1) if blocks is not None else None  # in range: check_layer
         if layer is not None and layer < len(blocks):
-            # hidden_states[L] is the input of block L: stop the stack there. The blocks above a middle layer
-            # (the tiny preset reads layer 2 of 4) would be half the encoder's compute for nothing.
+            # hidden_states[L] is the input of block L: stop the stack there (the blocks above compute nothing used).
             def stop(module, args, kwargs):
                 raise _ReachedLayer(args[0] if args else kwargs["hidden_states"])
 
@@ -195,18 +175,20 @@ class DNAEncoder(nn.Module):
             try:
                 self.model(input_ids=input_ids, attention_mask=attention_mask)
             except _ReachedLayer as reached:
-                return pack_positions(reached.hidden_states, positions)
+                return pack_positions(reached.args[0], positions)
             finally:
                 handle.remove()
             raise RuntimeError(f"{self.name_or_path}: block {layer} never ran")
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         return pack_positions(out.hidden_states[self.layer], positions)
 
+    def _batch(self, windows: list[str]) -> dict[str, torch.Tensor]:
+        device = next(self.model.parameters()).device
+        return {k: v.to(device) for k, v in self.tokenize(windows).items()}
+
     @torch.no_grad()
     def encode(self, windows: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        device = next(self.model.parameters()).device
-        batch = {k: v.to(device) for k, v in self.tokenize(windows).items()}
-        return self(**batch)
+        return self(**self._batch(windows))
 
     # ---- the zero-shot score: the encoder's own likelihood of the windows ----
     def require_lm_head(self) -> nn.Module:
@@ -233,8 +215,7 @@ class DNAEncoder(nn.Module):
         head = self.require_lm_head()
         if self.zero_shot != "causal":
             raise NoLMHeadError(f"encoder {self.name_or_path!r} is a {self.zero_shot} LM: no window log-likelihood")
-        device = next(self.model.parameters()).device
-        batch = {k: v.to(device) for k, v in self.tokenize(windows).items()}
+        batch = self._batch(windows)
         ids, attention = batch["input_ids"], batch["attention_mask"]
         return self.causal_sum(head(self.final_states(ids, attention)), ids, attention)
 

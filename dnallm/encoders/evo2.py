@@ -1,18 +1,14 @@
 """Evo 2 (Arc Institute): a StripedHyena 2 causal DNA LM with one byte-level token per base, via the `evo2` package.
 
-Loading: `evo2.Evo2(model_name)` downloads and builds the model on CUDA (vortex); there is no transformers
-class for it. The package runs only on NVIDIA GPUs (flash-attn), and Evo2-1B (`evo2_1b_base`) also needs
-Transformer Engine for its FP8 input projections (a Hopper GPU); so `evo2` is imported only inside
-`from_pretrained`, after checking for CUDA, and the rest of dnallm never needs it.
+Loading: `evo2.Evo2(model_name)` builds the model on CUDA (vortex; flash-attn, and Transformer Engine FP8 for
+Evo2-1B on a Hopper GPU), so `evo2` is imported only inside `from_pretrained`, after checking for CUDA.
 
-Embeddings: `Evo2.__call__(input_ids, return_embeddings=True, layer_names=[name])` hooks the named module and
-returns its output; BioReason uses `blocks.20.mlp.l3` (block 20 of 25's MLP output) for Evo2-1B. An integer
-layer i means `blocks.{i}.mlp.l3`.
+Embeddings: `Evo2.__call__(input_ids, return_embeddings=True, layer_names=[name])` returns the named module's
+output; an integer layer i means `blocks.{i}.mlp.l3` (BioReason uses block 20 of Evo2-1B's 25).
 
-Tokens: vortex's CharLevelTokenizer maps each UTF-8 byte to its value (A=65, C=67, G=71, T=84, N=78), pads with
-id 1 and adds nothing. It is rebuilt here as a fast tokenizer with the same ids for ASCII (all a DNA window
-holds) so that DNALLMProcessor can batch, save and reload it like any other; padding is on the right, which
-leaves a causal model's real positions unchanged.
+Tokens: vortex's CharLevelTokenizer (each byte -> its value, pad id 1, nothing added) is rebuilt as a fast
+tokenizer with the same ids for ASCII, so that DNALLMProcessor can batch, save and reload it; right padding leaves
+a causal model's real positions unchanged.
 """
 
 from __future__ import annotations
@@ -102,8 +98,8 @@ class Evo2Encoder(DNAEncoder):
 
     @torch.no_grad()
     def log_likelihoods(self, windows: list[str]) -> torch.Tensor:
-        """Sum of next-base log-probs per window, from the logits `Evo2.__call__` returns (the model's own
-        unembedding; `(logits, inference_params)` from vortex). Untested here: evo2 runs on CUDA only."""
+        """Sum of next-base log-probs per window, from the logits `Evo2.__call__` returns (with inference_params).
+        Untested here: evo2 runs on CUDA only."""
         batch = {k: v.to("cuda") for k, v in self.tokenize(windows).items()}
         ids, attention = batch["input_ids"], batch["attention_mask"]
         out, _ = self.evo2(ids)

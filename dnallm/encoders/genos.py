@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM
 
-from dnallm.encoders.base import DNAEncoder, char_tokenizer, check_loading_info, split_head_keys
+from dnallm.encoders.base import DNAEncoder, char_tokenizer, checked_lm_head
 
 HUB_IDS = {"genos-1.2b": "ZhejiangLab/Genos-1.2B", "genos-10b": "ZhejiangLab/Genos-10B"}
 
@@ -34,22 +34,16 @@ class GenosEncoder(DNAEncoder):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, layer: int = -1, dtype: torch.dtype | None = None) -> "GenosEncoder":
-        """Loaded as the whole causal LM (the checkpoints' layout) so that the strict weight check sees every
-        tensor where it belongs. The embeddings use the base model; the LM head is kept for the zero-shot score
-        (`encoder_dll`). A checkpoint without the head (a base-model save) still loads, without it."""
+        """Loaded as the whole causal LM (the checkpoints' layout) so that the strict weight check sees every tensor;
+        the LM head is kept for the zero-shot score, and a checkpoint without it still loads."""
         name_or_path = HUB_IDS.get(name_or_path.lower(), name_or_path)
         model, info = MixtralForCausalLM.from_pretrained(name_or_path, dtype=dtype, output_loading_info=True)
-        info, head_missing = split_head_keys(info)
-        check_loading_info(info, name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        return cls(model.model, tokenizer, layer, name_or_path, lm_head=None if head_missing else model.lm_head)
+        lm_head = checked_lm_head(model, info, name_or_path)
+        return cls(model.model, AutoTokenizer.from_pretrained(name_or_path), layer, name_or_path, lm_head=lm_head)
 
 
 def build_base_tokenizer():
-    """A one-token-per-base tokenizer (the Genos scheme) for Genos-layout models trained here.
-
-    The real Genos checkpoints ship their own tokenizer, loaded by `from_pretrained`; this one is saved
-    next to locally trained models so that both load through the same AutoTokenizer call.
-    """
+    """A one-token-per-base tokenizer (the Genos scheme) saved with Genos-layout models trained here (the real
+    checkpoints ship their own), so that both load through the same AutoTokenizer call."""
     vocab = {tok: i for i, tok in enumerate(["<pad>", "<unk>", "<s>", "</s>", "A", "C", "G", "T", "N"])}
     return char_tokenizer(vocab, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>")

@@ -1,23 +1,15 @@
 """HyenaDNA (Hazy Research, hub org LongSafari): a causal long-convolution DNA LM with one token per base.
 
-Model: the hub checkpoints (`*-hf`) ship their architecture as remote code (`modeling_hyena.HyenaDNAModel`,
-model_type "hyenadna"), so loading needs `trust_remote_code=True`; it is not part of transformers. Its forward
-takes no attention mask (`forward(input_ids, inputs_embeds, output_hidden_states, return_dict)`) and returns
-n_layer + 2 hidden states: the embeddings, each block, and the final layer norm (= last_hidden_state).
+Model: the hub checkpoints (`*-hf`) ship their architecture as remote code (`trust_remote_code=True`). Its forward
+takes no attention mask and returns n_layer + 2 hidden states: the embeddings, each block, and the final layer norm.
 
-Padding: the hub tokenizer pads on the LEFT. For per-position states that is wrong for this model: every mixer
-is causal and there is no mask, so left padding feeds pad embeddings into every real position's state, while
-right padding leaves the real positions exactly as they are unpadded (checked with a public copy of the hub's
-modeling_hyena.py on a tiny config: right-padded states matched the unpadded ones to 5e-7, left-padded ones
-differed by 0.19).
-So windows are padded on the right here, and the positions mask (and `pack_positions`) keep only the real bases.
+Padding: the hub tokenizer pads on the LEFT, which with causal mixers and no mask feeds pad embeddings into every
+real position's state; right padding leaves them exactly as unpadded (checked on a tiny config: 5e-7 vs 0.19). So
+windows are padded on the right here, and the positions mask keeps only the real bases.
 
-Tokenizer: the hub's CharacterTokenizer is remote code too, and DNALLMProcessor reloads the DNA tokenizer from
-a checkpoint without remote code; so it is rebuilt here as a standard fast tokenizer with the same ids
-([CLS]=0 [SEP]=1 [BOS]=2 [MASK]=3 [PAD]=4 [RESERVED]=5 [UNK]=6, then the characters from 7: A=7 C=8 G=9 T=10
-N=11), reading the character list from the checkpoint's tokenizer_config.json when it has one. No special
-tokens are added: HyenaDNA was pretrained on bare character ids (an end [SEP] would not change earlier
-positions of a causal model anyway).
+Tokenizer: the hub's CharacterTokenizer is remote code too, so it is rebuilt as a standard fast tokenizer with the
+same ids ([CLS]=0 [SEP]=1 [BOS]=2 [MASK]=3 [PAD]=4 [RESERVED]=5 [UNK]=6, then A=7 C=8 G=9 T=10 N=11, or the
+checkpoint's tokenizer_config.json characters). No special tokens are added: HyenaDNA was pretrained on bare ids.
 """
 
 from __future__ import annotations
@@ -38,7 +30,6 @@ HUB_IDS = {
     "hyenadna-small-32k": "LongSafari/hyenadna-small-32k-seqlen-hf",
     "hyenadna-tiny-1k": "LongSafari/hyenadna-tiny-1k-seqlen-hf",
 }
-DEFAULT_LAYERS = {hub_id: -1 for hub_id in HUB_IDS.values()}  # the final layer norm's output
 
 SPECIAL_TOKENS = ["[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]"]
 CHARACTERS = ("A", "C", "G", "T", "N")
@@ -89,9 +80,8 @@ class HyenaDNAEncoder(DNAEncoder):
                 "num_hidden_layers": cfg.n_layer, "vocab_size": cfg.vocab_size, "layer": self.layer}
 
     def require_lm_head(self):
-        """The LM head, loaded on first use: the encoder loads the base model (AutoModel), whose checkpoint's
-        `lm_head.*` weights are left unused, so the zero-shot score loads the causal LM (HyenaDNAForCausalLM, hub
-        remote code) once more and keeps its head. Untested here: the remote code is not installable offline."""
+        """The LM head, loaded on first use from the causal LM (HyenaDNAForCausalLM, hub remote code): the encoder's
+        base model leaves it unused. Untested here: the remote code is not installable offline."""
         if self.lm_head is None:
             full, info = AutoModelForCausalLM.from_pretrained(self.name_or_path, trust_remote_code=True,
                                                               dtype=next(self.model.parameters()).dtype,

@@ -1,16 +1,11 @@
 """Nucleotide Transformer (InstaDeep): an ESM-layout masked DNA LM over non-overlapping 6-mers plus a CLS.
 
-Tokens: `<cls>` then one token per 6-mer, read left to right; bases that do not fill a 6-mer (at the end, or
-around an `N`) become single-nucleotide tokens, so a 1024 bp window is `<cls>` + 170 six-mers + 4 single bases
-= 174 DNA positions. The hub tokenizer is transformers' own EsmTokenizer (no EOS), so it needs no remote code.
+Tokens (transformers' EsmTokenizer): `<cls>` then one token per 6-mer; bases that do not fill a 6-mer (at the end,
+or around an `N`) become single-nucleotide tokens (a 1024 bp window: 170 six-mers + 4 single bases).
 
-Model: NT v1 checkpoints are plain ESM (GELU FFN with biases) and load into transformers' Esm classes. NT v2
-(e.g. v2-500m-multi-species) differs in one place: a bias-free SwiGLU feed-forward (`add_bias_fnn: false` in
-its config.json, intermediate weight [2 x intermediate, hidden]). The hub ships that as remote code written for
-transformers 4.x, which no longer imports under transformers >= 5 (it imports
-`find_pruneable_heads_and_indices`, removed in v5; instadeepai/nucleotide-transformer#149), and the installed
-Esm classes have no SwiGLU. So `NTForMaskedLM` is transformers' EsmForMaskedLM with that FFN swapped in when
-the config asks for it, loaded with the ordinary `from_pretrained` (hub id or local path, strict weight check).
+Model: NT v1 is plain ESM. NT v2 has a bias-free SwiGLU feed-forward (`add_bias_fnn: false`), shipped as remote
+code that no longer imports under transformers >= 5 (instadeepai/nucleotide-transformer#149). So `NTForMaskedLM` is
+transformers' EsmForMaskedLM with that FFN swapped in when the config asks for it.
 """
 
 from __future__ import annotations
@@ -20,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoTokenizer, EsmForMaskedLM, EsmModel
 
-from dnallm.encoders.base import DNAEncoder, check_loading_info, split_head_keys
+from dnallm.encoders.base import DNAEncoder, checked_lm_head
 
 HUB_IDS = {
     "nt-v2-500m": "InstaDeepAI/nucleotide-transformer-v2-500m-multi-species",
@@ -28,8 +23,7 @@ HUB_IDS = {
     "nt-v2-100m": "InstaDeepAI/nucleotide-transformer-v2-100m-multi-species",
     "nt-v2-50m": "InstaDeepAI/nucleotide-transformer-v2-50m-multi-species",
 }
-# The last hidden layer (after the final layer norm), as BioReason takes it (`hidden_states[-1]`).
-DEFAULT_LAYERS = {hub_id: -1 for hub_id in HUB_IDS.values()}
+
 
 def uses_glu_ffn(config) -> bool:
     """NT v2 configs carry `add_bias_fnn` (false); its FFN is then gated. NT v1 / plain ESM configs lack it."""
@@ -68,11 +62,8 @@ def use_glu_ffn(esm: EsmModel, config) -> None:
 
 
 class NTForMaskedLM(EsmForMaskedLM):
-    """transformers' EsmForMaskedLM, with NT v2's gated feed-forward when the config asks for it.
-
-    Loaded as the whole masked LM (the hub checkpoints' layout) so that the strict weight check sees every
-    tensor where it belongs; the encoder then keeps only `.esm`.
-    """
+    """transformers' EsmForMaskedLM, with NT v2's gated feed-forward when the config asks for it (loaded whole, so
+    that the strict weight check sees every tensor where it belongs; the encoder keeps `.esm`)."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -89,14 +80,11 @@ class NTEncoder(DNAEncoder):
     def from_pretrained(cls, name_or_path: str, layer: int = -1, dtype: torch.dtype | None = None) -> "NTEncoder":
         name_or_path = HUB_IDS.get(name_or_path.lower(), name_or_path)
         model, info = NTForMaskedLM.from_pretrained(name_or_path, dtype=dtype, output_loading_info=True)
-        # The contact-prediction head is never run for embeddings, so it need not be in the checkpoint; an old
-        # checkpoint may also hold the position-id buffer (a fixed arange). The LM head is kept for the zero-shot
-        # score; a checkpoint without it still loads for embeddings.
+        # The contact head is never run, so it need not be in the checkpoint; an old one may hold the position-id
+        # buffer (a fixed arange).
         info = {**info, "missing_keys": [k for k in info.get("missing_keys", []) if "contact_head." not in k]}
-        info, head_missing = split_head_keys(info)
-        check_loading_info(info, name_or_path, ignore_unexpected=("esm.embeddings.position_ids",))
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        return cls(model.esm, tokenizer, layer, name_or_path, lm_head=None if head_missing else model.lm_head)
+        lm_head = checked_lm_head(model, info, name_or_path, ignore_unexpected=("esm.embeddings.position_ids",))
+        return cls(model.esm, AutoTokenizer.from_pretrained(name_or_path), layer, name_or_path, lm_head=lm_head)
 
     @property
     def fingerprint(self) -> dict:
@@ -104,13 +92,9 @@ class NTEncoder(DNAEncoder):
 
     @torch.no_grad()
     def masked_log_odds(self, pairs: list[tuple[str, str]]) -> torch.Tensor:
-        """The masked-marginal score of each (reference, variant) window pair, float64 [n].
-
-        Both windows are tokenized (6-mers); every token slot where they differ is masked in the reference input
-        at once, and the score is the sum over those slots of log p(variant token) - log p(reference token)
-        (Meier et al. 2021's masked marginal). An SNV changes one 6-mer; an indel shifts the 6-mer grid from the
-        allele on, so every slot after it differs and is masked. Windows whose token counts differ (an N breaks
-        the grid) have no slot-to-slot pairing: ValueError."""
+        """The masked-marginal score (Meier et al. 2021) of each (reference, variant) window pair, float64 [n]: every
+        token slot where they differ is masked in the reference at once, and the score sums log p(variant token) -
+        log p(reference token) over them. Windows whose token counts differ (an N breaks the 6-mer grid): ValueError."""
         head = self.require_lm_head()
         device = next(self.model.parameters()).device
         refs = self.tokenize([r for r, _ in pairs])
