@@ -215,6 +215,36 @@ def test_evo2_tokenizer_is_byte_level_and_layer_names(text_tokenizer):
     assert resolve_model("/ckpt/evo2_1b_base.pt") == ("evo2_1b_base", "/ckpt/evo2_1b_base.pt")
 
 
+
+class _VortexConfig(dict):
+    """vortex's `dotdict`: a missing key reads as None (dict.get), as StripedHyena's config does."""
+    __getattr__ = dict.get
+
+
+def test_evo2_encoder_wraps_a_striped_hyena_layout():
+    """Our Evo2 wrapper around a module with StripedHyena's layout (`blocks.N.mlp.l3`, a vortex config with
+    `num_layers` and no `num_hidden_layers`, no `layers` stack): the `evo2` package itself needs CUDA and
+    flash-attn and cannot be installed here. The generic hidden-state count once ran for Evo2's module-name layer
+    and failed on the missing `num_hidden_layers` (None + 1) before any weight was read."""
+    from types import SimpleNamespace
+
+    from dnallm.encoders.evo2 import Evo2Encoder
+
+    class StripedHyenaLayout(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = _VortexConfig(num_layers=25, hidden_size=8)
+            self.blocks = torch.nn.ModuleList(torch.nn.Module() for _ in range(25))
+            for block in self.blocks:
+                block.mlp = torch.nn.Module()
+                block.mlp.l3 = torch.nn.Linear(8, 8)
+
+    encoder = Evo2Encoder(SimpleNamespace(model=StripedHyenaLayout()), None, "evo2-1b")
+    assert encoder.layer == "blocks.20.mlp.l3" and encoder.hidden_size == 8
+    assert Evo2Encoder(SimpleNamespace(model=StripedHyenaLayout()), -1, "evo2-1b").layer == "blocks.24.mlp.l3"
+    with pytest.raises(ValueError, match="Evo2 layer 25 is out of range"):
+        Evo2Encoder(SimpleNamespace(model=StripedHyenaLayout()), 25, "evo2-1b")
+
 def test_registry_and_defaults():
     assert set(ENCODERS) == {"genos", "hf", "nt", "hyenadna", "evo2"}
     nt_id = "InstaDeepAI/nucleotide-transformer-v2-500m-multi-species"

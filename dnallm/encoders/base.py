@@ -117,9 +117,12 @@ class DNAEncoder(nn.Module):
 
     def check_layer(self) -> None:
         """An integer layer must index the hidden states (modulo their count, layer 13 of 12-block Genos read the
-        token embeddings)."""
+        token embeddings). A module name (Evo2's `blocks.20.mlp.l3`) is checked by its encoder: StripedHyena has
+        no `layers` stack and its config no `num_hidden_layers`, so counting states there would fail."""
+        if not isinstance(self.layer, int):
+            return
         n = self.num_hidden_states
-        if isinstance(self.layer, int) and not -n <= self.layer < n:
+        if not -n <= self.layer < n:
             raise ValueError(f"{self.name_or_path}: layer {self.layer} is out of range: the encoder has {n} hidden "
                              f"states, so layers {-n}..{n - 1} (0 = the token embeddings, {n - 1} = the last)")
 
