@@ -163,6 +163,25 @@ def generate_answers(model: DNALLMForConditionalGeneration, questions: list[str]
 COMPACT_EVERY = 32
 
 
+def _stop_tokens(model, constrained: bool) -> tuple[set[int], set[int], int]:
+    """(stops, ends, think_end). A row's reasoning is cut at its first stop: constrained decoding stops at `</think>`
+    too (the label then comes from the trie); free decoding lets the model write its own answer line after it."""
+    ends = set(model.processor.end_token_ids)
+    think_end = model.processor.tokenizer.convert_tokens_to_ids("</think>")
+    return (ends | {think_end} if constrained else ends), ends, think_end
+
+
+def _finish_row(row: list[int], ends: set[int], think_end: int, constrained: bool) -> tuple[list[int], str | None]:
+    """A stopped row (cut at its first stop): the tokens it keeps, and the text dnallm appends before the answer,
+    AFTER_REASONING after a think block the model closed (constrained), else FORCED_ANSWER (the budget ran out or the
+    block never closed); None when free decoding ended the turn itself (its own answer line stands). The one rule
+    for `generate_answers` and `stream_answer`."""
+    if not constrained:
+        return row, None if row and row[-1] in ends else FORCED_ANSWER
+    suffix = AFTER_REASONING if row and row[-1] == think_end else FORCED_ANSWER
+    return (row[:-1] if row and row[-1] in ends else row), suffix
+
+
 def _decode_batch(model, input_ids, attention_mask, dna: dict, cache, max_new_tokens: int, tree,
                   max_answer_tokens: int, segment: int) -> list[list[int]]:
     """Each row's generated tokens: reasoning (cut at its first stop), then, where it continues, the answer suffix
@@ -171,11 +190,9 @@ def _decode_batch(model, input_ids, attention_mask, dna: dict, cache, max_new_to
     is, and the cache keeps only the other rows, so a finished row costs nothing more. Greedy decoding of a row does
     not depend on the other rows: the same tokens as one `generate` over the whole budget (tests/test_model.py)."""
     tok, constrained = model.processor.tokenizer, tree is not None
-    think_end = tok.convert_tokens_to_ids("</think>")
-    ends = set(model.processor.end_token_ids)
-    stops = ends | {think_end} if constrained else ends
+    stops, ends, think_end = _stop_tokens(model, constrained)
     eos_ids = [*model.processor.end_token_ids, *([think_end] if constrained else [])]
-    after_ids, forced_ids = (tok(s, add_special_tokens=False)["input_ids"] for s in (AFTER_REASONING, FORCED_ANSWER))
+    suffix_ids = {text: tok(text, add_special_tokens=False)["input_ids"] for text in (AFTER_REASONING, FORCED_ANSWER)}
     out: list[list[int] | None] = [None] * input_ids.shape[0]
     active = list(range(input_ids.shape[0]))                # batch rows still decoding, in cache-row order
     generated = input_ids.new_zeros((input_ids.shape[0], 0))  # their tokens so far
@@ -193,16 +210,12 @@ def _decode_batch(model, input_ids, attention_mask, dna: dict, cache, max_new_to
         rows = [_cut_after_first(row, stops) for row in generated.tolist()]
         budget_spent = generated.shape[1] >= max_new_tokens
         done = [j for j, row in enumerate(rows) if budget_spent or (row and row[-1] in stops)]
-        if constrained:
-            # Every row continues: a reasoning the model closed gets `Answer:`; one cut by the budget (or ended
-            # without closing its think block) gets the forced `</think>` + `Answer:`.
-            suffixes = {j: after_ids if rows[j] and rows[j][-1] == think_end else forced_ids for j in done}
-            for j in done:
-                rows[j] = rows[j][:-1] if rows[j] and rows[j][-1] in ends else rows[j]
-            unfinished = done
-        else:
-            suffixes = {j: forced_ids for j in done}
-            unfinished = [j for j in done if not rows[j] or rows[j][-1] not in ends]
+        suffixes = {}
+        for j in done:
+            rows[j], suffix = _finish_row(rows[j], ends, think_end, constrained)
+            if suffix is not None:
+                suffixes[j] = suffix_ids[suffix]
+        unfinished = list(suffixes)
         if unfinished and (constrained or max_answer_tokens > 0):
             batch_rows = [active[j] for j in unfinished]
             tails = _answer_tails(model, input_ids[batch_rows], attention_mask[batch_rows], generated[unfinished],
@@ -559,20 +572,13 @@ def stream_answer(model: DNALLMForConditionalGeneration, question: str, windows:
         return result["ids"]
 
     generated = yield from run(input_ids, attention_mask, max_new_tokens, [think_end] if constrained else [], **batch)
-    ends = set(proc.end_token_ids)
-    row = _cut_after_first(generated[0].tolist(), ends | {think_end})
-    closed = bool(row) and row[-1] == think_end
-    if constrained:
-        if row and row[-1] in ends:
-            row = row[:-1]
-    elif (row and row[-1] in ends) or max_answer_tokens <= 0:
+    stops, ends, _ = _stop_tokens(model, constrained)
+    row, suffix_text = _finish_row(_cut_after_first(generated[0].tolist(), stops), ends, think_end, constrained)
+    if suffix_text is None or (not constrained and max_answer_tokens <= 0):
         return
-    if closed:
-        suffix = tok(AFTER_REASONING, add_special_tokens=False)["input_ids"]
-        yield AppendedText(tok.decode(suffix, skip_special_tokens=True))
-    else:  # thinking budget spent (or the think block never closed): the forced answer prefix
-        suffix = tok(FORCED_ANSWER, add_special_tokens=False)["input_ids"]
-        yield ForcedAnswer(tok.decode(suffix, skip_special_tokens=True))
+    suffix = tok(suffix_text, add_special_tokens=False)["input_ids"]
+    marker = AppendedText if suffix_text == AFTER_REASONING else ForcedAnswer  # the budget's: the forced prefix
+    yield marker(tok.decode(suffix, skip_special_tokens=True))
     if constrained:
         tail = _answer_tails(model, input_ids, attention_mask, generated, [row], [suffix], cache,
                              LabelTree(tok, model.device), 0)[0]

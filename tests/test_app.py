@@ -20,6 +20,7 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
+import torch
 from gradio_client import Client
 from PIL import Image
 from typer.testing import CliRunner
@@ -27,7 +28,9 @@ from typer.testing import CliRunner
 from dnallm.cli import _load_app_module, app as cli_app
 from dnallm.data import load_kegg
 from dnallm.genome import write_kegg_contigs
-from dnallm.inference import FORCED_ANSWER, ForcedAnswer, explain_variant, generate_answers, load_model, stream_answer
+from dnallm.inference import (AFTER_REASONING, FORCED_ANSWER, AppendedText, ForcedAnswer, explain_variant,
+                              generate_answers, load_model, stream_answer)
+from dnallm.modeling import DNALLMForConditionalGeneration
 from dnallm.ism import ism_png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +127,52 @@ def test_stream_answer_is_generate_answers_in_pieces(model_path, records, budget
     if budget == 4:  # the thinking budget path is streamed as well, its appended prefix marked as such
         assert [c for c in chunks if isinstance(c, ForcedAnswer)] == [FORCED_ANSWER]
 
+
+
+def scripted_model(path: str, script_text: str):
+    """The checkpoint with its text model wired to write `script_text` greedily after any prompt, through the real
+    model code: every layer's attention and MLP outputs are zeroed, so each position's state is its own token's
+    embedding; the chain's tokens get orthogonal embeddings, and the (untied) LM head maps each to the next one."""
+    model = DNALLMForConditionalGeneration.from_pretrained(path)
+    model.merge_lora()
+    model.eval()
+    lm, tok = model.language_model, model.processor.tokenizer
+    prompt_end = model.processor.tokenizer(model.processor.prompt("Q"), add_special_tokens=False)["input_ids"][-1]
+    chain = [prompt_end, *tok(script_text, add_special_tokens=False)["input_ids"]]
+    assert len(set(chain)) == len(chain), "the script must not repeat a token (each token names its successor)"
+    hidden = lm.config.hidden_size
+    with torch.no_grad():
+        for name, module in lm.named_modules():
+            if name.endswith(("o_proj", "down_proj")):
+                module.weight.zero_()
+        lm.model.norm.weight.fill_(1.0)
+        embeddings = lm.get_input_embeddings().weight
+        head = torch.nn.Linear(hidden, embeddings.shape[0], bias=False)
+        head.weight.zero_()
+        for k, (token, successor) in enumerate(zip(chain, chain[1:])):
+            embeddings[token] = 0.0
+            embeddings[token, k] = 10.0
+            head.weight[successor, k] = 1.0
+    lm.set_output_embeddings(head)  # the head was tied to the embeddings
+    return model
+
+
+def test_free_decoding_keeps_the_models_own_answer_line_in_the_stream_too(model_path, records):
+    """Free decoding (constrained=False) after a think block the model closed itself: its own `Answer:` line ends
+    the turn. The stream cut the row at `</think>` as constrained decoding does, then appended another `Answer:`
+    and generated again after the text it had already streamed."""
+    script = "<think>Because</think>\n\nAnswer: Parkinson disease<|im_end|>"
+    model = scripted_model(model_path, script)
+    r = records[0]
+    windows = (r["ref_window"], r["variant_window"])
+    answer = generate_answers(model, [r["question"]], [windows], max_new_tokens=40, constrained=False)[0]
+    assert answer == "<think>Because</think>\n\nAnswer: Parkinson disease"  # the model's own line, as written
+    chunks = list(stream_answer(model, r["question"], windows, max_new_tokens=40, constrained=False))
+    assert "".join(chunks) == answer and not any(isinstance(c, AppendedText) for c in chunks)
+    # constrained decoding on the same model: `Answer:` is appended after `</think>` and the label comes from the trie
+    chunks = list(stream_answer(model, r["question"], windows, max_new_tokens=40))
+    assert [c for c in chunks if isinstance(c, AppendedText)] == [AFTER_REASONING]
+    assert "".join(chunks) == generate_answers(model, [r["question"]], [windows], max_new_tokens=40)[0]
 
 def test_closing_the_stream_stops_generation(model_path, records, monkeypatch):
     from transformers import TextIteratorStreamer
