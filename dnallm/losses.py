@@ -45,8 +45,9 @@ def require_liger(device: torch.device) -> None:
 
 def apply_liger_kernels(language_model) -> None:
     """liger-kernel's RMSNorm, SwiGLU and RoPE kernels in the text model (a peft model: its base), for the model
-    types liger knows (Qwen3 among them); the loss stays ours (`chunk_size="liger"` above). RoPE is patched in
-    transformers' module of that model type, so for the whole process. A type liger does not know is an error:
+    types liger knows (Qwen3 among them); the loss stays ours (`chunk_size="liger"` above). liger also patches
+    transformers' module of that model type (its RMSNorm and MLP classes, its RoPE function), so for the whole
+    process: a model of that type built later, on the CPU too, runs the Triton kernels. A type liger does not know is an error:
     training would otherwise run without the kernels it was asked for."""
     import inspect
 

@@ -11,6 +11,19 @@ import torch.nn.functional as F
 from dnallm.losses import chunked_cross_entropy, head_weight
 
 
+
+@pytest.fixture(autouse=True)
+def _plain_qwen3_module_afterwards():
+    """liger patches transformers' Qwen3 module for the whole process (`apply_liger_kernels`: its RMSNorm and MLP
+    classes and its RoPE function): put it back, so that later tests' CPU models do not run Triton kernels (on a
+    GPU machine tests/test_attention.py then failed: "cannot be accessed from Triton (cpu tensor?)")."""
+    from transformers.models.qwen3 import modeling_qwen3
+
+    saved = dict(vars(modeling_qwen3))
+    yield
+    for name, value in saved.items():
+        setattr(modeling_qwen3, name, value)
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
