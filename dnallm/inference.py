@@ -526,7 +526,7 @@ def stream_answer(model: DNALLMForConditionalGeneration, question: str, windows:
 
     proc = model.processor
     tok = proc.tokenizer
-    think_end = tok.convert_tokens_to_ids("</think>")
+    stops, ends, think_end = _stop_tokens(model, constrained)
     batch = proc([proc.prompt(question)], [list(windows)], padding_side="left")
     batch = {k: v.to(model.device) for k, v in batch.items()}
     input_ids, attention_mask = batch.pop("input_ids"), batch.pop("attention_mask")
@@ -572,7 +572,6 @@ def stream_answer(model: DNALLMForConditionalGeneration, question: str, windows:
         return result["ids"]
 
     generated = yield from run(input_ids, attention_mask, max_new_tokens, [think_end] if constrained else [], **batch)
-    stops, ends, _ = _stop_tokens(model, constrained)
     row, suffix_text = _finish_row(_cut_after_first(generated[0].tolist(), stops), ends, think_end, constrained)
     if suffix_text is None or (not constrained and max_answer_tokens <= 0):
         return
